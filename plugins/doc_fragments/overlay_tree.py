@@ -1,0 +1,46 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+
+    # The input language shared by every plugin that takes overlay trees.
+    DOCUMENTATION = r'''
+options:
+  xml:
+    description:
+      - One libvirt-style C(<filesystem>) element, several of them inside any root element, or a whole
+        LXC C(<domain>) document (every C(<filesystem>) in it is taken).
+      - Parsed on the controller with lxml; DTDs, entities, network access and absurd depth or size are refused.
+      - The tree is the one proposed for libvirt's LXC driver. C(<filesystem type='overlay'>) takes a first
+        C(<source dir>) (upper dir), a second C(<source dir>) (work dir), C(<backingStore>) elements for the
+        lower layers (topmost first) and a C(<target dir>). A C(<backingStore>) of C(type='dir') is a plain
+        directory (its C(<target dir>)); C(type='overlay') is a nested overlay with the same children;
+        C(type='file') is an image (C(<driver type='loop' format='raw'/>)); C(type='block') is a block device
+        (C(<source dev>)). C(<readonly/>) makes a mount read-only. C(<driver type='overlay' index='off' .../>)
+        carries overlay mount options.
+      - Top-level C(type='mount') (bind a host dir), C(type='block') and C(type='file') are accepted too.
+      - See C(docs/reference.md) in the collection for every element and attribute.
+    type: str
+  filesystem:
+    description:
+      - One filesystem tree in YAML form, the same tree as O(xml).
+      - "Keys of an overlay: C(type) (default V(overlay)), C(upper), C(work), C(lower) (a list, topmost first),
+        C(target), C(options) (overlay mount options such as C(index), C(metacopy), C(redirect_dir), C(xino),
+        C(userxattr), C(volatile)), C(readonly)."
+      - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
+        V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver), C(target)),
+        V(block) (C(source), C(target)) or V(mount) (C(source), C(target))."
+      - Top-level C(type) may also be V(mount), V(block) or V(file).
+    type: dict
+  filesystems:
+    description:
+      - Several trees converged in one call (same form as O(filesystem)). Trees that stand on another
+        tree's target are mounted after it, whatever their order in the list.
+    type: list
+    elements: dict
+'''

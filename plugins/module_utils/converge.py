@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""One module run: parse, then under the host lock observe, plan, and apply (unless checking)."""
+
+from __future__ import annotations
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor, HostLock
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import observe
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, describe_mount, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
+
+
+class ConvergeError(Exception):
+    def __init__(self, message, **result):
+        super(ConvergeError, self).__init__(message)
+        self.result = result
+
+
+def converge(params, run_command, check_mode, lock_path=None):
+    """Return the module result for ``params``; raise ConvergeError with a message naming the cause."""
+    raw, label = (params['filesystems'], 'filesystems') if params.get('filesystems') else ([params['filesystem']], 'filesystem')
+    try:
+        roots = parse_filesystems(raw, label)
+    except TreeError as error:
+        raise ConvergeError(str(error))
+    canonical = [to_yaml(root) for root in sorted(roots, key=lambda root: root.position)]
+    with HostLock(lock_path) if lock_path else HostLock():
+        observed = observe(roots)
+        try:
+            steps = plan(roots, observed, params['state'], params['on_drift'], params['create_dirs'])
+        except PlanError as error:
+            raise ConvergeError(str(error), filesystems=canonical, mounts=mount_table(roots, observed))
+        before = mount_state(roots, observed)
+        if check_mode or not steps:
+            after = predicted_state(before, steps)
+            final = observed
+        else:
+            try:
+                Executor(run_command).apply(steps)
+            except ApplyError as error:
+                raise ConvergeError(str(error), plan=describe(steps), steps=steps, filesystems=canonical,
+                                    mounts=mount_table(roots, observe(roots)))
+            final = observe(roots)
+            after = mount_state(roots, final)
+    return dict(
+        changed=bool(steps),
+        plan=describe(steps),
+        steps=steps,
+        filesystems=canonical,
+        mounts=mount_table(roots, final),
+        diff=dict(before=render_state(before), after=render_state(after)),
+    )
+
+
+def describe(steps):
+    return [step['description'] for step in steps]
+
+
+def _mounted_nodes(roots):
+    return [node for root in roots for node in root.walk() if node.is_mounted_node]
+
+
+def mount_table(roots, observed):
+    """The live mounts at the trees' targets, top-down, as the kernel reports them."""
+    return [entry.to_dict() for node in _mounted_nodes(roots) for entry in observed.mounts_at(node.target)]
+
+
+def mount_state(roots, observed):
+    state = []
+    for node in _mounted_nodes(roots):
+        current = observed.top_mount_at(node.target)
+        state.append((node.target, describe_mount(current) if current else 'not mounted'))
+    return state
+
+
+def predicted_state(before, steps):
+    """The state after a plan runs: what a check-mode diff shows."""
+    mounts = dict((step['target'], 'as planned: ' + step['description']) for step in steps if step['action'] == 'mount')
+    unmounts = set(step['target'] for step in steps if step['action'] == 'unmount')
+    return [(target, mounts.get(target, 'not mounted' if target in unmounts else now)) for target, now in before]
+
+
+def render_state(state):
+    return ''.join('%s: %s\n' % pair for pair in state)

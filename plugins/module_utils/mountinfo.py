@@ -1,0 +1,121 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Read /proc/self/mountinfo (proc(5)) into MountEntry records.
+
+The kernel octal-escapes space, tab, newline, backslash and, in super options, ','
+(\\040 \\011 \\012 \\134 \\054). Overlay path options additionally carry the backslash
+escapes they were mounted with, so layer lists split on unescaped ':' only.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import split_lowerdir, unescape_path
+
+MOUNTINFO = '/proc/self/mountinfo'
+_OCTAL = re.compile(r'\\([0-7]{3})')
+
+
+class MountEntry(object):
+    def __init__(self, mount_id, parent_id, major, minor, root, mountpoint, mount_options,
+                 fstype, source, super_options):
+        self.mount_id = mount_id
+        self.parent_id = parent_id
+        self.major = major
+        self.minor = minor
+        self.root = root
+        self.mountpoint = mountpoint
+        self.mount_options = mount_options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
+
+    @property
+    def readonly(self):
+        return 'ro' in self.mount_options
+
+    def overlay_layers(self):
+        """(lowers, upper, work) as paths, or None when this is not an overlay."""
+        if self.fstype != 'overlay':
+            return None
+        opts = self.super_options
+        lowers = split_lowerdir(opts.get('lowerdir', '') or '')
+        lowers += [unescape_path(value) for value in opts.get('lowerdir+', [])]
+        upper = unescape_path(opts['upperdir']) if opts.get('upperdir') else None
+        work = unescape_path(opts['workdir']) if opts.get('workdir') else None
+        return lowers, upper, work
+
+    def to_dict(self):
+        return {
+            'mount_id': self.mount_id,
+            'target': self.mountpoint,
+            'fstype': self.fstype,
+            'source': self.source,
+            'device': '%d:%d' % (self.major, self.minor),
+            'options': ','.join(self.mount_options),
+            'super_options': render_super_options(self.super_options),
+        }
+
+
+def decode(field):
+    """Undo the kernel's octal escapes (mangle() in fs/proc_namespace.c)."""
+    return _OCTAL.sub(lambda match: chr(int(match.group(1), 8)), field)
+
+
+def split_options(text):
+    """Split a raw (still octal-escaped) option field on ',' and decode each option.
+
+    Commas inside values are escaped as \\054 by the kernel, so a plain split is exact.
+    Repeated keys (lowerdir+) collect into lists.
+    """
+    options = {}
+    for item in text.split(','):
+        if not item:
+            continue
+        key, sep, value = item.partition('=')
+        key = decode(key)
+        value = decode(value) if sep else None
+        if key in ('lowerdir+', 'datadir+'):
+            options.setdefault(key, []).append(value)
+        else:
+            options[key] = value
+    return options
+
+
+def render_super_options(options):
+    parts = []
+    for key, value in options.items():
+        for item in (value if isinstance(value, list) else [value]):
+            parts.append(key if item is None else '%s=%s' % (key, item))
+    return ','.join(parts)
+
+
+def parse_line(line):
+    fields = line.rstrip('\n').split(' ')
+    separator = fields.index('-', 6)
+    major, minor = fields[2].split(':')
+    return MountEntry(
+        mount_id=int(fields[0]),
+        parent_id=int(fields[1]),
+        major=int(major),
+        minor=int(minor),
+        root=decode(fields[3]),
+        mountpoint=decode(fields[4]),
+        mount_options=fields[5].split(','),
+        fstype=decode(fields[separator + 1]),
+        source=decode(fields[separator + 2]),
+        super_options=split_options(fields[separator + 3] if len(fields) > separator + 3 else ''),
+    )
+
+
+def parse(text):
+    return [parse_line(line) for line in text.splitlines() if line.strip()]
+
+
+def read_mountinfo(path=MOUNTINFO):
+    with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+        return parse(handle.read())

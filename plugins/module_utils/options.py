@@ -1,0 +1,172 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Overlay mount options: the kernel's vocabulary, its conflicts, and the mount(2) data string.
+
+Pure functions. The rules follow fs/overlayfs/params.c (ovl_parameter_spec and
+ovl_fs_params_verify): explicit combinations the kernel rejects are rejected here first,
+so nothing is mounted with options that cannot work.
+"""
+
+from __future__ import annotations
+
+ON_OFF = ('on', 'off')
+
+# name -> allowed values; None marks a flag (present or absent, no value).
+OVERLAY_OPTIONS = {
+    'redirect_dir': ('on', 'follow', 'nofollow', 'off'),
+    'index': ON_OFF,
+    'uuid': ('off', 'null', 'auto', 'on'),
+    'nfs_export': ON_OFF,
+    'xino': ('off', 'auto', 'on'),
+    'metacopy': ON_OFF,
+    'verity': ('off', 'on', 'require'),
+    'default_permissions': None,
+    'userxattr': None,
+    'volatile': None,
+}
+
+# The kernel rewrites redirect_dir=off to follow or nofollow (module parameter dependent)
+# and userxattr forces nofollow, so mountinfo may legitimately show either for "off".
+EQUIVALENT_SHOWN_VALUES = {
+    ('redirect_dir', 'off'): ('off', 'follow', 'nofollow'),
+}
+
+MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated
+
+
+class OptionError(ValueError):
+    pass
+
+
+def normalize_options(raw, where):
+    """Return {name: value} with every value a string ('on'/'off' for flags), or raise OptionError.
+
+    YAML users write booleans (``index: false``, ``volatile: true``); XML users write strings.
+    Both land on the kernel's spelling.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise OptionError('%s.options must be a mapping of overlay option names to values' % where)
+    result = {}
+    for name, value in raw.items():
+        if name not in OVERLAY_OPTIONS:
+            raise OptionError('%s.options.%s: unknown overlay option (known: %s)'
+                              % (where, name, ', '.join(sorted(OVERLAY_OPTIONS))))
+        result[name] = _normalize_value(name, value, where)
+    return result
+
+
+def _normalize_value(name, value, where):
+    if isinstance(value, bool):
+        value = 'on' if value else 'off'
+    if value is None:
+        raise OptionError("%s.options.%s has no value (in YAML, quote 'null' and 'off')" % (where, name))
+    value = str(value)
+    allowed = OVERLAY_OPTIONS[name] or ON_OFF
+    if value not in allowed:
+        raise OptionError('%s.options.%s: %r is not one of %s' % (where, name, value, ', '.join(allowed)))
+    return value
+
+
+def check_conflicts(options, has_upper, where):
+    """Refuse the explicit combinations the kernel refuses, and options that need an upper dir."""
+    def is_set(name, *values):
+        return options.get(name) in values
+
+    if not has_upper:
+        for name, values in (('volatile', ('on',)), ('index', ('on',)), ('uuid', ('on',)), ('nfs_export', ('on',))):
+            if is_set(name, *values):
+                raise OptionError('%s.options.%s=%s needs an upper dir; this overlay has none'
+                                  % (where, name, options[name]))
+    verity = is_set('verity', 'on', 'require')
+    if verity and is_set('metacopy', 'off'):
+        raise OptionError('%s.options: conflicting options metacopy=off and verity=%s' % (where, options['verity']))
+    redirect = options.get('redirect_dir')
+    if redirect == 'follow' and not has_upper:
+        redirect = 'on'
+    metacopy = is_set('metacopy', 'on') or verity
+    if metacopy and redirect not in (None, 'on'):
+        raise OptionError('%s.options: conflicting options %s and redirect_dir=%s (metacopy needs redirect_dir=on)'
+                          % (where, 'metacopy=on' if is_set('metacopy', 'on') else 'verity=' + options['verity'], redirect))
+    if is_set('nfs_export', 'on') and is_set('index', 'off'):
+        raise OptionError('%s.options: conflicting options nfs_export=on and index=off' % where)
+    if is_set('nfs_export', 'on') and is_set('metacopy', 'on'):
+        raise OptionError('%s.options: conflicting options nfs_export=on and metacopy=on' % where)
+    if is_set('userxattr', 'on'):
+        if redirect not in (None, 'nofollow'):
+            raise OptionError('%s.options: conflicting options userxattr and redirect_dir=%s' % (where, redirect))
+        if is_set('metacopy', 'on'):
+            raise OptionError('%s.options: conflicting options userxattr and metacopy=on' % where)
+        if verity:
+            raise OptionError('%s.options: conflicting options userxattr and verity=%s' % (where, options['verity']))
+
+
+def escape_path(path):
+    """Escape a path for the overlay data string: the kernel splits on unescaped ',' and ':'
+    and then drops one backslash before any character, so this round-trips every byte."""
+    return path.replace('\\', '\\\\').replace(',', '\\,').replace(':', '\\:')
+
+
+def unescape_path(text):
+    """Inverse of escape_path, as the kernel's ovl_unescape does it."""
+    out = []
+    chars = iter(text)
+    for char in chars:
+        out.append(next(chars, '') if char == '\\' else char)
+    return ''.join(out)
+
+
+def split_lowerdir(text):
+    """Split a lowerdir value on unescaped ':' and unescape each layer."""
+    layers, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append('\\' + char)
+            escaped = False
+        elif char == '\\':
+            escaped = True
+        elif char == ':':
+            layers.append(unescape_path(''.join(current)))
+            current = []
+        else:
+            current.append(char)
+    layers.append(unescape_path(''.join(current)))
+    return [layer for layer in layers if layer]
+
+
+def overlay_mount_data(lowers, upper, work, options):
+    """The mount(2) data string for an overlay: every path escaped, options in a fixed order."""
+    parts = ['lowerdir=' + ':'.join(escape_path(p) for p in lowers)]
+    if upper:
+        parts.append('upperdir=' + escape_path(upper))
+        parts.append('workdir=' + escape_path(work))
+    for name in sorted(options):
+        value = options[name]
+        if OVERLAY_OPTIONS[name] is None:
+            if value == 'on':
+                parts.append(name)
+        else:
+            parts.append('%s=%s' % (name, value))
+    return ','.join(parts)
+
+
+def options_match(desired, shown):
+    """True when every option the user asked for agrees with what the kernel shows.
+
+    The kernel drops options equal to its defaults from mountinfo, so an option it does
+    not show counts as agreeing; an option it shows with another value is drift.
+    """
+    for name, value in desired.items():
+        if OVERLAY_OPTIONS[name] is None:
+            if (value == 'on') != (name in shown):
+                return False
+            continue
+        if name not in shown:
+            continue
+        if shown[name] not in EQUIVALENT_SHOWN_VALUES.get((name, value), (value,)):
+            return False
+    return True

@@ -1,0 +1,329 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Plan: a pure function from the desired trees and the observed host to ordered steps.
+
+``mounted`` builds bottom-up (devices, lower filesystems, nested overlays, then the top
+overlay); ``unmounted`` tears down top-down and detaches devices last. Every host rule that
+can be checked before a change is checked here, so a plan that is returned can be applied.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import render_super_options
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+    MOUNT_DATA_LIMIT,
+    options_match,
+    overlay_mount_data,
+)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, is_within
+
+KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
+
+
+class PlanError(ValueError):
+    pass
+
+
+def plan(roots, observed, state, on_drift='fail', create_dirs=True):
+    planner = _Planner(roots, observed, on_drift, create_dirs)
+    if state == 'mounted':
+        return planner.mounted()
+    return planner.unmounted()
+
+
+def describe_mount(entry):
+    return '%s %s on %s (%s)' % (entry.fstype, entry.source, entry.mountpoint, render_super_options(entry.super_options))
+
+
+class _Planner(object):
+    def __init__(self, roots, observed, on_drift, create_dirs):
+        self.roots = roots
+        self.observed = observed
+        self.on_drift = on_drift
+        self.create_dirs = create_dirs
+        self.batch_targets = [node.target for root in roots for node in root.walk() if node.is_mounted_node]
+        self.planned_dirs = set()
+
+    # --- state: mounted -------------------------------------------------------------------
+
+    def mounted(self):
+        teardown, buildup = [], []
+        for root in self.roots:
+            self._mounted_node(root, teardown, buildup)
+        return teardown + buildup
+
+    def _mounted_node(self, node, teardown, buildup):
+        """Plan one node; return True when it will be (re)mounted in this run."""
+        if not node.is_mounted_node:
+            self._require_lower_dir(node)
+            return False
+        stacked = self.observed.mounts_at(node.target)
+        current = stacked[-1] if stacked else None
+        status = self._match(node, current)
+        start = len(teardown)
+        children_change = [self._mounted_node(lower, teardown, buildup) for lower in node.lowers]
+        if status == 'match' and any(children_change):
+            status = 'stale'
+        if status in ('drift', 'stale'):
+            self._refuse_unless_replacing(node, current, status)
+            teardown.insert(start, _unmount_step(node, current))
+        if status == 'match':
+            return False
+        buildup.extend(self._mount_steps(node))
+        return True
+
+    def _refuse_unless_replacing(self, node, current, status):
+        if self.on_drift == 'replace':
+            return
+        if status == 'stale':
+            raise PlanError('%s is mounted, but not on the layers this tree describes (a lower of it is missing '
+                            'or was replaced): %s. Set on_drift=replace to remount it.'
+                            % (node.describe(), describe_mount(current)))
+        raise PlanError('drift at %s: mounted now: %s; wanted: %s. Set on_drift=replace to replace it.'
+                        % (node.describe(), describe_mount(current), self._describe_wanted(node)))
+
+    def _describe_wanted(self, node):
+        if node.kind == 'overlay':
+            return 'overlay (%s)' % overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options)
+        return '%s %s' % (node.kind, node.source)
+
+    # --- matching the live mount table ------------------------------------------------------
+
+    def _match(self, node, current):
+        if current is None:
+            return 'absent'
+        matcher = getattr(self, '_matches_' + node.kind)
+        return 'match' if matcher(node, current) and current.readonly == self._mount_readonly(node) else 'drift'
+
+    def _matches_overlay(self, node, current):
+        layers = current.overlay_layers()
+        if layers is None:
+            return False
+        lowers, upper, work = layers
+        return ([_norm(p) for p in lowers] == node.layer_paths()
+                and _norm(upper) == node.upper and _norm(work) == node.work
+                and options_match(node.options, current.super_options))
+
+    def _matches_file(self, node, current):
+        loop = self.observed.loop_by_number(current.major, current.minor)
+        return loop is not None and loop.backing_file == self.observed.facts(node.source).realpath
+
+    def _matches_block(self, node, current):
+        return self.observed.facts(node.source).rdev == (current.major, current.minor)
+
+    def _matches_mount(self, node, current):
+        source = self.observed.facts(node.source).identity
+        return source is not None and source == self.observed.facts(node.target).identity
+
+    def _mount_readonly(self, node):
+        """Image and block layers under an overlay are mounted read-only; otherwise as asked."""
+        return node.readonly or (node.is_layer and node.kind in ('file', 'block'))
+
+    # --- building steps -----------------------------------------------------------------------
+
+    def _mount_steps(self, node):
+        steps = self._dir_steps(node, 'target', node.target)
+        steps += getattr(self, '_mount_' + node.kind)(node)
+        return steps
+
+    def _mount_overlay(self, node):
+        steps = []
+        if node.upper:
+            steps += self._dir_steps(node, 'upper', node.upper) + self._dir_steps(node, 'work', node.work)
+            self._check_upper_and_work(node)
+        self._check_stacking_depth(node)
+        data = overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options)
+        if len(data.encode('utf-8', 'surrogateescape')) > MOUNT_DATA_LIMIT:
+            raise PlanError('%s: the overlay mount options are %d bytes; mount(2) takes at most %d. '
+                            'Use shorter paths or fewer layers.' % (node.describe(), len(data), MOUNT_DATA_LIMIT))
+        steps.append(dict(
+            action='mount', kind='overlay', node=node.label, target=node.target, data=data,
+            readonly=self._mount_readonly(node),
+            description='mount overlay on %s (%s)%s' % (node.target, data, ' read-only' if node.readonly else ''),
+        ))
+        return steps
+
+    def _mount_file(self, node):
+        facts = self.observed.facts(node.source)
+        if not facts.is_file:
+            raise PlanError('%s: image %s is not a regular file' % (node.describe(), node.source))
+        if node.driver == 'nbd':
+            raise PlanError('%s: driver nbd (format %s) is not supported yet: qemu-nbd attachment comes in a '
+                            'later release; use driver loop with a raw image' % (node.describe(), node.image_format))
+        readonly = self._mount_readonly(node)
+        free = [loop for loop in self.observed.loops_backed_by(node.source)
+                if loop.readonly == readonly and not loop.holders
+                and not self.observed.is_mounted_device(loop.major, loop.minor)]
+        steps = []
+        if free:
+            device = free[0].device
+        else:
+            device = None
+            steps.append(dict(action='attach_loop', node=node.label, image=node.source, readonly=readonly,
+                              description='attach %s to a free loop device%s'
+                              % (node.source, ' read-only' if readonly else '')))
+        steps.append(dict(action='mount', kind='device', node=node.label, target=node.target, device=device,
+                          image=node.source, readonly=readonly,
+                          description='mount %s on %s%s' % (device or 'the loop device of ' + node.source,
+                                                             node.target, ' read-only' if readonly else '')))
+        return steps
+
+    def _mount_block(self, node):
+        if not self.observed.facts(node.source).is_block:
+            raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
+        readonly = self._mount_readonly(node)
+        return [dict(action='mount', kind='device', node=node.label, target=node.target, device=node.source,
+                     image=None, readonly=readonly,
+                     description='mount %s on %s%s' % (node.source, node.target, ' read-only' if readonly else ''))]
+
+    def _mount_mount(self, node):
+        if not self.observed.facts(node.source).is_dir:
+            raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
+        return [dict(action='mount', kind='bind', node=node.label, target=node.target, source=node.source,
+                     readonly=node.readonly,
+                     description='bind %s on %s%s' % (node.source, node.target, ' read-only' if node.readonly else ''))]
+
+    def _dir_steps(self, node, role, path):
+        facts = self.observed.facts(path)
+        if facts.exists:
+            if not facts.is_dir:
+                raise PlanError('%s: %s %s exists and is not a directory' % (node.describe(), role, path))
+            return []
+        if path in self.planned_dirs or self._under_batch_target(path):
+            return self._planned_mkdir(node, path)
+        if not self.create_dirs:
+            raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
+        return self._planned_mkdir(node, path)
+
+    def _planned_mkdir(self, node, path):
+        if path in self.planned_dirs:
+            return []
+        self.planned_dirs.add(path)
+        return [dict(action='mkdir', node=node.label, path=path, description='create directory %s' % path)]
+
+    def _under_batch_target(self, path):
+        return any(is_within(path, target) and path != target for target in self.batch_targets)
+
+    def _require_lower_dir(self, node):
+        if self._under_batch_target(node.target) or node.target in self.batch_targets:
+            return
+        facts = self.observed.facts(node.target)
+        if not facts.is_dir:
+            raise PlanError('%s: lower dir %s %s' % (node.label, node.target,
+                                                     'is not a directory' if facts.exists else 'does not exist'))
+
+    # --- host rules ---------------------------------------------------------------------------
+
+    def _check_upper_and_work(self, node):
+        upper_mount = self.observed.mount_containing(node.upper)
+        work_mount = self.observed.mount_containing(node.work)
+        if upper_mount and work_mount and upper_mount.mount_id != work_mount.mount_id:
+            raise PlanError('%s: upper %s (on %s) and work %s (on %s) must be on the same mount'
+                            % (node.describe(), node.upper, upper_mount.mountpoint, node.work, work_mount.mountpoint))
+        if upper_mount and upper_mount.fstype == 'overlay':
+            raise PlanError('%s: upper %s is on the overlay mounted at %s; the kernel does not take an '
+                            'overlay as upper fs' % (node.describe(), node.upper, upper_mount.mountpoint))
+        leftovers = [name for name in self.observed.facts(node.work).entries if name not in KERNEL_WORKDIR_ENTRIES]
+        if leftovers:
+            raise PlanError('%s: work dir %s must be empty, it holds %s'
+                            % (node.describe(), node.work, ', '.join(leftovers[:5])))
+        for role, path in (('upper', node.upper), ('work', node.work)):
+            for entry in self.observed.overlays_using(path):
+                if entry.mountpoint != self.observed.facts(node.target).realpath:
+                    raise PlanError('%s: %s %s is already in use by the overlay mounted at %s'
+                                    % (node.describe(), role, path, entry.mountpoint))
+
+    def _stack_depth(self, node):
+        """How many stacked filesystems this node's mount would sit on, as far as can be seen."""
+        if node.kind == 'overlay':
+            under = [self._stack_depth(lower) for lower in node.lowers]
+            if node.upper:
+                under.append(self._host_depth(node.upper))
+            return 1 + max(under)
+        if node.kind == 'dir':
+            return self._host_depth(node.target)
+        if node.kind == 'mount':
+            return self._host_depth(node.source)
+        return 0
+
+    def _host_depth(self, path):
+        if self._under_batch_target(path) or path in self.batch_targets:
+            return 0
+        entry = self.observed.mount_containing(path)
+        return 1 if entry and entry.fstype == 'overlay' else 0
+
+    def _check_stacking_depth(self, node):
+        depth = self._stack_depth(node)
+        if depth > MAX_OVERLAY_NESTING:
+            raise PlanError('%s would stack %d filesystems deep (a layer already lives on an overlay); '
+                            'the kernel allows %d' % (node.describe(), depth, MAX_OVERLAY_NESTING))
+
+    # --- state: unmounted ------------------------------------------------------------------
+
+    def unmounted(self):
+        steps, detaches = [], []
+        for root in reversed(self.roots):
+            self._unmounted_node(root, steps, detaches)
+        return steps + detaches
+
+    def _unmounted_node(self, node, steps, detaches):
+        if node.is_mounted_node:
+            stacked = self.observed.mounts_at(node.target)
+            for current in reversed(stacked):
+                if self._match(node, current) != 'match':
+                    if self.on_drift != 'replace':
+                        raise PlanError('refusing to unmount %s: it is mounted with something this tree does not '
+                                        'describe: %s. Set on_drift=replace to unmount it anyway.'
+                                        % (node.describe(), describe_mount(current)))
+                steps.append(_unmount_step(node, current))
+                if node.kind == 'file':
+                    loop = self.observed.loop_by_number(current.major, current.minor)
+                    if loop and not self._mounted_elsewhere(loop, current):
+                        detaches.append(_detach_step(node, loop))
+            if node.kind == 'file':
+                for loop in self.observed.loops_backed_by(node.source):
+                    if not loop.holders and not self.observed.is_mounted_device(loop.major, loop.minor):
+                        detaches.append(_detach_step(node, loop))
+        for lower in node.lowers:
+            self._unmounted_node(lower, steps, detaches)
+
+    def _mounted_elsewhere(self, loop, current):
+        return any((entry.major, entry.minor) == (loop.major, loop.minor) and entry.mount_id != current.mount_id
+                   for entry in self.observed.mounts)
+
+
+def _unmount_step(node, current):
+    return dict(action='unmount', node=node.label, target=node.target, restore=_restore(node, current),
+                description='unmount %s (%s)' % (node.target, describe_mount(current)))
+
+
+def _restore(node, current):
+    """How to mount again what an unmount step removes, should the run have to be undone."""
+    layers = current.overlay_layers()
+    if layers:
+        lowers, upper, work = layers
+        extra = dict((key, value) for key, value in current.super_options.items()
+                     if key not in ('lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+'))
+        data = overlay_mount_data(lowers, upper, work, {})
+        data += ''.join(',' + (key if value is None else '%s=%s' % (key, value)) for key, value in extra.items())
+        return dict(kind='overlay', target=node.target, data=data, readonly=current.readonly)
+    if current.source.startswith('/dev/'):
+        return dict(kind='device', target=node.target, device=current.source,
+                    image=node.source if node.kind == 'file' else None, readonly=current.readonly)
+    if node.kind == 'mount':
+        return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
+    return None
+
+
+def _detach_step(node, loop):
+    return dict(action='detach_loop', node=node.label, device=loop.device, image=node.source,
+                readonly=loop.readonly, description='detach %s (backing %s)' % (loop.device, loop.backing_file))
+
+
+def _norm(path):
+    return posixpath.normpath(path) if path else path

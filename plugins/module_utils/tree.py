@@ -1,0 +1,337 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The filesystem tree: parse the YAML form, validate what needs no host, and render it back.
+
+Pure functions. The YAML form is one-to-one with the libvirt-style XML (see
+plugins/plugin_utils/xml_codec.py); every rule here names the offending field.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+    OptionError,
+    check_conflicts,
+    normalize_options,
+)
+
+MAX_LOWER_LAYERS = 500
+MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
+TOP_LEVEL_TYPES = ('overlay', 'mount', 'block', 'file')
+LOWER_TYPES = ('dir', 'overlay', 'mount', 'block', 'file')
+IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': ('raw', 'qcow2', 'qcow', 'vmdk', 'vdi', 'vhdx', 'vpc', 'qed', 'parallels')}
+ACCESS_MODES = ('passthrough',)
+
+KEYS = {
+    'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'accessmode'),
+    'dir': ('type', 'target', 'readonly'),
+    'mount': ('type', 'source', 'target', 'readonly', 'accessmode'),
+    'block': ('type', 'source', 'target', 'readonly', 'accessmode'),
+    'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'accessmode'),
+}
+
+
+class TreeError(ValueError):
+    pass
+
+
+class Node(object):
+    """One element of the tree: an overlay, a lower dir, or something mounted at a target."""
+
+    def __init__(self, kind, label, target, source=None, upper=None, work=None, lowers=(),
+                 options=None, readonly=False, driver=None, image_format=None, accessmode=None, is_layer=False):
+        self.kind = kind
+        self.label = label
+        self.target = target
+        self.source = source
+        self.upper = upper
+        self.work = work
+        self.lowers = list(lowers)
+        self.options = options or {}
+        self.readonly = readonly
+        self.driver = driver
+        self.image_format = image_format
+        self.accessmode = accessmode
+        self.is_layer = is_layer
+        self.position = 0  # place in the input batch (roots are applied in dependency order)
+
+    @property
+    def is_mounted_node(self):
+        """Dir lowers are used in place; every other node is mounted at its target."""
+        return self.kind != 'dir'
+
+    def walk(self):
+        """Pre-order: this node, then its lowers in order (top-down)."""
+        yield self
+        for lower in self.lowers:
+            for node in lower.walk():
+                yield node
+
+    def layer_paths(self):
+        """The lowerdir= list of an overlay, topmost first."""
+        return [lower.target for lower in self.lowers]
+
+    def describe(self):
+        return '%s (%s at %s)' % (self.label, self.kind, self.target)
+
+
+def parse_filesystems(raw_list, label='filesystems'):
+    """Parse and validate a batch; return the Nodes in an order where each stands on what precedes it.
+
+    With ``label='filesystem'`` the list holds the one tree of the module's ``filesystem`` option.
+    """
+    if not isinstance(raw_list, list) or not raw_list:
+        raise TreeError('%s must be a non-empty list of filesystems' % label)
+    if label == 'filesystem':
+        nodes = [parse_filesystem(raw_list[0], label)]
+    else:
+        nodes = [parse_filesystem(raw, '%s[%d]' % (label, index)) for index, raw in enumerate(raw_list)]
+    for position, node in enumerate(nodes):
+        node.position = position
+    check_unique_targets(nodes)
+    return order_by_dependency(nodes)
+
+
+def parse_filesystem(raw, label):
+    node = _parse_node(raw, label, top=True)
+    check_overlay_nesting(node)
+    check_paths_disjoint(node)
+    return node
+
+
+def _parse_node(raw, label, top):
+    if isinstance(raw, str) and not top:
+        raw = {'type': 'dir', 'target': raw}
+    if not isinstance(raw, dict):
+        raise TreeError('%s must be a mapping%s' % (label, '' if top else ' or a path string'))
+    kind = raw.get('type', 'overlay' if top else 'dir')
+    allowed = TOP_LEVEL_TYPES if top else LOWER_TYPES
+    if kind == 'bind':
+        raise TreeError("%s.type: 'bind' mounts a path inside a container; it means nothing on a host" % label)
+    if kind not in allowed:
+        raise TreeError('%s.type: %r is not one of %s' % (label, kind, ', '.join(allowed)))
+    unknown = sorted(set(raw) - set(KEYS[kind]))
+    if unknown:
+        raise TreeError('%s: unknown key %s for type %s (allowed: %s)'
+                        % (label, ', '.join(unknown), kind, ', '.join(KEYS[kind])))
+    if 'accessmode' in raw and not top:
+        raise TreeError('%s.accessmode: only a top-level filesystem has an access mode' % label)
+    common = dict(
+        label=label,
+        target=_path(raw, 'target', label),
+        readonly=_flag(raw, 'readonly', label),
+        accessmode=_accessmode(raw, label),
+        is_layer=not top,
+    )
+    if kind == 'overlay':
+        return _parse_overlay(raw, common)
+    if kind == 'dir':
+        return Node('dir', **common)
+    source = _path(raw, 'source', label)
+    if kind == 'file':
+        driver, image_format = _image_driver(raw, label)
+        return Node('file', source=source, driver=driver, image_format=image_format, **common)
+    return Node(kind, source=source, **common)
+
+
+def _parse_overlay(raw, common):
+    label = common['label']
+    upper = _path(raw, 'upper', label, required=False)
+    work = _path(raw, 'work', label, required=False)
+    if bool(upper) != bool(work):
+        raise TreeError('%s: upper and work go together (the kernel needs a work dir for an upper dir)' % label)
+    lowers_raw = raw.get('lower')
+    if not isinstance(lowers_raw, list) or not lowers_raw:
+        raise TreeError('%s.lower must be a non-empty list of lower layers, topmost first' % label)
+    if len(lowers_raw) > MAX_LOWER_LAYERS:
+        raise TreeError('%s.lower has %d layers; the kernel allows at most %d'
+                        % (label, len(lowers_raw), MAX_LOWER_LAYERS))
+    if not upper and len(lowers_raw) < 2:
+        raise TreeError('%s.lower: an overlay without an upper dir needs at least 2 lower layers' % label)
+    if upper and _related(upper, work):
+        raise TreeError('%s: upper %s and work %s must be separate subtrees' % (label, upper, work))
+    try:
+        options = normalize_options(raw.get('options'), label)
+        check_conflicts(options, bool(upper), label)
+    except OptionError as error:
+        raise TreeError(str(error))
+    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False) for index, item in enumerate(lowers_raw)]
+    return Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
+
+
+def _image_driver(raw, label):
+    image_format = raw.get('format')
+    if not image_format:
+        raise TreeError('%s.format is required: image formats are never probed (CVE-2013-4297); '
+                        'say raw, qcow2, ...' % label)
+    driver = raw.get('driver', 'loop' if image_format == 'raw' else None)
+    if driver not in IMAGE_DRIVERS:
+        raise TreeError('%s.driver: %r is not one of %s (format %s needs nbd)'
+                        % (label, driver, ', '.join(IMAGE_DRIVERS), image_format))
+    if image_format not in IMAGE_DRIVERS[driver]:
+        raise TreeError('%s.format: driver %s serves %s, not %r'
+                        % (label, driver, ', '.join(IMAGE_DRIVERS[driver]), image_format))
+    return driver, image_format
+
+
+def _path(raw, key, label, required=True):
+    value = raw.get(key)
+    if value is None or value == '':
+        if required:
+            raise TreeError('%s.%s is required' % (label, key))
+        return None
+    if not isinstance(value, str):
+        raise TreeError('%s.%s must be a path string, not %s' % (label, key, type(value).__name__))
+    return normalize_path(value, '%s.%s' % (label, key))
+
+
+def normalize_path(value, where):
+    """Absolute, no '..', no NUL; '//' and trailing '/' folded so it compares with mountinfo."""
+    if '\0' in value:
+        raise TreeError('%s: a path cannot contain a NUL byte' % where)
+    if not value.startswith('/'):
+        raise TreeError('%s: %r is not an absolute path' % (where, value))
+    if '..' in value.split('/'):
+        raise TreeError("%s: %r contains '..'; give the path without it" % (where, value))
+    normalized = posixpath.normpath(value)
+    return '/' + normalized.lstrip('/')
+
+
+def _flag(raw, key, label):
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise TreeError('%s.%s must be true or false' % (label, key))
+    return value
+
+
+def _accessmode(raw, label):
+    value = raw.get('accessmode')
+    if value is not None and value not in ACCESS_MODES:
+        raise TreeError('%s.accessmode: %r is not supported on a host (only %s)'
+                        % (label, value, ', '.join(ACCESS_MODES)))
+    return value
+
+
+def is_within(path, ancestor):
+    return path == ancestor or path.startswith(ancestor.rstrip('/') + '/')
+
+
+def _related(a, b):
+    return is_within(a, b) or is_within(b, a)
+
+
+def check_overlay_nesting(node, depth=0):
+    if node.kind == 'overlay':
+        depth += 1
+        if depth > MAX_OVERLAY_NESTING:
+            raise TreeError('%s: overlays nest at most %d deep (the kernel stacks at most %d filesystems on a disk fs)'
+                            % (node.label, MAX_OVERLAY_NESTING, MAX_OVERLAY_NESTING))
+    for lower in node.lowers:
+        check_overlay_nesting(lower, depth)
+
+
+def check_paths_disjoint(root):
+    """A target must not overlap the paths its own mount stands on, and no upper or work dir
+    may live under a target of the same tree (it would land on a mount this tree makes)."""
+    for node in root.walk():
+        if not node.is_mounted_node:
+            continue
+        own = list(node.walk())
+        for other in root.walk():
+            for what, path in _paths_used(other):
+                if other is node and what == 'target':
+                    continue
+                if other in own and _related(node.target, path):
+                    raise TreeError('%s: target %s overlaps its own %s %s (%s)'
+                                    % (node.label, node.target, what, path, other.label))
+                if other not in own and what in ('upper', 'work') and is_within(path, node.target):
+                    raise TreeError('%s: %s %s lies under %s, which this tree mounts over'
+                                    % (other.label, what, path, node.describe()))
+
+
+def _paths_used(node):
+    """(role, path) pairs of the host paths a node reads or writes."""
+    used = [('target', node.target)]
+    if node.upper:
+        used += [('upper', node.upper), ('work', node.work)]
+    if node.source:
+        used.append(('source', node.source))
+    return used
+
+
+def _paths_stood_on(root):
+    """Host paths a filesystem needs before it can mount: all but the targets it mounts itself."""
+    for node in root.walk():
+        for what, path in _paths_used(node):
+            if what != 'target' or not node.is_mounted_node:
+                yield path
+
+
+def check_unique_targets(roots):
+    seen = {}
+    for root in roots:
+        for node in root.walk():
+            if not node.is_mounted_node:
+                continue
+            if node.target in seen:
+                raise TreeError('%s: target %s is also the target of %s' % (node.label, node.target, seen[node.target]))
+            seen[node.target] = node.label
+
+
+def order_by_dependency(roots):
+    """Order filesystems so one whose layers live under another's target comes after it; refuse cycles."""
+    targets = {}
+    for root in roots:
+        for node in root.walk():
+            if node.is_mounted_node:
+                targets[node.target] = root
+
+    def needs(root):
+        return set(owner for path in _paths_stood_on(root) for target, owner in targets.items()
+                   if owner is not root and is_within(path, target))
+
+    ordered, visiting = [], []
+
+    def visit(root):
+        if root in ordered:
+            return
+        if root in visiting:
+            cycle = visiting[visiting.index(root):] + [root]
+            raise TreeError('filesystems depend on each other in a cycle: %s'
+                            % ' -> '.join('%s (%s)' % (r.label, r.target) for r in cycle))
+        visiting.append(root)
+        for dependency in sorted(needs(root), key=roots.index):
+            visit(dependency)
+        visiting.pop()
+        ordered.append(root)
+
+    for root in roots:
+        visit(root)
+    return ordered
+
+
+def to_yaml(node):
+    """The canonical YAML form of a node (what the module returns as ``filesystems``)."""
+    if node.kind == 'dir' and not node.readonly:
+        return node.target
+    result = {'type': node.kind}
+    if node.kind == 'overlay':
+        if node.upper:
+            result.update(upper=node.upper, work=node.work)
+        result['lower'] = [to_yaml(lower) for lower in node.lowers]
+        if node.options:
+            result['options'] = dict(node.options)
+    elif node.kind != 'dir':
+        result['source'] = node.source
+    if node.kind == 'file':
+        result.update(driver=node.driver, format=node.image_format)
+    result['target'] = node.target
+    if node.readonly:
+        result['readonly'] = True
+    if node.accessmode:
+        result['accessmode'] = node.accessmode
+    return result

@@ -1,0 +1,218 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: overlay_filesystem
+short_description: Mount overlay filesystem trees idempotently
+version_added: 0.1.0
+description:
+  - Mounts (or unmounts) a tree of overlay filesystems described in the libvirt-style XML proposed for
+    libvirt's LXC driver, or in the same tree written in YAML.
+  - A tree has an upper dir, a work dir and an ordered list of lower layers; a lower layer may be a plain
+    directory, a nested overlay (mounted at its own target first), a raw image file (attached read-only to
+    a loop device and mounted), a block device, or a bind-mounted host directory.
+  - The module reads the live mount table (C(/proc/self/mountinfo)), plans the ordered steps that are
+    missing, and runs only those. A second run reports no change and runs nothing.
+  - A target already mounted with other layers is drift. It is refused unless O(on_drift=replace).
+  - Every rule the kernel would enforce (upper and work on one mount, separate subtrees, empty work dir,
+    at most 500 lower layers, overlays nested at most 2 deep, option conflicts) is checked before anything
+    changes. If a step fails, the steps this run already made are undone in reverse order and the error names
+    the failed step and the kernel's reason.
+  - Upper and work dirs and their data are never removed or changed.
+  - Runs on one host are serialized with a lock file in C(/run/lock).
+author:
+  - containerhost.overlayfs developers
+extends_documentation_fragment:
+  - containerhost.overlayfs.overlay_tree
+options:
+  state:
+    description:
+      - V(mounted) mounts every node of the tree, bottom-up; V(unmounted) unmounts them top-down and
+        detaches the loop devices that served the tree.
+    type: str
+    choices: [mounted, unmounted]
+    default: mounted
+  on_drift:
+    description:
+      - What to do when a target is mounted with something other than the tree describes.
+      - V(fail) stops before any change, showing what is mounted and what was wanted.
+      - V(replace) unmounts what is there and mounts the tree.
+    type: str
+    choices: [fail, replace]
+    default: fail
+  create_dirs:
+    description:
+      - Create missing targets, upper dirs and work dirs (mode 0755). Lower dirs are never created.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    description: Reports the exact plan and changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the mount state of every target before and after.
+  action:
+    support: full
+    description: An action plugin parses O(xml) on the controller, so targets need no lxml.
+  platform:
+    platforms: linux
+    support: full
+    description: Needs Linux with overlayfs, util-linux (C(losetup), C(blkid)) and root.
+notes:
+  - Paths are data. Any byte but NUL is allowed in a path, and no path can add or change a mount option. Paths
+    must be absolute and must not contain C(..).
+  - Overlays are mounted with the mount(2) system call, not mount(8). util-linux 2.39 and later split the
+    option string on commas itself, which would break escaped paths.
+  - Options you set are compared with the options the kernel shows in mountinfo. The kernel leaves out
+    options that equal its defaults, so an option it does not show counts as matching.
+  - Image formats are never probed. An image layer must say its format. The loop driver serves V(raw) images;
+    V(nbd) (qcow2 through qemu-nbd) is not supported yet.
+requirements:
+  - lxml on the controller, for O(xml).
+seealso:
+  - name: Overlay Filesystem (kernel documentation)
+    description: The kernel's rules for upper, work and lower layers.
+    link: https://docs.kernel.org/filesystems/overlayfs.html
+'''
+
+EXAMPLES = r'''
+- name: Mount the seed's simplest overlay from XML
+  containerhost.overlayfs.overlay_filesystem:
+    xml: |
+      <filesystem type='overlay' accessmode='passthrough'>
+        <source dir='/srv/ct1/upper'/>
+        <source dir='/srv/ct1/work'/>
+        <backingStore type='dir'><target dir='/srv/images/base'/></backingStore>
+        <backingStore type='dir'><target dir='/srv/images/runtime'/></backingStore>
+        <target dir='/srv/ct1/rootfs'/>
+      </filesystem>
+
+- name: The same tree in YAML, with a nested overlay and a raw image as lower layers
+  containerhost.overlayfs.overlay_filesystem:
+    filesystem:
+      upper: /srv/ct2/upper
+      work: /srv/ct2/work
+      lower:
+        - type: overlay
+          upper: /srv/shared/upper
+          work: /srv/shared/work
+          lower: [/srv/images/base]
+          target: /srv/shared/merged
+        - type: file
+          source: /srv/images/tools.img
+          format: raw
+          target: /srv/ct2/tools
+        - /srv/images/runtime
+      target: /srv/ct2/rootfs
+      options:
+        index: false
+        redirect_dir: nofollow
+
+- name: Converge many containers in one call
+  containerhost.overlayfs.overlay_filesystem:
+    filesystems: "{{ containers | map(attribute='rootfs') | list }}"
+
+- name: Show what would change without changing anything
+  containerhost.overlayfs.overlay_filesystem:
+    filesystem: "{{ ct1_rootfs }}"
+  check_mode: true
+  diff: true
+  register: preview
+
+- name: Unmount a tree (upper dirs and their data stay)
+  containerhost.overlayfs.overlay_filesystem:
+    filesystem: "{{ ct1_rootfs }}"
+    state: unmounted
+'''
+
+RETURN = r'''
+plan:
+  description: The ordered steps, one sentence each. It is empty when nothing had to change.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - create directory /srv/ct1/rootfs
+    - mount overlay on /srv/ct1/rootfs (lowerdir=/srv/images/base,upperdir=/srv/ct1/upper,workdir=/srv/ct1/work)
+steps:
+  description: The same steps as O(plan) with their data (action, node, target, mount data, device).
+  returned: always
+  type: list
+  elements: dict
+filesystems:
+  description: The canonical YAML form of every input tree, in input order.
+  returned: success
+  type: list
+  elements: dict
+xml:
+  description: The canonical XML form of every input tree, one C(<filesystem>) each, inside C(<filesystems>).
+  returned: success
+  type: str
+mounts:
+  description: The live mounts at the trees' targets after the run, as C(/proc/self/mountinfo) reports them.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    mount_id:
+      description: The kernel's mount ID.
+      type: int
+    target:
+      description: The mount point.
+      type: str
+    fstype:
+      description: The filesystem type.
+      type: str
+    source:
+      description: The mount source.
+      type: str
+    device:
+      description: The device number, as C(major:minor).
+      type: str
+    options:
+      description: Per-mount options (C(rw), C(ro), ...).
+      type: str
+    super_options:
+      description: Superblock options, for overlays the layers as the kernel shows them.
+      type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, converge
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            xml=dict(type='str'),
+            filesystem=dict(type='dict'),
+            filesystems=dict(type='list', elements='dict'),
+            state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
+            on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
+            create_dirs=dict(type='bool', default=True),
+        ),
+        mutually_exclusive=[('xml', 'filesystem', 'filesystems')],
+        required_one_of=[('xml', 'filesystem', 'filesystems')],
+        supports_check_mode=True,
+    )
+    if module.params['xml'] is not None:
+        module.fail_json(msg='xml is parsed on the controller by the action plugin of this module; call the module '
+                             'as containerhost.overlayfs.overlay_filesystem with the collection installed')
+    try:
+        result = converge(module.params, module.run_command, module.check_mode)
+    except ConvergeError as error:
+        module.fail_json(msg=str(error), **error.result)
+    if not module._diff:
+        result.pop('diff')
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
