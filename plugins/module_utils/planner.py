@@ -23,6 +23,8 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, is_within
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
+# LXC's 'bind' (a path inside the container) is, on a host, a bind mount like 'mount'.
+BEHAVES_LIKE = {'bind': 'mount'}
 
 
 class PlanError(ValueError):
@@ -97,7 +99,7 @@ class _Planner(object):
     def _match(self, node, current):
         if current is None:
             return 'absent'
-        matcher = getattr(self, '_matches_' + node.kind)
+        matcher = getattr(self, '_matches_' + BEHAVES_LIKE.get(node.kind, node.kind))
         return 'match' if matcher(node, current) and current.readonly == self._mount_readonly(node) else 'drift'
 
     def _matches_overlay(self, node, current):
@@ -128,7 +130,7 @@ class _Planner(object):
 
     def _mount_steps(self, node):
         steps = self._dir_steps(node, 'target', node.target)
-        steps += getattr(self, '_mount_' + node.kind)(node)
+        steps += getattr(self, '_mount_' + BEHAVES_LIKE.get(node.kind, node.kind))(node)
         return steps
 
     def _mount_overlay(self, node):
@@ -247,7 +249,7 @@ class _Planner(object):
             return 1 + max(under)
         if node.kind == 'dir':
             return self._host_depth(node.target)
-        if node.kind == 'mount':
+        if node.kind in ('mount', 'bind'):
             return self._host_depth(node.source)
         return 0
 
@@ -315,7 +317,7 @@ def _restore(node, current):
     if current.source.startswith('/dev/'):
         return dict(kind='device', target=node.target, device=current.source,
                     image=node.source if node.kind == 'file' else None, readonly=current.readonly)
-    if node.kind == 'mount':
+    if node.kind in ('mount', 'bind'):
         return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
     return None
 

@@ -21,7 +21,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
 
 MAX_LOWER_LAYERS = 500
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
-TOP_LEVEL_TYPES = ('overlay', 'mount', 'block', 'file')
+TOP_LEVEL_TYPES = ('overlay', 'mount', 'bind', 'block', 'file')
 LOWER_TYPES = ('dir', 'overlay', 'mount', 'block', 'file')
 IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': ('raw', 'qcow2', 'qcow', 'vmdk', 'vdi', 'vhdx', 'vpc', 'qed', 'parallels')}
 ACCESS_MODES = ('passthrough',)
@@ -30,6 +30,7 @@ KEYS = {
     'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'accessmode'),
     'dir': ('type', 'target', 'readonly'),
     'mount': ('type', 'source', 'target', 'readonly', 'accessmode'),
+    'bind': ('type', 'source', 'target', 'readonly', 'accessmode'),
     'block': ('type', 'source', 'target', 'readonly', 'accessmode'),
     'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'accessmode'),
 }
@@ -110,8 +111,6 @@ def _parse_node(raw, label, top):
         raise TreeError('%s must be a mapping%s' % (label, '' if top else ' or a path string'))
     kind = raw.get('type', 'overlay' if top else 'dir')
     allowed = TOP_LEVEL_TYPES if top else LOWER_TYPES
-    if kind == 'bind':
-        raise TreeError("%s.type: 'bind' mounts a path inside a container; it means nothing on a host" % label)
     if kind not in allowed:
         raise TreeError('%s.type: %r is not one of %s' % (label, kind, ', '.join(allowed)))
     unknown = sorted(set(raw) - set(KEYS[kind]))

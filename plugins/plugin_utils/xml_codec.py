@@ -1,0 +1,238 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The libvirt-style XML <-> the YAML tree, on the controller, with lxml.
+
+Accepts the seed's spellings (``<driver name='nbd' type='qcow2'/>``, a block ``<source file=...>``) and
+libvirt's own (``<driver type='loop' format='raw'/>``, ``<source dev=...>``). Renders the canonical
+libvirt spelling. Structure only: the tree's rules are checked by module_utils/tree.py on the target.
+"""
+
+from __future__ import annotations
+
+try:
+    from lxml import etree
+except ImportError:  # reported by the action plugin, which names the missing library
+    etree = None
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+OVERLAY_OPTION_NAMES = ('redirect_dir', 'index', 'uuid', 'nfs_export', 'xino', 'metacopy', 'verity',
+                        'default_permissions', 'userxattr', 'volatile')
+FLAG_OPTIONS = ('default_permissions', 'userxattr', 'volatile')
+
+
+class XmlError(ValueError):
+    pass
+
+
+def parse_document(text):
+    """Parse untrusted XML: no DTD, no entities, no network, bounded size and depth."""
+    if etree is None:
+        raise XmlError('the lxml Python library is required on the controller to parse xml')
+    data = text.encode('utf-8') if isinstance(text, str) else text
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise XmlError('the XML document is %d bytes; at most %d are accepted' % (len(data), MAX_DOCUMENT_BYTES))
+    if b'<!DOCTYPE' in data.upper() or b'<!ENTITY' in data.upper():
+        raise XmlError('the XML document has a DTD or entity declaration; these are refused')
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                             huge_tree=False, remove_comments=True, remove_pis=True)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as error:
+        raise XmlError('the XML is not well-formed: %s' % error)
+    if root.getroottree().docinfo.doctype:
+        raise XmlError('the XML document has a DTD; it is refused')
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            raise XmlError('the XML document holds an entity reference or other non-element node; it is refused')
+        depth = len(list(element.iterancestors()))
+        if depth > MAX_DEPTH:
+            raise XmlError('the XML document nests deeper than %d elements' % MAX_DEPTH)
+    return root
+
+
+def xml_to_filesystems(text):
+    """Every <filesystem> of the document (a <filesystem>, a <domain>, or any wrapper) in YAML form."""
+    root = parse_document(text)
+    if root.tag == 'filesystem':
+        elements = [root]
+    elif root.tag == 'domain':
+        elements = root.findall('devices/filesystem')
+    else:
+        elements = root.findall('filesystem')
+    if not elements:
+        raise XmlError('no <filesystem> element found in <%s>' % root.tag)
+    return [_filesystem(element, '/filesystem[%d]' % index) for index, element in enumerate(elements, 1)]
+
+
+def _filesystem(element, where):
+    # libvirt's default filesystem type is 'mount'
+    kind = element.get('type', 'mount')
+    _allow_attributes(element, where, ('type', 'accessmode'))
+    tree = _node(element, kind, where)
+    if element.get('accessmode') is not None:
+        tree['accessmode'] = element.get('accessmode')
+    return tree
+
+
+def _node(element, kind, where):
+    tree = {'type': kind}
+    children = {}
+    for child in element:
+        children.setdefault(child.tag, []).append(child)
+    allowed = {
+        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly'),
+        'dir': ('target', 'readonly'),
+        'mount': ('source', 'target', 'readonly'),
+        'bind': ('source', 'target', 'readonly'),
+        'block': ('source', 'target', 'readonly'),
+        'file': ('source', 'driver', 'target', 'readonly'),
+    }.get(kind)
+    if allowed is None:
+        return tree  # an unknown type: the tree's rules name it
+    for tag in children:
+        if tag not in allowed:
+            raise XmlError('%s: <%s> is not allowed in a %s (allowed: %s)'
+                           % (where, tag, kind, ', '.join('<%s>' % name for name in allowed)))
+    for tag in ('target', 'driver', 'readonly'):
+        if len(children.get(tag, [])) > 1:
+            raise XmlError('%s: more than one <%s>' % (where, tag))
+    target = children.get('target')
+    if target:
+        tree['target'] = _attribute(target[0], 'dir', where + '/target')
+    if children.get('readonly'):
+        _allow_attributes(children['readonly'][0], where + '/readonly', ())
+        tree['readonly'] = True
+    if kind == 'overlay':
+        _overlay(children, tree, where)
+    elif kind in ('mount', 'bind', 'block', 'file'):
+        _single_source(children, kind, tree, where)
+    if kind == 'file' and children.get('driver'):
+        tree.update(_image_driver(children['driver'][0], where + '/driver'))
+    return tree
+
+
+def _overlay(children, tree, where):
+    sources = children.get('source', [])
+    if len(sources) not in (0, 2):
+        raise XmlError('%s: an overlay takes two <source dir> elements (upper dir, then work dir) or none, not %d'
+                       % (where, len(sources)))
+    if sources:
+        tree['upper'] = _attribute(sources[0], 'dir', where + '/source[1]')
+        tree['work'] = _attribute(sources[1], 'dir', where + '/source[2]')
+    if children.get('driver'):
+        tree['options'] = _overlay_options(children['driver'][0], where + '/driver')
+    lowers = []
+    for index, store in enumerate(children.get('backingStore', []), 1):
+        if not store.attrib and len(store) == 0:
+            continue  # libvirt's empty <backingStore/> ends a chain
+        store_where = '%s/backingStore[%d]' % (where, index)
+        _allow_attributes(store, store_where, ('type',))
+        lowers.append(_node(store, store.get('type', 'dir'), store_where))
+    tree['lower'] = lowers
+
+
+def _single_source(children, kind, tree, where):
+    sources = children.get('source', [])
+    if len(sources) != 1:
+        raise XmlError('%s: a %s takes exactly one <source>' % (where, kind))
+    names = {'mount': ('dir',), 'bind': ('dir',), 'block': ('dev', 'file'), 'file': ('file',)}[kind]
+    present = [name for name in names if sources[0].get(name) is not None]
+    if len(present) != 1:
+        raise XmlError("%s/source: a %s source needs %s" % (where, kind, ' or '.join("a '%s' attribute" % n for n in names)))
+    tree['source'] = _attribute(sources[0], present[0], where + '/source')
+
+
+def _image_driver(element, where):
+    """Seed spelling <driver name='nbd' type='qcow2'/>; libvirt's <driver type='loop' format='raw'/>."""
+    if element.get('name') is not None:
+        _allow_attributes(element, where, ('name', 'type'))
+        driver, image_format = element.get('name'), element.get('type')
+    else:
+        _allow_attributes(element, where, ('type', 'format'))
+        driver, image_format = element.get('type'), element.get('format')
+    result = {}
+    if driver:
+        result['driver'] = driver
+    if image_format:
+        result['format'] = image_format
+    return result
+
+
+def _overlay_options(element, where):
+    if element.get('type') != 'overlay':
+        raise XmlError("%s: an overlay's <driver> must have type='overlay'" % where)
+    options = {}
+    for name, value in element.attrib.items():
+        if name == 'type':
+            continue
+        if name not in OVERLAY_OPTION_NAMES:
+            raise XmlError('%s: unknown overlay option attribute %r (known: %s)'
+                           % (where, name, ', '.join(OVERLAY_OPTION_NAMES)))
+        options[name] = value
+    return options
+
+
+def _attribute(element, name, where):
+    _allow_attributes(element, where, (name,))
+    value = element.get(name)
+    if value is None:
+        raise XmlError("%s: the '%s' attribute is required" % (where, name))
+    return value
+
+
+def _allow_attributes(element, where, names):
+    unknown = sorted(set(element.attrib) - set(names))
+    if unknown:
+        raise XmlError('%s: unknown attribute %s on <%s>' % (where, ', '.join(repr(n) for n in unknown), element.tag))
+
+
+def filesystems_to_xml(filesystems):
+    """Canonical XML for YAML trees: one <filesystem> each, inside <filesystems>."""
+    root = etree.Element('filesystems')
+    for tree in filesystems:
+        root.append(_element('filesystem', tree))
+    return etree.tostring(root, pretty_print=True, encoding='unicode')
+
+
+def filesystem_to_xml(tree):
+    return etree.tostring(_element('filesystem', tree), pretty_print=True, encoding='unicode')
+
+
+def _element(tag, tree):
+    if isinstance(tree, str):
+        tree = {'type': 'dir', 'target': tree}
+    element = etree.Element(tag, type=tree.get('type', 'overlay' if tag == 'filesystem' else 'dir'))
+    if tree.get('accessmode'):
+        element.set('accessmode', tree['accessmode'])
+    if tree.get('options'):
+        driver = etree.SubElement(element, 'driver', type='overlay')
+        for name, value in tree['options'].items():
+            driver.set(name, _option_text(value))
+    if tree.get('driver') or tree.get('format'):
+        driver = etree.SubElement(element, 'driver')
+        if tree.get('driver'):
+            driver.set('type', tree['driver'])
+        if tree.get('format'):
+            driver.set('format', tree['format'])
+    if tree.get('upper'):
+        etree.SubElement(element, 'source', dir=tree['upper'])
+        etree.SubElement(element, 'source', dir=tree['work'])
+    if tree.get('source'):
+        attribute = {'block': 'dev', 'file': 'file'}.get(tree['type'], 'dir')
+        etree.SubElement(element, 'source', **{attribute: tree['source']})
+    for lower in tree.get('lower', []):
+        element.append(_element('backingStore', lower))
+    etree.SubElement(element, 'target', dir=tree['target'])
+    if tree.get('readonly'):
+        etree.SubElement(element, 'readonly')
+    return element
+
+
+def _option_text(value):
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    return str(value)
