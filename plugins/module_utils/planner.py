@@ -169,10 +169,10 @@ class _Planner(object):
             steps.append(dict(action='attach_loop', node=node.label, image=node.source, readonly=readonly,
                               description='attach %s to a free loop device%s'
                               % (node.source, ' read-only' if readonly else '')))
+        shown_device = device or 'the loop device of ' + node.source
         steps.append(dict(action='mount', kind='device', node=node.label, target=node.target, device=device,
                           image=node.source, readonly=readonly,
-                          description='mount %s on %s%s' % (device or 'the loop device of ' + node.source,
-                                                             node.target, ' read-only' if readonly else '')))
+                          description='mount %s on %s%s' % (shown_device, node.target, ' read-only' if readonly else '')))
         return steps
 
     def _mount_block(self, node):
@@ -227,6 +227,9 @@ class _Planner(object):
         if upper_mount and work_mount and upper_mount.mount_id != work_mount.mount_id:
             raise PlanError('%s: upper %s (on %s) and work %s (on %s) must be on the same mount'
                             % (node.describe(), node.upper, upper_mount.mountpoint, node.work, work_mount.mountpoint))
+        if upper_mount and upper_mount.readonly:
+            raise PlanError('%s: upper %s is on the read-only mount at %s'
+                            % (node.describe(), node.upper, upper_mount.mountpoint))
         if upper_mount and upper_mount.fstype == 'overlay':
             raise PlanError('%s: upper %s is on the overlay mounted at %s; the kernel does not take an '
                             'overlay as upper fs' % (node.describe(), node.upper, upper_mount.mountpoint))

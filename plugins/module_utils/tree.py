@@ -69,8 +69,7 @@ class Node(object):
         """Pre-order: this node, then its lowers in order (top-down)."""
         yield self
         for lower in self.lowers:
-            for node in lower.walk():
-                yield node
+            yield from lower.walk()
 
     def layer_paths(self):
         """The lowerdir= list of an overlay, topmost first."""

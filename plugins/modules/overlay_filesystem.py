@@ -26,7 +26,7 @@ description:
   - Upper and work dirs and their data are never removed or changed.
   - Runs on one host are serialized with a lock file in C(/run/lock).
 author:
-  - containerhost.overlayfs developers
+  - containerhost.overlayfs developers (@containerhost)
 extends_documentation_fragment:
   - containerhost.overlayfs.overlay_tree
 options:
@@ -141,7 +141,7 @@ plan:
     - create directory /srv/ct1/rootfs
     - mount overlay on /srv/ct1/rootfs (lowerdir=/srv/images/base,upperdir=/srv/ct1/upper,workdir=/srv/ct1/work)
 steps:
-  description: The same steps as O(plan) with their data (action, node, target, mount data, device).
+  description: The same steps as RV(plan) with their data (action, node, target, mount data, device).
   returned: always
   type: list
   elements: dict

@@ -1,0 +1,131 @@
+# Build and test tooling for the containerhost.overlayfs collection.
+#
+#   make setup        .venv with requirements.txt, Debian test packages, collection layout,
+#                     offline pip bootstrap for ansible-test
+#   make demo         scripts/demo.sh
+#   make unit         pytest tests/unit
+#   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
+#   make sanity       ansible-test sanity on a copy of the tree (see below)
+#   make test         setup, then unit, integration and sanity; non-zero exit if any of them fails
+#   make clean        remove .venv, .cache and tests/output
+#
+# Every target works from a fresh clone, run as root.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+# Python version ansible-test sanity runs its (per-test) environments with.
+SANITY_PYTHON ?= 3.11
+
+VENV := $(CURDIR)/.venv
+VENV_PYTHON := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.requirements-installed
+
+# ansible and ansible-test want a collection at a path ending in ansible_collections/NAMESPACE/NAME.
+# For ansible (ansible-playbook, ansible, ansible-doc, the tests) a symlink to the repo root is enough.
+COLLECTIONS_ROOT := $(CURDIR)/.cache/collections
+COLLECTION_LINK := $(COLLECTIONS_ROOT)/ansible_collections/containerhost/overlayfs
+# ansible-test does not accept the symlink: it takes os.getcwd(), which resolves symlinks to the repo root,
+# and then fails with 'No "ansible_collections" parent directory was found'. So sanity runs on a copy.
+SANITY_COPY := $(CURDIR)/.cache/sanity/ansible_collections/containerhost/overlayfs
+
+# Debian packages the tests need: util-linux (mount, umount, losetup, findmnt, unshare),
+# e2fsprogs (mkfs.ext4), shellcheck (ansible-test sanity's shellcheck test for *.sh files).
+DEB_PACKAGES := util-linux e2fsprogs shellcheck
+
+# Prepended once (recursive make calls inherit the already-prepended values).
+ifeq ($(filter $(VENV)/bin,$(subst :, ,$(PATH))),)
+export PATH := $(VENV)/bin:$(PATH)
+endif
+# Lets pytest import ansible_collections.containerhost.overlayfs.* directly; ansible itself uses
+# ANSIBLE_COLLECTIONS_PATH.
+ifeq ($(filter $(COLLECTIONS_ROOT),$(subst :, ,$(PYTHONPATH))),)
+export PYTHONPATH := $(COLLECTIONS_ROOT)$(if $(PYTHONPATH),:$(PYTHONPATH))
+endif
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
+
+# Sanity tests that are skipped, each with the reason:
+#   pslint: needs PowerShell (pwsh), which neither Debian nor PyPI provides here; the collection
+#           targets Linux only and has no .ps1/.psm1/.psd1 files.
+SANITY_SKIP := pslint
+SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
+
+.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test clean
+
+setup: venv debian-packages collection-layout get-pip-standin
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt
+	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+debian-packages:
+	@missing=(); \
+	for pkg in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$' || missing+=("$$pkg"); \
+	done; \
+	if [ "$${#missing[@]}" -gt 0 ]; then \
+	  echo "Installing Debian packages: $${missing[*]}"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq; \
+	  apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
+	fi
+
+collection-layout:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@# The link lives in .cache/collections/ansible_collections/containerhost/; four levels up is the repo root.
+	@if [ "$$(readlink $(COLLECTION_LINK) || true)" != "../../../.." ]; then \
+	  rm -rf $(COLLECTION_LINK); ln -s ../../../.. $(COLLECTION_LINK); \
+	fi
+	@test -f $(COLLECTION_LINK)/galaxy.yml
+
+# ansible-test bootstraps pip in every virtual environment it creates with a get-pip.py that it downloads
+# from a host this machine cannot reach, unless ~/.ansible/test/cache/get_pip_<pip version with _>.py
+# exists (see bootstrap() in ansible_test/_util/target/setup/requirements.py). The pip version comes from
+# the installed ansible-test; the file name pattern is the one that function uses.
+get-pip-standin: venv
+	@pip_version=$$($(VENV_PYTHON) -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages; print(get_venv_packages(types.SimpleNamespace(version="$(SANITY_PYTHON)"))["pip"])'); \
+	dest="$$HOME/.ansible/test/cache/get_pip_$${pip_version//./_}.py"; \
+	cmp -s scripts/get_pip_standin.py "$$dest" || install -D -m 0644 scripts/get_pip_standin.py "$$dest"
+
+demo: setup
+	bash scripts/demo.sh
+
+unit: setup
+	$(VENV_PYTHON) -m pytest tests/unit -q
+
+# The session runs in a private mount namespace: every mount the tests make dies with it.
+integration: setup
+	unshare --mount --propagation private $(VENV_PYTHON) -m pytest tests/integration -q
+
+# The copy holds what ansible-test itself would test in place: the files git lists (tracked, plus untracked
+# ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git
+# repository, since otherwise ansible-test would find the repo's .git above it, in which .cache is ignored,
+# and see no files at all.
+sanity: setup
+	@rm -rf $(SANITY_COPY)
+	@mkdir -p $(SANITY_COPY)
+	@git ls-files -z --cached --others --exclude-standard \
+	  | while IFS= read -r -d '' f; do if [ -e "$$f" ] || [ -L "$$f" ]; then printf '%s\0' "$$f"; fi; done \
+	  | tar -c --null --verbatim-files-from --no-recursion -T - -f - \
+	  | tar -x -C $(SANITY_COPY) -f -
+	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
+	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
+
+# Runs all three suites even when one fails, then fails if any did.
+test: setup
+	@failed=(); \
+	for suite in unit integration sanity; do \
+	  echo "==> make $$suite"; \
+	  $(MAKE) --no-print-directory $$suite || failed+=("$$suite"); \
+	done; \
+	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
+	echo "make test: unit, integration and sanity all succeeded"
+
+clean:
+	rm -rf $(VENV) .cache tests/output .pytest_cache

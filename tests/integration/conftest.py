@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Integration fixtures: real ansible runs against localhost, real mounts, in a private mount namespace.
+
+The whole session runs under ``unshare -m --propagation private`` (``make integration`` does that), so
+every mount dies with the namespace. Loop devices are not namespaced: each test detaches the ones
+backed by its files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SEED_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'seeds')
+MODULE = 'containerhost.overlayfs.overlay_filesystem'
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() != 0:
+        pytest.exit('integration tests mount filesystems: run them as root', returncode=3)
+    if _root_mount_propagates():
+        pytest.exit('integration tests must run in a private mount namespace: '
+                    'unshare -m --propagation private python -m pytest tests/integration (make integration does)',
+                    returncode=3)
+
+
+def _root_mount_propagates():
+    """True unless '/' is a private mount (no 'shared:N' peer group), as after unshare --propagation private."""
+    with open('/proc/self/mountinfo') as handle:
+        for line in handle:
+            fields = line.split(' ')
+            if fields[4] == '/':
+                return any(field.startswith('shared:') for field in fields[6:fields.index('-')])
+    return True
+
+
+def mounts_under(root):
+    """Every mount below root, as the collection's own mountinfo reader decodes it."""
+    return [entry for entry in read_mountinfo() if entry.mountpoint.startswith(root + '/')]
+
+
+def loops_backed_under(root):
+    out = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE'],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split(None, 1)[0] for line in out.splitlines()
+            if len(line.split(None, 1)) == 2 and line.split(None, 1)[1].startswith(root + '/')]
+
+
+class Host(object):
+    """A scratch root on its own tmpfs, and ways to run the module against localhost."""
+
+    def __init__(self, root, runs_dir):
+        self.root = root
+        self.runs_dir = runs_dir
+        self.runs = 0
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def make_dirs(self, *names, **files):
+        for name in names:
+            os.makedirs(self.path(name), exist_ok=True)
+        for name, content in files.items():
+            self.write(name, content)
+
+    def write(self, name, content):
+        os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
+        with open(self.path(name), 'w') as handle:
+            handle.write(content)
+
+    def play(self, check=False, diff=False, **module_args):
+        """Run the module once through ansible-playbook; return the registered result."""
+        self.runs += 1
+        vars_file = os.path.join(self.runs_dir, 'run%d-vars.json' % self.runs)
+        result_file = os.path.join(self.runs_dir, 'run%d-result.json' % self.runs)
+        with open(vars_file, 'w') as handle:
+            json.dump({'module_args': module_args, 'result_file': result_file}, handle)
+        playbook = os.path.join(self.runs_dir, 'run%d.yml' % self.runs)
+        with open(playbook, 'w') as handle:
+            handle.write(textwrap.dedent('''\
+                - hosts: localhost
+                  gather_facts: false
+                  tasks:
+                    - name: Converge
+                      %s:
+                        xml: "{{ module_args.xml | default(omit) }}"
+                        filesystem: "{{ module_args.filesystem | default(omit) }}"
+                        filesystems: "{{ module_args.filesystems | default(omit) }}"
+                        state: "{{ module_args.state | default(omit) }}"
+                        on_drift: "{{ module_args.on_drift | default(omit) }}"
+                        create_dirs: "{{ module_args.create_dirs | default(omit) }}"
+                      register: result
+                      ignore_errors: true
+                    - name: Keep the result for the test
+                      check_mode: false
+                      ansible.builtin.copy:
+                        content: "{{ result | to_json }}"
+                        dest: "{{ result_file }}"
+                ''' % MODULE))
+        argv = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', '-e', '@' + vars_file,
+                '-e', 'ansible_python_interpreter=' + sys.executable, playbook]
+        if check:
+            argv.append('--check')
+        if diff:
+            argv.append('--diff')
+        completed = run(argv)
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        with open(result_file) as handle:
+            return json.load(handle)
+
+    def adhoc(self, args, check=False):
+        """Run the module ad hoc (``ansible localhost -m ... -a ARGS``); return (rc, parsed result)."""
+        argv = ['ansible', 'localhost', '-i', 'localhost,', '-c', 'local', '-e',
+                'ansible_python_interpreter=' + sys.executable, '-m', MODULE, '-a', args]
+        if check:
+            argv.append('--check')
+        completed = run(argv, ANSIBLE_STDOUT_CALLBACK='minimal')
+        text = completed.stdout
+        return completed.returncode, json.loads(text[text.index(' => ') + 4:])
+
+
+def run(argv, **env):
+    environment = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_DEPRECATION_WARNINGS='0', **env)
+    return subprocess.run(argv, capture_output=True, text=True, env=environment, cwd=REPO, check=False)
+
+
+@pytest.fixture
+def host():
+    root = tempfile.mkdtemp(prefix='ovlfs-it-')
+    runs_dir = tempfile.mkdtemp(prefix='ovlfs-it-runs-')
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'scratch', root], check=True)
+    try:
+        yield Host(root, runs_dir)
+    finally:
+        shutil.rmtree(runs_dir)
+        subprocess.run(['umount', '--recursive', '--lazy', root], check=False)
+        for device in loops_backed_under(root):
+            subprocess.run(['losetup', '--detach', device], check=False)
+        os.rmdir(root)
+
+
+@pytest.fixture
+def seed_examples():
+    """The seed's <filesystem> examples, verbatim, in the order the seed gives them."""
+    texts = [open(path).read() for path in sorted(glob.glob(os.path.join(SEED_DIR, '*.txt')))]
+    if not texts:
+        pytest.skip('the seed (../shared/seeds) is not beside this checkout')
+    return re.findall(r'(<filesystem .*?</filesystem>)', texts[0], re.S)
+
+
+def relocate(xml, root):
+    """Move every absolute path of an example under root: dir='/x' -> dir='ROOT/x'."""
+    return re.sub(r"(dir|file|dev)='/", lambda match: "%s='%s/" % (match.group(1), root), xml)

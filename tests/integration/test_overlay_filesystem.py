@@ -1,0 +1,348 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""overlay_filesystem through real ansible-playbook and ansible runs, real overlayfs, real loop devices."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import threading
+
+from conftest import loops_backed_under, mounts_under, relocate
+
+
+def snapshot(host):
+    """The mount table below the scratch root: mount ids included, so a remount shows."""
+    return [(entry.mount_id, entry.mountpoint, entry.fstype, tuple(sorted(entry.super_options.items(),
+                                                                          key=lambda item: item[0])))
+            for entry in mounts_under(host.root)]
+
+
+def converge_twice(host, **args):
+    """First run changes, second run plans nothing and mounts nothing."""
+    first = host.play(**args)
+    assert not first.get('failed'), first.get('msg')
+    assert first['changed'] is True
+    before = snapshot(host)
+    second = host.play(**args)
+    assert not second.get('failed'), second.get('msg')
+    assert second['changed'] is False
+    assert second['plan'] == []
+    assert snapshot(host) == before
+    return first
+
+
+def tree_digest(path):
+    """Names, modes, contents and device numbers (overlay whiteouts are 0:0 char devices) of a tree."""
+    digest = hashlib.sha256()
+    for directory, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(directory, name)
+            info = os.lstat(full)
+            digest.update(('%s %o %d\n' % (full, info.st_mode, info.st_rdev)).encode('utf-8', 'surrogateescape'))
+            if stat.S_ISREG(info.st_mode):
+                with open(full, 'rb') as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def make_ext4_image(host, name, files):
+    """A raw ext4 image holding the given files (mkfs.ext4 -d, no mount needed)."""
+    content = host.path(name + '.content')
+    for relative, text in files.items():
+        host.write(os.path.join(name + '.content', relative), text)
+    image = host.path(name)
+    subprocess.run(['mkfs.ext4', '-q', '-F', '-d', content, image, '8M'], check=True)
+    return image
+
+
+def overlays(host):
+    return {entry.mountpoint: entry.overlay_layers() for entry in mounts_under(host.root) if entry.fstype == 'overlay'}
+
+
+# --- the seed's examples --------------------------------------------------------------------------
+
+
+def test_seed_simple_overlay_mounts_and_is_idempotent(host, seed_examples):
+    simple = [xml for xml in seed_examples if "type='overlay'" in xml and 'backing/' not in xml and 'nbd' not in xml]
+    assert len(simple) == 1
+    host.make_dirs(**{'lower1/a': 'from lower1', 'lower2/b': 'from lower2', 'lower3/c': 'from lower3'})
+    result = converge_twice(host, xml=relocate(simple[0], host.root))
+    assert overlays(host) == {host.path('merged'): (
+        [host.path('lower1'), host.path('lower2'), host.path('lower3')], host.path('upper'), host.path('work'))}
+    assert sorted(os.listdir(host.path('merged'))) == ['a', 'b', 'c']
+    assert '<source dir="%s"/>' % host.path('upper') in result['xml']
+
+
+def test_seed_nested_overlay_mounts_inner_at_its_own_target_first(host, seed_examples):
+    nested = [xml for xml in seed_examples if "backingStore type='overlay'" in xml]
+    assert len(nested) == 1
+    host.make_dirs(**{'backing/lower1/x': '1', 'backing/lower2/y': '2', 'lower2/z': '3', 'lower3/w': '4'})
+    result = converge_twice(host, xml=relocate(nested[0], host.root))
+    mounted = overlays(host)
+    assert mounted[host.path('backing/merged')][0] == [host.path('backing/lower1'), host.path('backing/lower2')]
+    assert mounted[host.path('merged')][0] == [host.path('backing/merged'), host.path('lower2'), host.path('lower3')]
+    mount_steps = [step['target'] for step in result['steps'] if step['action'] == 'mount']
+    assert mount_steps == [host.path('backing/merged'), host.path('merged')]
+    assert sorted(os.listdir(host.path('merged'))) == ['w', 'x', 'y', 'z']
+
+
+def test_seed_qcow2_example_is_refused_before_any_change(host, seed_examples):
+    qcow2 = [xml for xml in seed_examples if "type='overlay'" in xml and 'nbd' in xml]
+    assert len(qcow2) == 1
+    host.write('guest.img', 'not really an image')
+    before = sorted(os.listdir(host.root))
+    result = host.play(xml=relocate(qcow2[0], host.root))
+    assert result['failed']
+    assert 'nbd' in result['msg'] and 'not supported yet' in result['msg']
+    assert sorted(os.listdir(host.root)) == before  # not even a directory was created
+
+
+def test_seed_bind_examples_mount_host_dirs(host, seed_examples):
+    binds = [xml for xml in seed_examples if "type='mount'" in xml or "type='bind'" in xml]
+    assert len(binds) == 2
+    host.make_dirs(**{'path/on/host/f': 'host', 'path/in/container/g': 'container'})
+    for xml in binds:
+        converge_twice(host, xml=relocate(xml, host.root))
+    assert os.listdir(host.path('path/in/container')) == ['f']
+    assert os.listdir(host.path('other/path/in/container')) == ['f']
+
+
+def test_seed_block_example_mounts_a_block_device(host, seed_examples):
+    block = [xml for xml in seed_examples if "type='block'" in xml]
+    assert len(block) == 1
+    image = make_ext4_image(host, 'disk.img', {'hello': 'block'})
+    device = subprocess.run(['losetup', '--find', '--show', image], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    rdev = os.stat(device).st_rdev
+    os.makedirs(host.path('dev'))
+    os.mknod(host.path('dev/sdb1'), 0o600 | 0o060000, rdev)  # S_IFBLK: the seed's /dev/sdb1, relocated
+    converge_twice(host, xml=relocate(block[0], host.root))
+    with open(host.path('path/in/container/hello')) as handle:
+        assert handle.read() == 'block'
+
+
+# --- image and block lowers --------------------------------------------------------------------
+
+
+def raw_image_tree(host, image):
+    return {
+        'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
+        'lower': [{'type': 'file', 'source': image, 'format': 'raw', 'target': host.path('img')},
+                  host.path('base')],
+    }
+
+
+def test_raw_image_lower_is_attached_read_only_once_and_detached_on_unmount(host):
+    image = make_ext4_image(host, 'tools.img', {'tool': 'from image'})
+    host.make_dirs(**{'base/b': 'base'})
+    tree = raw_image_tree(host, image)
+    converge_twice(host, filesystem=tree)
+    devices = loops_backed_under(host.root)
+    assert len(devices) == 1
+    with open('/sys/block/%s/ro' % os.path.basename(devices[0])) as handle:
+        assert handle.read().strip() == '1'
+    assert sorted(os.listdir(host.path('merged'))) == ['b', 'lost+found', 'tool']
+    result = host.play(filesystem=tree, state='unmounted')
+    assert result['changed'] and not result.get('failed'), result.get('msg')
+    assert [step['action'] for step in result['steps']] == ['unmount', 'unmount', 'detach_loop']
+    assert mounts_under(host.root) == []
+    assert loops_backed_under(host.root) == []
+
+
+def test_block_device_lower_mounts_read_only(host):
+    image = make_ext4_image(host, 'sdb1.img', {'data': 'on a disk'})
+    device = subprocess.run(['losetup', '--find', '--show', image], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    host.make_dirs('base')
+    tree = {'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
+            'lower': [{'type': 'block', 'source': device, 'target': host.path('disk')}, host.path('base')]}
+    converge_twice(host, filesystem=tree)
+    disk = [entry for entry in mounts_under(host.root) if entry.mountpoint == host.path('disk')]
+    assert disk[0].readonly and disk[0].fstype == 'ext4'
+    host.play(filesystem=tree, state='unmounted')
+    assert mounts_under(host.root) == []
+    assert loops_backed_under(host.root) == [device]  # not ours to detach
+
+
+# --- unmount, data, drift, check mode ------------------------------------------------------------
+
+
+def nested_tree(host):
+    return {
+        'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
+        'lower': [{'type': 'overlay', 'upper': host.path('inner/upper'), 'work': host.path('inner/work'),
+                   'lower': [host.path('base')], 'target': host.path('inner/merged')},
+                  host.path('extra')],
+    }
+
+
+def test_unmounted_removes_every_mount_and_keeps_upper_data_byte_identical(host):
+    host.make_dirs(**{'base/etc/os-release': 'base', 'extra/opt/x': 'extra'})
+    tree = nested_tree(host)
+    converge_twice(host, filesystem=tree)
+    host.write('merged/etc/os-release', 'changed in the container')
+    host.write('merged/new file\nwith newline', 'new')
+    os.remove(host.path('merged/opt/x'))
+    digest = tree_digest(host.path('upper'))
+    result = host.play(filesystem=tree, state='unmounted')
+    assert [step['target'] for step in result['steps']] == [host.path('merged'), host.path('inner/merged')]
+    assert mounts_under(host.root) == []
+    assert tree_digest(host.path('upper')) == digest
+    assert host.play(filesystem=tree, state='unmounted')['changed'] is False
+
+
+def test_drift_is_refused_showing_both_then_replaced_when_asked(host):
+    host.make_dirs('base', 'other', 'extra', 'merged')
+    subprocess.run(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s:%s' % (host.path('other'), host.path('extra')),
+                    host.path('merged')], check=True)
+    tree = {'lower': [host.path('base'), host.path('extra')], 'target': host.path('merged')}
+    before = snapshot(host)
+    refused = host.play(filesystem=tree)
+    assert refused['failed']
+    assert 'drift' in refused['msg'] and host.path('other') in refused['msg'] and host.path('base') in refused['msg']
+    assert snapshot(host) == before
+    replaced = host.play(filesystem=tree, on_drift='replace')
+    assert replaced['changed'] and [step['action'] for step in replaced['steps']] == ['unmount', 'mount']
+    assert overlays(host)[host.path('merged')][0] == [host.path('base'), host.path('extra')]
+
+
+def test_check_mode_reports_the_plan_and_changes_nothing(host):
+    host.make_dirs('base', 'extra')
+    tree = nested_tree(host)
+    before = sorted(os.listdir(host.root))
+    result = host.play(filesystem=tree, check=True, diff=True)
+    assert result['changed'] is True
+    assert result['plan'][-1].startswith('mount overlay on %s' % host.path('merged'))
+    assert 'not mounted' in result['diff']['before'] and 'as planned' in result['diff']['after']
+    assert mounts_under(host.root) == [] and sorted(os.listdir(host.root)) == before
+
+
+def test_diff_mode_shows_the_mount_state_before_and_after(host):
+    host.make_dirs('base', 'extra')
+    result = host.play(filesystem={'lower': [host.path('base'), host.path('extra')], 'target': host.path('m')},
+                       diff=True)
+    assert result['diff']['before'] == '%s: not mounted\n' % host.path('m')
+    assert result['diff']['after'].startswith('%s: overlay overlay on %s' % (host.path('m'), host.path('m')))
+
+
+# --- paths are data -----------------------------------------------------------------------------
+
+
+HOSTILE_NAMES = ['comma,upperdir=evil', 'colon:lower', 'back\\slash', 'equals=sign', "quote'single",
+                 'quote"double', 'space here', 'tab\there', 'newline\nhere']
+
+
+def test_hostile_paths_mount_exactly_and_add_no_option(host):
+    lowers = []
+    for index, name in enumerate(HOSTILE_NAMES):
+        host.write(os.path.join(name, 'f%d' % index), name)
+        lowers.append(host.path(name))
+    os.makedirs(host.path('evil'))
+    tree = {'upper': host.path('up,per:x'), 'work': host.path('wo rk'), 'lower': lowers,
+            'target': host.path('mer\nged')}
+    converge_twice(host, filesystem=tree)
+    assert overlays(host)[host.path('mer\nged')] == (lowers, host.path('up,per:x'), host.path('wo rk'))
+    assert sorted(os.listdir(host.path('mer\nged'))) == sorted('f%d' % i for i in range(len(HOSTILE_NAMES)))
+    assert os.listdir(host.path('evil')) == []
+
+
+def test_paths_that_cannot_be_data_are_refused_by_name(host):
+    result = host.play(filesystem={'lower': ['relative/path', '/abs'], 'target': host.path('m')})
+    assert result['failed'] and 'filesystem.lower[0]' in result['msg'] and 'absolute' in result['msg']
+
+
+# --- failures, batches, concurrency --------------------------------------------------------------
+
+
+def test_a_kernel_failure_half_way_undoes_the_run_and_names_the_step(host):
+    host.make_dirs('l1', 'l2', 'u', 'w', 'a', 'b')
+    reused = {'upper': host.path('u'), 'work': host.path('w'), 'target': host.path('m'), 'options': {'index': True}}
+    converge_twice(host, filesystem=dict(reused, lower=[host.path('l1')]))
+    host.play(filesystem=dict(reused, lower=[host.path('l1')]), state='unmounted')
+    batch = [
+        {'lower': [host.path('a'), host.path('b')], 'target': host.path('fresh/first')},
+        dict(reused, lower=[host.path('l2')]),  # index=on remembers l1: the kernel says ESTALE
+    ]
+    result = host.play(filesystems=batch)
+    assert result['failed']
+    assert 'step 3 of 3' in result['msg'] and 'Stale file handle' in result['msg']
+    assert 'failed to verify upper root origin' in result['msg']  # the kernel's own words
+    assert mounts_under(host.root) == []
+    assert not os.path.exists(host.path('fresh'))
+
+
+def test_batch_mounts_dependencies_first_whatever_the_order(host):
+    host.make_dirs(**{'base/a': '1', 'extra/b': '2', 'more/c': '3'})
+    shared = {'lower': [host.path('base'), host.path('extra')], 'target': host.path('shared')}
+    containers = [{'upper': host.path('ct%d/upper' % n), 'work': host.path('ct%d/work' % n),
+                   'lower': [host.path('shared'), host.path('more')], 'target': host.path('ct%d/rootfs' % n)}
+                  for n in range(3)]
+    result = converge_twice(host, filesystems=containers + [shared])
+    mount_targets = [step['target'] for step in result['steps'] if step['action'] == 'mount']
+    assert mount_targets[0] == host.path('shared')
+    assert [fs['target'] for fs in result['filesystems']] == [c['target'] for c in containers] + [shared['target']]
+    for n in range(3):
+        assert sorted(os.listdir(host.path('ct%d/rootfs' % n))) == ['a', 'b', 'c']
+
+
+def test_concurrent_runs_serialize_and_mount_once(host):
+    host.make_dirs('base', 'extra')
+    tree = {'upper': host.path('u'), 'work': host.path('w'), 'lower': [host.path('base'), host.path('extra')],
+            'target': host.path('m'), 'options': {'index': False}}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(host.play(filesystem=tree))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(result['changed'] for result in results) == [False, True]
+    assert [entry.mountpoint for entry in mounts_under(host.root)] == [host.path('m')]
+
+
+# --- options, read-only, ad hoc ------------------------------------------------------------------
+
+
+def test_overlay_options_are_applied_and_compared_semantically(host):
+    host.make_dirs('base', 'extra')
+    tree = {'upper': host.path('u'), 'work': host.path('w'), 'lower': [host.path('base'), host.path('extra')],
+            'target': host.path('m'), 'options': {'index': False, 'redirect_dir': 'nofollow', 'xino': 'off'}}
+    converge_twice(host, filesystem=tree)
+    refused = host.play(filesystem=dict(tree, options={'metacopy': True, 'redirect_dir': 'off'}, target=host.path('n')))
+    assert refused['failed'] and 'conflicting options' in refused['msg'] and 'redirect_dir=off' in refused['msg']
+    assert not os.path.exists(host.path('n'))
+
+
+def test_readonly_overlay_and_readonly_bind(host):
+    host.make_dirs('base', 'extra', 'data')
+    converge_twice(host, filesystems=[
+        {'lower': [host.path('base'), host.path('extra')], 'target': host.path('ro-overlay'), 'readonly': True},
+        {'type': 'mount', 'source': host.path('data'), 'target': host.path('ro-bind'), 'readonly': True},
+    ])
+    readonly = {entry.mountpoint: entry.readonly for entry in mounts_under(host.root)}
+    assert readonly == {host.path('ro-overlay'): True, host.path('ro-bind'): True}
+
+
+def test_adhoc_xml_twice(host):
+    host.make_dirs('l1', 'l2')
+    xml = ("<filesystem type='overlay'><source dir='{0}/u'/><source dir='{0}/w'/>"
+           "<backingStore type='dir'><target dir='{0}/l1'/></backingStore>"
+           "<backingStore type='dir'><target dir='{0}/l2'/></backingStore>"
+           "<target dir='{0}/m'/></filesystem>").format(host.root)
+    rc, first = host.adhoc('xml="%s"' % xml)
+    assert rc == 0 and first['changed'] is True
+    rc, second = host.adhoc('xml="%s"' % xml)
+    assert rc == 0 and second['changed'] is False and second['plan'] == []
+
+
+def test_adhoc_hostile_xml_is_refused(host):
+    xml = ('<!DOCTYPE f [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+           "<filesystem type='overlay'><target dir='&x;'/></filesystem>")
+    rc, result = host.adhoc("xml='%s'" % xml)
+    assert rc != 0 and 'DTD' in result['msg']
