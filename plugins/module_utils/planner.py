@@ -39,7 +39,7 @@ def plan(roots, observed, state, on_drift='fail', create_dirs=True):
 
 
 def describe_mount(entry):
-    return '%s %s on %s (%s)' % (entry.fstype, entry.source, entry.mountpoint, render_super_options(entry.super_options))
+    return '%s from %s (%s)' % (entry.fstype, entry.source, render_super_options(entry.super_options))
 
 
 class _Planner(object):
@@ -151,12 +151,11 @@ class _Planner(object):
         return steps
 
     def _mount_file(self, node):
-        facts = self.observed.facts(node.source)
-        if not facts.is_file:
-            raise PlanError('%s: image %s is not a regular file' % (node.describe(), node.source))
         if node.driver == 'nbd':
             raise PlanError('%s: driver nbd (format %s) is not supported yet: qemu-nbd attachment comes in a '
                             'later release; use driver loop with a raw image' % (node.describe(), node.image_format))
+        if not self.observed.facts(node.source).is_file:
+            raise PlanError('%s: image %s is not a regular file' % (node.describe(), node.source))
         readonly = self._mount_readonly(node)
         free = [loop for loop in self.observed.loops_backed_by(node.source)
                 if loop.readonly == readonly and not loop.holders

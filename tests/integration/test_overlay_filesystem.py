@@ -229,7 +229,7 @@ def test_diff_mode_shows_the_mount_state_before_and_after(host):
     result = host.play(filesystem={'lower': [host.path('base'), host.path('extra')], 'target': host.path('m')},
                        diff=True)
     assert result['diff']['before'] == '%s: not mounted\n' % host.path('m')
-    assert result['diff']['after'].startswith('%s: overlay overlay on %s' % (host.path('m'), host.path('m')))
+    assert result['diff']['after'].startswith('%s: overlay from overlay (rw,lowerdir=%s:' % (host.path('m'), host.path('base')))
 
 
 # --- paths are data -----------------------------------------------------------------------------
