@@ -297,7 +297,7 @@ def test_concurrent_runs_serialize_and_mount_once(host):
     tree = {'upper': host.path('u'), 'work': host.path('w'), 'lower': [host.path('base'), host.path('extra')],
             'target': host.path('m'), 'options': {'index': False}}
     results = []
-    threads = [threading.Thread(target=lambda: results.append(host.play(filesystem=tree))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(host.play(filesystem=tree))) for run in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
