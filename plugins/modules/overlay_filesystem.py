@@ -93,21 +93,21 @@ EXAMPLES = r'''
         <target dir='/srv/ct1/rootfs'/>
       </filesystem>
 
-- name: The same tree in YAML, with a nested overlay and a raw image as lower layers
+- name: The same kind of tree in YAML, with a nested overlay and a raw image as lower layers
   containerhost.overlayfs.overlay_filesystem:
     filesystem:
       upper: /srv/ct2/upper
       work: /srv/ct2/work
       lower:
+        - type: file
+          source: /srv/images/tools.img
+          format: raw
+          target: /srv/ct2/tools
         - type: overlay
           upper: /srv/shared/upper
           work: /srv/shared/work
           lower: [/srv/images/base]
           target: /srv/shared/merged
-        - type: file
-          source: /srv/images/tools.img
-          format: raw
-          target: /srv/ct2/tools
         - /srv/images/runtime
       target: /srv/ct2/rootfs
       options:
@@ -116,18 +116,23 @@ EXAMPLES = r'''
 
 - name: Converge many containers in one call
   containerhost.overlayfs.overlay_filesystem:
-    filesystems: "{{ containers | map(attribute='rootfs') | list }}"
+    filesystems:
+      - {upper: /srv/ct3/upper, work: /srv/ct3/work, lower: [/srv/images/base], target: /srv/ct3/rootfs}
+      - {upper: /srv/ct4/upper, work: /srv/ct4/work, lower: [/srv/images/base], target: /srv/ct4/rootfs}
 
-- name: Show what would change without changing anything
+- name: Show what unmounting would do, without doing it
   containerhost.overlayfs.overlay_filesystem:
-    filesystem: "{{ ct1_rootfs }}"
+    filesystems:
+      - {upper: /srv/ct3/upper, work: /srv/ct3/work, lower: [/srv/images/base], target: /srv/ct3/rootfs}
+    state: unmounted
   check_mode: true
   diff: true
   register: preview
 
 - name: Unmount a tree (upper dirs and their data stay)
   containerhost.overlayfs.overlay_filesystem:
-    filesystem: "{{ ct1_rootfs }}"
+    filesystems:
+      - {upper: /srv/ct4/upper, work: /srv/ct4/work, lower: [/srv/images/base], target: /srv/ct4/rootfs}
     state: unmounted
 '''
 
