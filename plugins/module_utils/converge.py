@@ -21,7 +21,10 @@ class ConvergeError(Exception):
 
 def converge(params, run_command, check_mode, lock_path=None):
     """Return the module result for ``params``; raise ConvergeError with a message naming the cause."""
-    raw, label = (params['filesystems'], 'filesystems') if params.get('filesystems') else ([params['filesystem']], 'filesystem')
+    if params.get('filesystems') is not None:
+        raw, label = params['filesystems'], 'filesystems'
+    else:
+        raw, label = [params['filesystem']], 'filesystem'
     try:
         roots = parse_filesystems(raw, label)
     except TreeError as error:

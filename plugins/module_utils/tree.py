@@ -158,7 +158,20 @@ def _parse_overlay(raw, common):
     except OptionError as error:
         raise TreeError(str(error))
     lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False) for index, item in enumerate(lowers_raw)]
+    check_layers_disjoint(label, lowers, upper, work)
     return Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
+
+
+def check_layers_disjoint(label, lowers, upper, work):
+    """The kernel refuses a layer that repeats or contains another (ELOOP: conflicting/overlapping path)."""
+    layers = [('%s.lower[%d]' % (label, index), lower.target) for index, lower in enumerate(lowers)]
+    if upper:
+        layers += [('%s.upper' % label, upper), ('%s.work' % label, work)]
+    for index, (name, path) in enumerate(layers):
+        for other_name, other_path in layers[:index]:
+            if _related(path, other_path) and not (name.endswith('.work') and other_name.endswith('.upper')):
+                raise TreeError('%s: %s overlaps %s %s; the kernel refuses repeated or nested layers'
+                                % (name, path, other_name, other_path))
 
 
 def _image_driver(raw, label):
