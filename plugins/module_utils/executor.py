@@ -100,7 +100,8 @@ class Executor(object):
     def _mount(self, step):
         kind = step['kind']
         if kind == 'overlay':
-            syscalls.mount_overlay(step['target'], step['data'], step['readonly'])
+            syscalls.mount_overlay(step['target'], step['lowers'], step['upper'], step['work'], step['options'],
+                                   step['readonly'])
         elif kind == 'bind':
             syscalls.bind_mount(step['source'], step['target'], step['readonly'])
         else:

@@ -44,7 +44,7 @@ class MountEntry(object):
             return None
         opts = self.super_options
         lowers = split_lowerdir(opts.get('lowerdir', '') or '')
-        lowers += [unescape_path(value) for value in opts.get('lowerdir+', [])]
+        lowers += opts.get('lowerdir+', [])  # fsconfig(2) takes these verbatim: no backslash escapes
         upper = unescape_path(opts['upperdir']) if opts.get('upperdir') else None
         work = unescape_path(opts['workdir']) if opts.get('workdir') else None
         return lowers, upper, work

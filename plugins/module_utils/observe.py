@@ -47,6 +47,8 @@ class PathFacts(object):
         self.identity = (info.st_dev, info.st_ino) if info else None
         self.rdev = (os.major(info.st_rdev), os.minor(info.st_rdev)) if self.is_block else None
         self.entries = sorted(os.listdir(path)) if self.is_dir and os.access(path, os.R_OK) else []
+        # A volatile overlay leaves this in its work dir; the kernel refuses to mount on it again.
+        self.volatile_leftover = self.is_dir and os.path.isdir(os.path.join(path, 'work', 'incompat', 'volatile'))
 
 
 class Observed(object):

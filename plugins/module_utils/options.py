@@ -35,6 +35,7 @@ EQUIVALENT_SHOWN_VALUES = {
 }
 
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated
+FSCONFIG_STRING_LIMIT = 256  # fsconfig(2) string values, NUL included
 
 
 class OptionError(ValueError):
@@ -144,14 +145,35 @@ def overlay_mount_data(lowers, upper, work, options):
     if upper:
         parts.append('upperdir=' + escape_path(upper))
         parts.append('workdir=' + escape_path(work))
+    parts += [name if value is None else '%s=%s' % (name, value) for name, value in option_items(options)]
+    return ','.join(parts)
+
+
+def option_items(options):
+    """(name, value) pairs to hand the kernel, sorted; value None for a flag that is set."""
     for name in sorted(options):
         value = options[name]
-        if OVERLAY_OPTIONS[name] is None:
-            if value == 'on':
-                parts.append(name)
-        else:
-            parts.append('%s=%s' % (name, value))
-    return ','.join(parts)
+        is_flag = OVERLAY_OPTIONS.get(name, ()) is None
+        if value is None or (is_flag and value == 'on'):
+            yield name, None
+        elif not is_flag:
+            yield name, value
+
+
+def fits_mount_data(lowers, upper, work, options):
+    """Whether mount(2) can take this overlay; otherwise it needs fsconfig(2) with lowerdir+."""
+    return len(overlay_mount_data(lowers, upper, work, options).encode('utf-8', 'surrogateescape')) <= MOUNT_DATA_LIMIT
+
+
+def fits_fsconfig(lowers, upper, work):
+    """fsconfig(2) copies at most 255 bytes of a string parameter."""
+    return all(len(path.encode('utf-8', 'surrogateescape')) < FSCONFIG_STRING_LIMIT
+               for path in lowers + [escape_path(upper or ''), escape_path(work or '')])
+
+
+def _flag_shown(name, shown):
+    # Linux 6.11+ shows the volatile flag as fsync=volatile.
+    return name in shown or (name == 'volatile' and shown.get('fsync') == 'volatile')
 
 
 def options_match(desired, shown):
@@ -162,7 +184,7 @@ def options_match(desired, shown):
     """
     for name, value in desired.items():
         if OVERLAY_OPTIONS[name] is None:
-            if (value == 'on') != (name in shown):
+            if (value == 'on') != _flag_shown(name, shown):
                 return False
             continue
         if name not in shown:

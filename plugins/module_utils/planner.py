@@ -17,6 +17,8 @@ import posixpath
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     MOUNT_DATA_LIMIT,
+    fits_fsconfig,
+    fits_mount_data,
     options_match,
     overlay_mount_data,
 )
@@ -139,12 +141,16 @@ class _Planner(object):
             steps += self._dir_steps(node, 'upper', node.upper) + self._dir_steps(node, 'work', node.work)
             self._check_upper_and_work(node)
         self._check_stacking_depth(node)
-        data = overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options)
-        if len(data.encode('utf-8', 'surrogateescape')) > MOUNT_DATA_LIMIT:
-            raise PlanError('%s: the overlay mount options are %d bytes; mount(2) takes at most %d. '
-                            'Use shorter paths or fewer layers.' % (node.describe(), len(data), MOUNT_DATA_LIMIT))
+        lowers = node.layer_paths()
+        if not fits_mount_data(lowers, node.upper, node.work, node.options) and \
+                not fits_fsconfig(lowers, node.upper, node.work):
+            raise PlanError('%s: the layer paths are too long: mount(2) takes at most %d bytes of options in all, '
+                            'and fsconfig(2) (used beyond that) at most 255 bytes a path. Use shorter paths.'
+                            % (node.describe(), MOUNT_DATA_LIMIT))
+        data = overlay_mount_data(lowers, node.upper, node.work, node.options)
         steps.append(dict(
             action='mount', kind='overlay', node=node.label, target=node.target, data=data,
+            lowers=lowers, upper=node.upper, work=node.work, options=dict(node.options),
             readonly=self._mount_readonly(node),
             description='mount overlay on %s (%s)%s' % (node.target, data, ' read-only' if node.readonly else ''),
         ))
@@ -236,6 +242,11 @@ class _Planner(object):
         if leftovers:
             raise PlanError('%s: work dir %s must be empty, it holds %s'
                             % (node.describe(), node.work, ', '.join(leftovers[:5])))
+        if self.observed.facts(node.work).volatile_leftover:
+            raise PlanError('%s: work dir %s holds work/incompat/volatile, the mark of a volatile overlay (mounted '
+                            'there now, or since); the kernel refuses to mount on it again. After a crash the upper '
+                            'dir may be inconsistent: recreate upper and work, or remove that directory if you know '
+                            'the data is good' % (node.describe(), node.work))
         for role, path in (('upper', node.upper), ('work', node.work)):
             for entry in self.observed.overlays_using(path):
                 if entry.mountpoint != self.observed.facts(node.target).realpath:
@@ -311,11 +322,10 @@ def _restore(node, current):
     layers = current.overlay_layers()
     if layers:
         lowers, upper, work = layers
-        extra = dict((key, value) for key, value in current.super_options.items()
-                     if key not in ('lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+'))
-        data = overlay_mount_data(lowers, upper, work, {})
-        data += ''.join(',' + (key if value is None else '%s=%s' % (key, value)) for key, value in extra.items())
-        return dict(kind='overlay', target=node.target, data=data, readonly=current.readonly)
+        shown = dict((key, value) for key, value in current.super_options.items()
+                     if key not in ('lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+', 'rw', 'ro'))
+        return dict(kind='overlay', target=node.target, lowers=lowers, upper=upper, work=work, options=shown,
+                    readonly=current.readonly)
     if current.source.startswith('/dev/'):
         return dict(kind='device', target=node.target, device=current.source,
                     image=node.source if node.kind == 'file' else None, readonly=current.readonly)

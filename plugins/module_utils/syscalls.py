@@ -17,14 +17,30 @@ import ctypes.util
 import errno
 import os
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+    escape_path,
+    fits_mount_data,
+    option_items,
+    overlay_mount_data,
+)
+
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 KMSG = '/dev/kmsg'
 
+# The new mount API: one syscall number on every architecture (asm-generic/unistd.h, Linux 5.2).
+SYS_MOVE_MOUNT, SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 429, 430, 431, 432
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
 _libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.syscall.restype = ctypes.c_long
 
 
 class MountError(OSError):
@@ -89,9 +105,67 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
             raise MountError(err, call, log.messages())
 
 
-def mount_overlay(target, data, readonly):
-    _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
-                MS_RDONLY if readonly else 0, data)
+def mount_overlay(target, lowers, upper, work, options, readonly):
+    """mount(2) while the data fits in a page; beyond that the new mount API, one lowerdir+ per layer."""
+    if fits_mount_data(lowers, upper, work, options):
+        _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
+                    MS_RDONLY if readonly else 0, overlay_mount_data(lowers, upper, work, options))
+    else:
+        with KernelLog(('overlayfs',)) as log:
+            try:
+                _mount_overlay_fsconfig(target, lowers, upper, work, options, readonly)
+            except MountError as error:
+                error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
+                raise
+
+
+def _mount_overlay_fsconfig(target, lowers, upper, work, options, readonly):
+    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2; lowerdir+ needs 6.8). Errors come from the context log."""
+    call = 'mount overlay on %s with fsconfig(2)' % target
+    context = _syscall(call, SYS_FSOPEN, b'overlay', FSOPEN_CLOEXEC)
+    try:
+        parameters = [('source', 'overlay')] + [('lowerdir+', path) for path in lowers]  # lowerdir+ is verbatim
+        if upper:
+            parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work))]
+        for key, value in parameters + list(option_items(options)):
+            if value is None:
+                _fsconfig(call, context, FSCONFIG_SET_FLAG, key, None)
+            else:
+                _fsconfig(call, context, FSCONFIG_SET_STRING, key, value)
+        _fsconfig(call, context, FSCONFIG_CMD_CREATE, None, None)
+        mount = _syscall(call, SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY if readonly else 0,
+                         log_fd=context)
+        try:
+            _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(mount)
+    finally:
+        os.close(context)
+
+
+def _fsconfig(call, context, command, key, value):
+    _syscall('%s (%s)' % (call, key) if key else call, SYS_FSCONFIG, context, command,
+             key.encode() if key else None, os.fsencode(value) if value is not None else None, 0, log_fd=context)
+
+
+def _syscall(call, number, *args, **kwargs):
+    result = _libc.syscall(number, *args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise MountError(err, call, _context_log(kwargs.get('log_fd')))
+    return result
+
+
+def _context_log(context):
+    """The messages a filesystem context logged (read(2) on the fsopen fd: one message per read)."""
+    messages = []
+    while context is not None:
+        try:
+            message = os.read(context, 1024).decode('utf-8', 'replace')
+        except OSError:
+            break
+        messages.append(message[2:] if message[1:2] == ' ' else message)
+    return messages
 
 
 def mount_device(device, target, fstype, readonly):
