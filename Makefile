@@ -7,6 +7,7 @@
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
 #   make sanity       ansible-test sanity on a copy of the tree (see below)
 #   make test         setup, then unit, integration and sanity; non-zero exit if any of them fails
+#   make bench        one batch task vs one task per filesystem, timed in the same run (ratios)
 #   make clean        remove .venv, .cache and tests/output
 #
 # Every target works from a fresh clone, run as root.
@@ -53,7 +54,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
-.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test clean
+.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -102,6 +103,10 @@ unit: setup
 # The session runs in a private mount namespace: every mount the tests make dies with it.
 integration: setup
 	unshare --mount --propagation private $(VENV_PYTHON) -m pytest tests/integration -q
+
+# Not part of `make test`: a benchmark prints ratios, it asserts nothing.
+bench: setup
+	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_batch.py
 
 # The copy holds what ansible-test itself would test in place: the files git lists (tracked, plus untracked
 # ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git
