@@ -12,11 +12,12 @@ root=$(mktemp -d /tmp/overlayfs-demo.XXXXXX)
 mount -t tmpfs -o mode=0755 overlayfs-demo "$root"
 
 cleanup() {
-  umount --recursive --lazy "$root" || true
-  # Loop devices are not namespaced: detach the ones the demo's images still hold.
+  # Loop devices are not namespaced: detach the ones the demo's images still hold, while their backing
+  # files still show under $root (a mounted one goes when its last mount does).
   losetup --list --noheadings --output NAME,BACK-FILE \
     | awk -v prefix="$root/" 'index($2, prefix) == 1 { print $1 }' \
     | xargs --no-run-if-empty -n1 losetup --detach || true
+  umount --recursive --lazy "$root" || true
   rmdir "$root"
 }
 trap cleanup EXIT

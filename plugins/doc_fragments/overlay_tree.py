@@ -23,7 +23,8 @@ options:
         C(type='file') is an image (C(<driver type='loop' format='raw'/>)); C(type='block') is a block device
         (C(<source dev>)). C(<readonly/>) makes a mount read-only. C(<driver type='overlay' index='off' .../>)
         carries overlay mount options.
-      - Top-level C(type='mount') (bind a host dir), C(type='block') and C(type='file') are accepted too.
+      - Top-level C(type='mount') and C(type='bind') (bind a host dir), C(type='block') and C(type='file') are
+        accepted too. A C(<filesystem>) without C(type) is a C(mount), as in libvirt.
       - See C(docs/reference.md) in the collection for every element and attribute.
     type: str
   filesystem:
@@ -35,7 +36,7 @@ options:
       - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
         V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver), C(target)),
         V(block) (C(source), C(target)) or V(mount) (C(source), C(target))."
-      - Top-level C(type) may also be V(mount), V(block) or V(file).
+      - Top-level C(type) may also be V(mount) or V(bind) (bind a host dir, C(source), C(target)), V(block) or V(file).
     type: dict
   filesystems:
     description:

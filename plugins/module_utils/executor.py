@@ -91,7 +91,7 @@ class Executor(object):
             argv.append('--read-only')
         device = self._run(argv + ['--', step['image']]).strip()
         self.attached[step['image']] = device
-        return lambda: self._detach(device)
+        return lambda: (self._detach(device), self.attached.pop(step['image'], None))
 
     def _detach_loop(self, step):
         self._detach(step['device'])
@@ -120,10 +120,12 @@ class Executor(object):
 
     def _filesystem_type(self, device):
         """The filesystem in a device, as blkid's low-level probe sees it (mount(8) probes the same way)."""
-        fstype = self._run(['blkid', '--probe', '--match-tag', 'TYPE', '--output', 'value', '--', device]).strip()
-        if not fstype:
+        rc, out, err = self.run_command(['blkid', '--probe', '--match-tag', 'TYPE', '--output', 'value', '--', device])
+        if rc == 2 or (rc == 0 and not out.strip()):  # blkid: 2 means nothing was found
             raise ApplyError('no filesystem found on %s' % device)
-        return fstype
+        if rc != 0:
+            raise ApplyError('blkid %s exited %d: %s' % (device, rc, err.strip()))
+        return out.strip()
 
     def _detach(self, device):
         self._run(['losetup', '--detach', device])

@@ -28,10 +28,11 @@ OVERLAY_OPTIONS = {
     'volatile': None,
 }
 
-# The kernel rewrites redirect_dir=off to follow or nofollow (module parameter dependent)
-# and userxattr forces nofollow, so mountinfo may legitimately show either for "off".
+# The kernel rewrites redirect_dir=off to follow or nofollow (module parameter dependent), and
+# without an upper dir follow to on; userxattr forces nofollow. So mountinfo may show these instead.
 EQUIVALENT_SHOWN_VALUES = {
-    ('redirect_dir', 'off'): ('off', 'follow', 'nofollow'),
+    ('redirect_dir', 'off'): ('off', 'follow', 'nofollow', 'on'),
+    ('redirect_dir', 'follow'): ('follow', 'on'),
 }
 
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated

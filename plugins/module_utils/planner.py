@@ -41,7 +41,8 @@ def plan(roots, observed, state, on_drift='fail', create_dirs=True):
 
 
 def describe_mount(entry):
-    return '%s from %s (%s)' % (entry.fstype, entry.source, render_super_options(entry.super_options))
+    return '%s%s from %s (%s)' % ('read-only ' if entry.readonly else '', entry.fstype, entry.source,
+                                  render_super_options(entry.super_options))
 
 
 class _Planner(object):
@@ -75,7 +76,7 @@ class _Planner(object):
             status = 'stale'
         if status in ('drift', 'stale'):
             self._refuse_unless_replacing(node, current, status)
-            teardown.insert(start, _unmount_step(node, current))
+            teardown[start:start] = [_unmount_step(node, current)] + self._detach_steps_after_unmount(node, current)
         if status == 'match':
             return False
         buildup.extend(self._mount_steps(node))
@@ -92,9 +93,10 @@ class _Planner(object):
                         % (node.describe(), describe_mount(current), self._describe_wanted(node)))
 
     def _describe_wanted(self, node):
+        readonly = 'read-only ' if self._mount_readonly(node) else ''
         if node.kind == 'overlay':
-            return 'overlay (%s)' % overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options)
-        return '%s %s' % (node.kind, node.source)
+            return '%soverlay (%s)' % (readonly, overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options))
+        return '%s%s %s' % (readonly, node.kind, node.source)
 
     # --- matching the live mount table ------------------------------------------------------
 
@@ -148,11 +150,14 @@ class _Planner(object):
                             'and fsconfig(2) (used beyond that) at most 255 bytes a path. Use shorter paths.'
                             % (node.describe(), MOUNT_DATA_LIMIT))
         data = overlay_mount_data(lowers, node.upper, node.work, node.options)
+        shown = data if fits_mount_data(lowers, node.upper, node.work, node.options) else \
+            'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (lowers[0], lowers[-1], len(lowers),
+                                                               ',upperdir=' + node.upper if node.upper else '')
         steps.append(dict(
             action='mount', kind='overlay', node=node.label, target=node.target, data=data,
             lowers=lowers, upper=node.upper, work=node.work, options=dict(node.options),
             readonly=self._mount_readonly(node),
-            description='mount overlay on %s (%s)%s' % (node.target, data, ' read-only' if node.readonly else ''),
+            description='mount overlay on %s (%s)%s' % (node.target, shown, ' read-only' if node.readonly else ''),
         ))
         return steps
 
@@ -296,16 +301,22 @@ class _Planner(object):
                                         'describe: %s. Set on_drift=replace to unmount it anyway.'
                                         % (node.describe(), describe_mount(current)))
                 steps.append(_unmount_step(node, current))
-                if node.kind == 'file':
-                    loop = self.observed.loop_by_number(current.major, current.minor)
-                    if loop and not self._mounted_elsewhere(loop, current):
-                        detaches.append(_detach_step(node, loop))
+                detaches.extend(self._detach_steps_after_unmount(node, current))
             if node.kind == 'file':
                 for loop in self.observed.loops_backed_by(node.source):
                     if not loop.holders and not self.observed.is_mounted_device(loop.major, loop.minor):
                         detaches.append(_detach_step(node, loop))
         for lower in node.lowers:
             self._unmounted_node(lower, steps, detaches)
+
+    def _detach_steps_after_unmount(self, node, current):
+        """The loop device this run attached for an image layer goes once its mount is gone."""
+        if node.kind != 'file':
+            return []
+        loop = self.observed.loop_by_number(current.major, current.minor)
+        if loop is None or self._mounted_elsewhere(loop, current):
+            return []
+        return [_detach_step(node, loop)]
 
     def _mounted_elsewhere(self, loop, current):
         return any((entry.major, entry.minor) == (loop.major, loop.minor) and entry.mount_id != current.mount_id
@@ -326,11 +337,11 @@ def _restore(node, current):
                      if key not in ('lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+', 'rw', 'ro'))
         return dict(kind='overlay', target=node.target, lowers=lowers, upper=upper, work=work, options=shown,
                     readonly=current.readonly)
+    if node.kind in ('mount', 'bind'):
+        return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
     if current.source.startswith('/dev/'):
         return dict(kind='device', target=node.target, device=current.source,
                     image=node.source if node.kind == 'file' else None, readonly=current.readonly)
-    if node.kind in ('mount', 'bind'):
-        return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
     return None
 
 

@@ -275,11 +275,11 @@ def _paths_used(node):
 
 
 def _paths_stood_on(root):
-    """Host paths a filesystem needs before it can mount: all but the targets it mounts itself."""
+    """Host paths a filesystem needs before it can mount, its own mount points included: a mount point
+    under another tree's target exists only once that tree is mounted."""
     for node in root.walk():
-        for what, path in _paths_used(node):
-            if what != 'target' or not node.is_mounted_node:
-                yield path
+        for _role, path in _paths_used(node):
+            yield path
 
 
 def check_unique_targets(roots):

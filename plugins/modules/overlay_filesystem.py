@@ -139,7 +139,7 @@ EXAMPLES = r'''
 RETURN = r'''
 plan:
   description: The ordered steps, one sentence each. It is empty when nothing had to change.
-  returned: always
+  returned: success, and on a failure while the steps ran
   type: list
   elements: str
   sample:
@@ -147,21 +147,23 @@ plan:
     - mount overlay on /srv/ct1/rootfs (lowerdir=/srv/images/base,upperdir=/srv/ct1/upper,workdir=/srv/ct1/work)
 steps:
   description: The same steps as RV(plan) with their data (action, node, target, mount data, device).
-  returned: always
+  returned: success, and on a failure while the steps ran
   type: list
   elements: dict
 filesystems:
   description: The canonical YAML form of every input tree, in input order.
-  returned: success
+  returned: success, and on failures after the input was parsed
   type: list
   elements: dict
 xml:
-  description: The canonical XML form of every input tree, one C(<filesystem>) each, inside C(<filesystems>).
+  description:
+    - The canonical XML form of every input tree (given as XML or YAML), one C(<filesystem>) each,
+      inside C(<filesystems>).
   returned: success
   type: str
 mounts:
   description: The live mounts at the trees' targets after the run, as C(/proc/self/mountinfo) reports them.
-  returned: success
+  returned: success, and on failures after the input was parsed
   type: list
   elements: dict
   contains:

@@ -12,11 +12,14 @@ libvirt spelling. Structure only: the tree's rules are checked by module_utils/t
 
 from __future__ import annotations
 
+import re
+
 try:
     from lxml import etree
 except ImportError:  # reported by the action plugin, which names the missing library
     etree = None
 
+XML_DECLARATION = re.compile(r'\A\s*<\?xml[^>]*\?>')
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 OVERLAY_OPTION_NAMES = ('redirect_dir', 'index', 'uuid', 'nfs_export', 'xino', 'metacopy', 'verity',
@@ -32,6 +35,9 @@ def parse_document(text):
     """Parse untrusted XML: no DTD, no entities, no network, bounded size and depth."""
     if etree is None:
         raise XmlError('the lxml Python library is required on the controller to parse xml')
+    if isinstance(text, str):
+        # Ansible hands over decoded text: an encoding declaration no longer applies.
+        text = XML_DECLARATION.sub('', text, count=1)
     data = text.encode('utf-8') if isinstance(text, str) else text
     if len(data) > MAX_DOCUMENT_BYTES:
         raise XmlError('the XML document is %d bytes; at most %d are accepted' % (len(data), MAX_DOCUMENT_BYTES))

@@ -150,9 +150,11 @@ def host():
         yield Host(root, runs_dir)
     finally:
         shutil.rmtree(runs_dir)
-        subprocess.run(['umount', '--recursive', '--lazy', root], check=False)
+        # Before the unmount, while the kernel still shows their backing files under root: a loop device
+        # still mounted is only marked to go when its last mount does.
         for device in loops_backed_under(root):
             subprocess.run(['losetup', '--detach', device], check=False)
+        subprocess.run(['umount', '--recursive', '--lazy', root], check=False)
         os.rmdir(root)
 
 
