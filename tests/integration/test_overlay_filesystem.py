@@ -361,3 +361,35 @@ def test_500_layers_beyond_one_page_of_mount_data_mount_and_501_are_refused(host
     assert len(os.listdir(host.path('m'))) == 500
     refused = host.play(filesystem=dict(tree, lower=lowers + [host.path('one-more')], target=host.path('n')))
     assert refused['failed'] and 'at most 500' in refused['msg']
+
+
+def test_a_mount_point_under_another_trees_target_is_mounted_after_it(host):
+    host.make_dirs('base', 'extra', 'shared-data')
+    batch = [
+        {'type': 'mount', 'source': host.path('shared-data'), 'target': host.path('ct1/rootfs/mnt')},
+        {'upper': host.path('ct1/upper'), 'work': host.path('ct1/work'), 'lower': [host.path('base')],
+         'target': host.path('ct1/rootfs')},
+    ]
+    result = converge_twice(host, filesystems=batch)
+    assert [step['target'] for step in result['steps'] if step['action'] == 'mount'] == [
+        host.path('ct1/rootfs'), host.path('ct1/rootfs/mnt')]
+    teardown = host.play(filesystems=batch, state='unmounted')
+    assert [step['target'] for step in teardown['steps']] == [host.path('ct1/rootfs/mnt'), host.path('ct1/rootfs')]
+
+
+def test_replacing_an_image_layer_detaches_the_old_loop_device(host):
+    old = make_ext4_image(host, 'old.img', {'version': 'old'})
+    new = make_ext4_image(host, 'new.img', {'version': 'new'})
+    host.make_dirs('base')
+    converge_twice(host, filesystem=raw_image_tree(host, old))
+    refused = host.play(filesystem=raw_image_tree(host, new))
+    assert refused['failed'] and 'drift' in refused['msg']
+    replaced = host.play(filesystem=raw_image_tree(host, new), on_drift='replace')
+    assert not replaced.get('failed'), replaced.get('msg')
+    assert [step['action'] for step in replaced['steps']] == ['unmount', 'unmount', 'detach_loop', 'attach_loop',
+                                                              'mount', 'mount']
+    devices = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'BACK-FILE'], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert new in devices and old not in devices
+    with open(host.path('merged/version')) as handle:
+        assert handle.read() == 'new'
