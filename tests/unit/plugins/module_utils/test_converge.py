@@ -1,0 +1,74 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""converge() in check mode and on refusals: real observation of this host, no change made."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, converge
+
+
+def no_commands(argv):
+    raise AssertionError('check mode ran a command: %r' % (argv,))
+
+
+def params(tmp_path, **extra):
+    for name in ('upper', 'work', 'l1', 'l2'):
+        (tmp_path / name).mkdir(exist_ok=True)
+    tree = {'upper': str(tmp_path / 'upper'), 'work': str(tmp_path / 'work'),
+            'lower': [str(tmp_path / 'l1'), str(tmp_path / 'l2') + '/'], 'target': str(tmp_path / 'merged')}
+    result = dict(filesystem=tree, filesystems=None, state='mounted', on_drift='fail', create_dirs=True)
+    result.update(extra)
+    return result
+
+
+def test_check_mode_reports_the_plan_and_changes_nothing(tmp_path):
+    given = params(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    result = converge(given, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
+    assert result['changed'] is True
+    assert [step['action'] for step in result['steps']] == ['mkdir', 'mount']
+    assert result['plan'] == [step['description'] for step in result['steps']]
+    assert result['plan'][0] == 'create directory %s' % (tmp_path / 'merged')
+    assert result['filesystems'][0]['lower'] == [str(tmp_path / 'l1'), str(tmp_path / 'l2')]
+    assert result['mounts'] == []
+    assert result['diff']['before'] == '%s: not mounted\n' % (tmp_path / 'merged')
+    assert result['diff']['after'].startswith('%s: as planned: mount overlay on ' % (tmp_path / 'merged'))
+    assert sorted(os.listdir(tmp_path)) == sorted(before + ['lock'])
+
+
+def test_unmounted_when_nothing_is_mounted_is_unchanged(tmp_path):
+    result = converge(params(tmp_path, state='unmounted'), no_commands, check_mode=False,
+                      lock_path=str(tmp_path / 'lock'))
+    assert result['changed'] is False and result['plan'] == [] and result['steps'] == []
+    assert result['diff']['before'] == result['diff']['after']
+
+
+def test_tree_errors_come_back_as_converge_errors(tmp_path):
+    bad = params(tmp_path)
+    bad['filesystem']['lower'] = ['relative']
+    with pytest.raises(ConvergeError, match=r'filesystem\.lower\[0\]\.target'):
+        converge(bad, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
+
+
+def test_plan_errors_carry_the_canonical_trees(tmp_path):
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'work' / 'junk').write_text('x')
+    with pytest.raises(ConvergeError) as error:
+        converge(params(tmp_path), no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
+    assert 'must be empty' in str(error.value)
+    assert error.value.result['filesystems'][0]['target'] == str(tmp_path / 'merged')
+    assert error.value.result['mounts'] == []
+
+
+def test_batch_form_is_used_when_given(tmp_path):
+    one = params(tmp_path)['filesystem']
+    batch = dict(filesystem=None, filesystems=[one], state='mounted', on_drift='fail', create_dirs=False)
+    with pytest.raises(ConvergeError, match=r'filesystems\[0\] .*create_dirs is false'):
+        converge(batch, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
