@@ -76,14 +76,20 @@ class Executor(object):
     # --- steps: each runs and returns the callable that reverses it ------------------------------
 
     def _mkdir(self, step):
-        created = []
+        missing = []
         path = step['path']
         while not os.path.isdir(path):
-            created.append(path)
+            missing.append(path)
             path = os.path.dirname(path)
-        for path in reversed(created):
-            os.mkdir(path, 0o755)
-        return lambda: [_remove_if_empty(path) for path in created]
+        created = []
+        try:
+            for path in reversed(missing):
+                os.mkdir(path, 0o755)
+                created.append(path)
+        except OSError:
+            _remove_all_if_empty(created)
+            raise
+        return lambda: _remove_all_if_empty(created)
 
     def _attach_loop(self, step):
         argv = ['losetup', '--find', '--show']
@@ -135,6 +141,12 @@ class Executor(object):
         if rc != 0:
             raise ApplyError('%s exited %d: %s' % (' '.join(argv), rc, (err or out).strip()))
         return out
+
+
+def _remove_all_if_empty(paths):
+    """Newest first, so a parent goes after its children."""
+    for path in reversed(paths):
+        _remove_if_empty(path)
 
 
 def _remove_if_empty(path):

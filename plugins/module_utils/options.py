@@ -28,11 +28,16 @@ OVERLAY_OPTIONS = {
     'volatile': None,
 }
 
-# The kernel rewrites redirect_dir=off to follow or nofollow (module parameter dependent), and
-# without an upper dir follow to on; userxattr forces nofollow. So mountinfo may show these instead.
+# Values the kernel may show for a value asked for: it rewrites redirect_dir=off to follow or nofollow
+# (module parameter dependent), userxattr forces nofollow, and uuid=auto becomes on or null.
 EQUIVALENT_SHOWN_VALUES = {
-    ('redirect_dir', 'off'): ('off', 'follow', 'nofollow', 'on'),
-    ('redirect_dir', 'follow'): ('follow', 'on'),
+    ('redirect_dir', 'off'): ('off', 'follow', 'nofollow'),
+    ('uuid', 'auto'): ('auto', 'on', 'null'),
+}
+# Without an upper dir the kernel turns redirect_dir=follow into on (and so off, when it became follow).
+EQUIVALENT_WITHOUT_UPPER = {
+    ('redirect_dir', 'off'): ('on',),
+    ('redirect_dir', 'follow'): ('on',),
 }
 
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated
@@ -80,10 +85,12 @@ def check_conflicts(options, has_upper, where):
         return options.get(name) in values
 
     if not has_upper:
-        for name, values in (('volatile', ('on',)), ('index', ('on',)), ('uuid', ('on',)), ('nfs_export', ('on',))):
-            if is_set(name, *values):
-                raise OptionError('%s.options.%s=%s needs an upper dir; this overlay has none'
-                                  % (where, name, options[name]))
+        for name in ('volatile', 'index', 'uuid'):
+            if is_set(name, 'on'):
+                raise OptionError('%s.options.%s=on needs an upper dir; this overlay has none' % (where, name))
+        if is_set('nfs_export', 'on') and options.get('redirect_dir') != 'nofollow':
+            raise OptionError('%s.options.nfs_export=on needs an upper dir or, without one, redirect_dir=nofollow '
+                              '(the kernel would silently turn it off)' % where)
     verity = is_set('verity', 'on', 'require')
     if verity and is_set('metacopy', 'off'):
         raise OptionError('%s.options: conflicting options metacopy=off and verity=%s' % (where, options['verity']))
@@ -177,7 +184,7 @@ def _flag_shown(name, shown):
     return name in shown or (name == 'volatile' and shown.get('fsync') == 'volatile')
 
 
-def options_match(desired, shown):
+def options_match(desired, shown, has_upper):
     """True when every option the user asked for agrees with what the kernel shows.
 
     The kernel drops options equal to its defaults from mountinfo, so an option it does
@@ -190,6 +197,9 @@ def options_match(desired, shown):
             continue
         if name not in shown:
             continue
-        if shown[name] not in EQUIVALENT_SHOWN_VALUES.get((name, value), (value,)):
+        accepted = EQUIVALENT_SHOWN_VALUES.get((name, value), (value,))
+        if not has_upper:
+            accepted += EQUIVALENT_WITHOUT_UPPER.get((name, value), ())
+        if shown[name] not in accepted:
             return False
     return True

@@ -51,7 +51,8 @@ class _Planner(object):
         self.observed = observed
         self.on_drift = on_drift
         self.create_dirs = create_dirs
-        self.batch_targets = [node.target for root in roots for node in root.walk() if node.is_mounted_node]
+        self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
+        self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
 
     # --- state: mounted -------------------------------------------------------------------
@@ -113,7 +114,7 @@ class _Planner(object):
         lowers, upper, work = layers
         return ([_norm(p) for p in lowers] == node.layer_paths()
                 and _norm(upper) == node.upper and _norm(work) == node.work
-                and options_match(node.options, current.super_options))
+                and options_match(node.options, current.super_options, bool(node.upper)))
 
     def _matches_file(self, node, current):
         loop = self.observed.loop_by_number(current.major, current.minor)
@@ -272,10 +273,20 @@ class _Planner(object):
         return 0
 
     def _host_depth(self, path):
-        if self._under_batch_target(path) or path in self.batch_targets:
+        """The stack depth of the filesystem a path lives on: a target of this batch, or what is mounted."""
+        owners = [target for target in self.batch_targets if is_within(path, target)]
+        if owners:
+            return self._stack_depth(self.batch_nodes[max(owners, key=len)])
+        return self._mounted_depth(self.observed.mount_containing(path), MAX_OVERLAY_NESTING + 1)
+
+    def _mounted_depth(self, entry, budget):
+        """Overlays already mounted count 1 each, down through their own layers (bounded: no loops)."""
+        layers = entry.overlay_layers() if entry else None
+        if not layers or budget == 0:
             return 0
-        entry = self.observed.mount_containing(path)
-        return 1 if entry and entry.fstype == 'overlay' else 0
+        lowers, upper, _work = layers
+        return 1 + max(self._mounted_depth(self.observed.mount_containing(path), budget - 1)
+                       for path in lowers + ([upper] if upper else []))
 
     def _check_stacking_depth(self, node):
         depth = self._stack_depth(node)
@@ -351,4 +362,8 @@ def _detach_step(node, loop):
 
 
 def _norm(path):
-    return posixpath.normpath(path) if path else path
+    """Fold a path as tree.normalize_path does (posixpath keeps a leading '//', the tree does not)."""
+    if not path:
+        return path
+    folded = posixpath.normpath(path)
+    return '/' + folded.lstrip('/') if folded.startswith('/') else folded

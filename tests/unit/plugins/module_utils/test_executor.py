@@ -228,9 +228,6 @@ def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monke
     assert not first.exists()   # empty here, since the mount was a fake
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: executor.py Executor._mkdir creates the missing parents one by one and '
-                                       'returns its undo only after all succeed; when a later os.mkdir fails, the '
-                                       'directories it already created are never removed')
 def test_a_mkdir_step_failing_half_way_removes_the_parents_it_made(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     real_mkdir = os.mkdir

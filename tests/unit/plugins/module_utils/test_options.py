@@ -286,9 +286,6 @@ def test_check_conflicts_accepts_combinations_the_kernel_takes(options, has_uppe
     assert check_conflicts(options, has_upper, 'f') is None
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: options.py check_conflicts refuses nfs_export=on on an overlay without '
-                                       'upper dir; the kernel takes nfs_export=on,redirect_dir=nofollow on a lower-only '
-                                       'mount (measured on 6.18: mountinfo shows redirect_dir=nofollow,nfs_export=on)')
 def test_check_conflicts_accepts_nfs_export_with_nofollow_on_a_lower_only_overlay():
     assert check_conflicts({'nfs_export': 'on', 'redirect_dir': 'nofollow'}, False, 'f') is None
 
@@ -311,7 +308,7 @@ def test_check_conflicts_accepts_nfs_export_with_nofollow_on_a_lower_only_overla
      {'userxattr': None, 'default_permissions': None, 'redirect_dir': 'nofollow'}),
 ])
 def test_options_match_agrees(desired, shown):
-    assert options_match(desired, shown) is True
+    assert options_match(desired, shown, has_upper=True) is True
 
 
 @pytest.mark.parametrize('desired, shown', [
@@ -325,7 +322,18 @@ def test_options_match_agrees(desired, shown):
     ({'userxattr': 'on'}, {}),
 ])
 def test_options_match_detects_drift(desired, shown):
-    assert options_match(desired, shown) is False
+    assert options_match(desired, shown, has_upper=True) is False
+
+
+@pytest.mark.parametrize('asked', ['off', 'follow'])
+def test_redirect_dir_shown_on_matches_off_or_follow_only_without_an_upper_dir(asked):
+    assert options_match({'redirect_dir': asked}, {'redirect_dir': 'on'}, has_upper=False) is True
+    assert options_match({'redirect_dir': asked}, {'redirect_dir': 'on'}, has_upper=True) is False
+
+
+@pytest.mark.parametrize('shown', ['on', 'null', 'auto'])
+def test_uuid_auto_matches_what_the_kernel_resolves_it_to(shown):
+    assert options_match({'uuid': 'auto'}, {'uuid': shown}, has_upper=True) is True
 
 
 def test_every_flag_option_is_a_kernel_flag():

@@ -281,11 +281,6 @@ def test_lower_only_overlay_with_redirect_dir_the_kernel_rewrites_is_not_drift(v
     assert plan(roots, observed(roots, [line]), 'mounted') == []
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: options.py EQUIVALENT_SHOWN_VALUES lets a shown redirect_dir=on match a '
-                                       'wanted off/follow regardless of the upper dir (options_match has no has_upper); '
-                                       'with an upper dir the kernel keeps follow and turns off into follow/nofollow '
-                                       '(measured on 6.18: both show no redirect_dir, only an explicit on shows '
-                                       'redirect_dir=on), so a shown redirect_dir=on is a different mount: drift')
 @pytest.mark.parametrize('value', ['follow', 'off'])
 def test_overlay_with_upper_shown_with_redirect_dir_on_is_drift_from_off_or_follow(value):
     roots = roots_of(dict(TREE, options={'redirect_dir': value}))
@@ -301,9 +296,6 @@ def test_overlay_with_upper_shown_with_redirect_dir_on_is_drift_from_nofollow():
         plan(roots, obs, 'mounted')
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: options.py options_match/EQUIVALENT_SHOWN_VALUES has no entry for uuid=auto; '
-                                       'measured on 6.18 an overlay mounted with uuid=auto on a fresh upper shows uuid=on '
-                                       '(the kernel resolves auto), so the next run reports drift on its own mount')
 def test_uuid_auto_resolved_by_the_kernel_to_on_is_not_drift():
     roots = roots_of(dict(TREE, options={'uuid': 'auto'}))
     obs = observed(roots, [NESTED_MOUNTED, IMAGE_MOUNTED, TOP_MOUNTED], loops=[LOOP0])
@@ -337,9 +329,6 @@ def test_layers_shown_with_trailing_or_doubled_slashes_match(shown):
     assert plan(roots, observed(roots, [NESTED_MOUNTED, IMAGE_MOUNTED, line], loops=[LOOP0]), 'mounted') == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: planner.py _norm uses posixpath.normpath, which keeps a leading '//' "
-                                       "(POSIX), while tree.normalize_path folds it; the kernel echoes paths as given "
-                                       "(FACTS.md), so a mount made with //srv/... is reported as drift")
 def test_layers_shown_with_a_leading_double_slash_match():
     roots = roots_of(TREE)
     line = ('52 1 0:52 / /srv/t/merged rw,relatime - overlay overlay rw,lowerdir=//srv/t/b/merged:/srv/t/lower3:'
@@ -514,9 +503,6 @@ def test_stacking_on_a_host_overlay_beyond_two_levels_is_refused():
         plan_simple([host], tree=tree, missing=('/srv/s/m', '/srv/s/n'))
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: planner.py _host_depth counts any host overlay as depth 1; a lower dir on '
-                                       'a host overlay that itself stands on an overlay (depth 2) puts this overlay at '
-                                       'depth 3, which the kernel refuses (EINVAL "maximum fs stacking depth exceeded")')
 def test_a_lower_on_a_two_deep_host_overlay_is_refused():
     lines = ['60 1 0:60 / /h1 rw - overlay overlay rw,lowerdir=/x:/y',
              '61 1 0:61 / /h2 rw - overlay overlay rw,lowerdir=/h1/sub:/z']
@@ -525,10 +511,6 @@ def test_a_lower_on_a_two_deep_host_overlay_is_refused():
         plan_simple(lines, tree=tree)
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: planner.py _host_depth returns 0 for a path that is (or lies under) a '
-                                       'target of the batch, and tree.check_overlay_nesting only looks inside one tree, '
-                                       'so an overlay on another tree\'s 2-deep overlay passes; measured on 6.18 the '
-                                       'kernel refuses that third level with EINVAL "maximum fs stacking depth exceeded"')
 def test_an_overlay_on_another_trees_two_deep_overlay_is_refused():
     shared = {'upper': '/s/u', 'work': '/s/w', 'target': '/s/merged',
               'lower': [{'type': 'overlay', 'lower': ['/s/a', '/s/b'], 'target': '/s/n'}]}
