@@ -28,7 +28,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SEED_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'seeds')
 MODULE = 'containerhost.overlayfs.overlay_filesystem'
 
 
@@ -160,11 +159,14 @@ def host():
 
 @pytest.fixture
 def seed_examples():
-    """The seed's <filesystem> examples, verbatim, in the order the seed gives them."""
-    texts = [open(path).read() for path in sorted(glob.glob(os.path.join(SEED_DIR, '*.txt')))]
-    if not texts:
-        pytest.skip('the seed (../shared/seeds) is not beside this checkout')
-    return re.findall(r'(<filesystem .*?</filesystem>)', texts[0], re.S)
+    """The seed's <filesystem> examples as examples/seed keeps them (a unit test checks they are the seed's)."""
+    paths = sorted(glob.glob(os.path.join(REPO, 'examples', 'seed', '*.xml')))
+    assert len(paths) == 7
+    texts = []
+    for path in paths:
+        with open(path) as handle:
+            texts.append(handle.read())
+    return texts
 
 
 def relocate(xml, root):

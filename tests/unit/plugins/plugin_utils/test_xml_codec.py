@@ -55,6 +55,29 @@ def xml_error(text, *fragments):
 
 # --- the seed ---------------------------------------------------------------------------------------
 
+EXAMPLE_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'examples', 'seed', '*.xml')))
+
+
+def _read(path):
+    with open(path, encoding='utf-8') as handle:
+        return handle.read()
+
+
+def test_the_repository_keeps_the_seven_seed_examples_and_they_convert():
+    assert len(EXAMPLE_FILES) == 7
+    for path in EXAMPLE_FILES:
+        assert xml_to_filesystems(_read(path))
+
+
+def test_the_repository_copies_are_the_seed_examples_verbatim_but_for_indentation():
+    if not SEED_EXAMPLES:
+        pytest.skip('no seed found under %s' % SEED_DIR)
+    squeeze = re.compile(r'\s+')
+    copies = [squeeze.sub(' ', _read(path)).strip() for path in EXAMPLE_FILES]
+    originals = [squeeze.sub(' ', example.values[0]).strip() for example in SEED_EXAMPLES]
+    assert sorted(copies) == sorted(originals)
+
+
 def test_the_seed_is_there_and_has_all_its_filesystem_examples():
     if not SEED_EXAMPLES:
         pytest.skip('no seed found under %s (the shared seeds live next to the repository)' % SEED_DIR)
