@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import posixpath
 
+from ansible.module_utils.parsing.convert_bool import boolean
+
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     OptionError,
     check_conflicts,
@@ -97,13 +99,12 @@ def parse_filesystems(raw_list, label='filesystems'):
 
 
 def parse_filesystem(raw, label):
-    node = _parse_node(raw, label, top=True)
-    check_overlay_nesting(node)
+    node = _parse_node(raw, label, top=True, overlays_above=0)
     check_paths_disjoint(node)
     return node
 
 
-def _parse_node(raw, label, top):
+def _parse_node(raw, label, top, overlays_above):
     if isinstance(raw, str) and not top:
         raw = {'type': 'dir', 'target': raw}
     if not isinstance(raw, dict):
@@ -126,7 +127,10 @@ def _parse_node(raw, label, top):
         is_layer=not top,
     )
     if kind == 'overlay':
-        return _parse_overlay(raw, common)
+        if overlays_above >= MAX_OVERLAY_NESTING:  # checked before descending: a deep tree costs nothing
+            raise TreeError('%s: overlays nest at most %d deep (the kernel stacks at most %d filesystems on a disk fs)'
+                            % (label, MAX_OVERLAY_NESTING, MAX_OVERLAY_NESTING))
+        return _parse_overlay(raw, common, overlays_above + 1)
     if kind == 'dir':
         return Node('dir', **common)
     source = _path(raw, 'source', label)
@@ -136,7 +140,7 @@ def _parse_node(raw, label, top):
     return Node(kind, source=source, **common)
 
 
-def _parse_overlay(raw, common):
+def _parse_overlay(raw, common, overlays):
     label = common['label']
     upper = _path(raw, 'upper', label, required=False)
     work = _path(raw, 'work', label, required=False)
@@ -157,7 +161,8 @@ def _parse_overlay(raw, common):
         check_conflicts(options, bool(upper), label)
     except OptionError as error:
         raise TreeError(str(error))
-    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False) for index, item in enumerate(lowers_raw)]
+    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False, overlays_above=overlays)
+              for index, item in enumerate(lowers_raw)]
     check_layers_disjoint(label, lowers, upper, work)
     return Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
 
@@ -213,10 +218,10 @@ def normalize_path(value, where):
 
 
 def _flag(raw, key, label):
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise TreeError('%s.%s must be true or false' % (label, key))
-    return value
+    try:
+        return boolean(raw.get(key, False), strict=True)
+    except TypeError:
+        raise TreeError('%s.%s must be true or false, not %r' % (label, key, raw.get(key)))
 
 
 def _accessmode(raw, label):
@@ -233,16 +238,6 @@ def is_within(path, ancestor):
 
 def _related(a, b):
     return is_within(a, b) or is_within(b, a)
-
-
-def check_overlay_nesting(node, depth=0):
-    if node.kind == 'overlay':
-        depth += 1
-        if depth > MAX_OVERLAY_NESTING:
-            raise TreeError('%s: overlays nest at most %d deep (the kernel stacks at most %d filesystems on a disk fs)'
-                            % (node.label, MAX_OVERLAY_NESTING, MAX_OVERLAY_NESTING))
-    for lower in node.lowers:
-        check_overlay_nesting(lower, depth)
 
 
 def check_paths_disjoint(root):

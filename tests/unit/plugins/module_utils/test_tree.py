@@ -176,7 +176,7 @@ NESTED_BAD_WORK = overlay('/m', ['/l0', overlay('/n', ['/nl'], '/nu', 'nw')], '/
      ['filesystems[0].options', 'metacopy=on', 'redirect_dir=off']),
     ([overlay('/m', ['/a', overlay('/n', ['/b', '/c'], options={'volatile': True})], '/u', '/w')],
      ['filesystems[0].lower[1].options.volatile']),
-    ([overlay('/m', ['/l'], '/u', '/w', readonly='yes')], ['filesystems[0].readonly must be true or false']),
+    ([overlay('/m', ['/l'], '/u', '/w', readonly='maybe')], ['filesystems[0].readonly must be true or false']),
     ([overlay('/m', ['/l'], '/u', '/w', accessmode='squash')], ['filesystems[0].accessmode', "'squash'"]),
     ([overlay('/m', [{'type': 'dir', 'target': '/l', 'accessmode': 'passthrough'}], '/u', '/w')],
      ['filesystems[0].lower[0]']),
@@ -414,3 +414,17 @@ def test_double_slash_and_trailing_slash_are_normalized(given, normalized):
     assert form['lower'] == ['/lower/a', '/lower/b']
     assert form['upper'] == '/u/x'
     assert form['work'] == '/w'
+
+
+@pytest.mark.parametrize('spelling, value', [('yes', True), ('true', True), ('on', True), ('no', False), (0, False)])
+def test_readonly_takes_the_boolean_spellings_ansible_takes(spelling, value):
+    tree = parse_filesystems([{'lower': ['/a', '/b'], 'target': '/m', 'readonly': spelling}])[0]
+    assert tree.readonly is value
+
+
+def test_a_tree_nested_thousands_deep_is_refused_at_the_third_overlay():
+    tree = {'lower': ['/a', '/b'], 'target': '/t'}
+    for index in range(5000):
+        tree = {'lower': [dict(tree, type='overlay'), '/x%d' % index], 'target': '/t%d' % index}
+    with pytest.raises(TreeError, match=r'filesystems\[0\]\.lower\[0\]\.lower\[0\]: overlays nest at most 2 deep'):
+        parse_filesystems([tree])
