@@ -151,14 +151,12 @@ class _Planner(object):
                             'and fsconfig(2) (used beyond that) at most 255 bytes a path. Use shorter paths.'
                             % (node.describe(), MOUNT_DATA_LIMIT))
         data = overlay_mount_data(lowers, node.upper, node.work, node.options)
-        shown = data if fits_mount_data(lowers, node.upper, node.work, node.options) else \
-            'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (lowers[0], lowers[-1], len(lowers),
-                                                               ',upperdir=' + node.upper if node.upper else '')
         steps.append(dict(
             action='mount', kind='overlay', node=node.label, target=node.target, data=data,
             lowers=lowers, upper=node.upper, work=node.work, options=dict(node.options),
             readonly=self._mount_readonly(node),
-            description='mount overlay on %s (%s)%s' % (node.target, shown, ' read-only' if node.readonly else ''),
+            description='mount overlay on %s (%s)%s'
+                        % (node.target, _shown_mount_data(node, data), ' read-only' if node.readonly else ''),
         ))
         return steps
 
@@ -332,6 +330,15 @@ class _Planner(object):
     def _mounted_elsewhere(self, loop, current):
         return any((entry.major, entry.minor) == (loop.major, loop.minor) and entry.mount_id != current.mount_id
                    for entry in self.observed.mounts)
+
+
+def _shown_mount_data(node, data):
+    """The data string, or for one too long for mount(2) a summary of what fsconfig(2) gets."""
+    if fits_mount_data(node.layer_paths(), node.upper, node.work, node.options):
+        return data
+    lowers = node.layer_paths()
+    return 'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (
+        lowers[0], lowers[-1], len(lowers), ',upperdir=' + node.upper if node.upper else '')
 
 
 def _unmount_step(node, current):
