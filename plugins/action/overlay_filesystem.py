@@ -13,11 +13,10 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.xml_codec 
     XmlError,
     filesystems_to_xml,
     xml_to_filesystems,
+    yaml_labels_to_xml,
 )
 
 MODULE = 'containerhost.overlayfs.overlay_filesystem'
-XML_LABELS_HINT = (' (in the XML, filesystems[N] is the N+1th <filesystem> and lower[K] the K+1th <backingStore>'
-                   ' of its parent; upper and work are its first and second <source>)')
 
 
 class ActionModule(ActionBase):
@@ -40,8 +39,8 @@ class ActionModule(ActionBase):
                 return result
         result.update(self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars))
         if result.get('failed'):
-            if xml is not None and 'filesystems[' in result.get('msg', ''):
-                result['msg'] += XML_LABELS_HINT
+            if xml is not None and 'msg' in result:
+                result['msg'] = yaml_labels_to_xml(result['msg'])
         elif result.get('filesystems'):
             result['xml'] = filesystems_to_xml(result['filesystems'])
         return result

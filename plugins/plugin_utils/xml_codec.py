@@ -242,3 +242,25 @@ def _option_text(value):
     if isinstance(value, bool):
         return 'on' if value else 'off'
     return str(value)
+
+
+YAML_LABEL = re.compile(r'filesystems\[(\d+)\]((?:\.lower\[\d+\])*)(?:\.(upper|work|target|source|options|format|driver|'
+                        r'readonly|type|accessmode|lower)(?:\.(\w+))?)?')
+FIELD_IN_XML = {'upper': '/source[1]', 'work': '/source[2]', 'target': '/target', 'source': '/source',
+                'format': '/driver', 'driver': '/driver', 'readonly': '/readonly', 'type': '/@type',
+                'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver'}
+
+
+def yaml_labels_to_xml(message):
+    """Rewrite the tree's YAML labels (filesystems[0].lower[1].work) as XML locations
+    (/filesystem[1]/backingStore[2]/source[2]), for a user who wrote XML."""
+    def location(match):
+        path = '/filesystem[%d]' % (int(match.group(1)) + 1)
+        for index in re.findall(r'\[(\d+)\]', match.group(2)):
+            path += '/backingStore[%d]' % (int(index) + 1)
+        if match.group(3):
+            path += FIELD_IN_XML[match.group(3)]
+        if match.group(4):
+            path += '/@' + match.group(4)
+        return path
+    return YAML_LABEL.sub(location, message)

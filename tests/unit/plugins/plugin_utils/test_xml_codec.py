@@ -20,6 +20,7 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.xml_codec 
     filesystems_to_xml,
     parse_document,
     xml_to_filesystems,
+    yaml_labels_to_xml,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
@@ -419,3 +420,15 @@ def test_file_without_format_is_refused_by_the_tree():
     filesystems = xml_to_filesystems("<filesystem type='file'><source file='/i.img'/><target dir='/t'/></filesystem>")
     with pytest.raises(TreeError, match='format is required'):
         parse_filesystems(filesystems)
+
+
+@pytest.mark.parametrize('message, expected', [
+    ('filesystems[0].lower[1]: lower dir /x does not exist', '/filesystem[1]/backingStore[2]: lower dir /x does not exist'),
+    ('filesystems[2].lower[0].lower[3].work: x', '/filesystem[3]/backingStore[1]/backingStore[4]/source[2]: x'),
+    ('filesystems[0].options.index: bad', '/filesystem[1]/driver/@index: bad'),
+    ('filesystems[0].upper: /u overlaps filesystems[0].lower[0] /u/x',
+     '/filesystem[1]/source[1]: /u overlaps /filesystem[1]/backingStore[1] /u/x'),
+    ('no label here', 'no label here'),
+])
+def test_yaml_labels_are_rewritten_as_xml_locations(message, expected):
+    assert yaml_labels_to_xml(message) == expected
