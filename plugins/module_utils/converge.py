@@ -7,7 +7,12 @@
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor, HostLock
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import (
+    LOCK_FILE,
+    ApplyError,
+    Executor,
+    HostLock,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, describe_mount, plan
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
@@ -19,7 +24,7 @@ class ConvergeError(Exception):
         self.result = result
 
 
-def converge(params, run_command, check_mode, lock_path=None):
+def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
     """Return the module result for ``params``; raise ConvergeError with a message naming the cause."""
     if params.get('filesystems') is not None:
         raw, label = params['filesystems'], 'filesystems'
@@ -30,7 +35,7 @@ def converge(params, run_command, check_mode, lock_path=None):
     except TreeError as error:
         raise ConvergeError(str(error))
     canonical = [to_yaml(root) for root in sorted(roots, key=lambda root: root.position)]
-    with HostLock(lock_path) if lock_path else HostLock():
+    with HostLock(lock_path):
         observed = observe(roots)
         try:
             steps = plan(roots, observed, params['state'], params['on_drift'], params['create_dirs'])
