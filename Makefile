@@ -34,8 +34,9 @@ COLLECTION_LINK := $(COLLECTIONS_ROOT)/ansible_collections/containerhost/overlay
 SANITY_COPY := $(CURDIR)/.cache/sanity/ansible_collections/containerhost/overlayfs
 
 # Debian packages the tests need: util-linux (mount, umount, losetup, findmnt, unshare),
-# e2fsprogs (mkfs.ext4), shellcheck (ansible-test sanity's shellcheck test for *.sh files).
-DEB_PACKAGES := util-linux e2fsprogs shellcheck
+# e2fsprogs (mkfs.ext4), shellcheck (ansible-test sanity's shellcheck test for *.sh files), qemu-utils (qemu-img,
+# qemu-nbd) and qemu-system-common (qemu-storage-daemon, for image layers served through FUSE).
+DEB_PACKAGES := util-linux e2fsprogs shellcheck qemu-utils qemu-system-common
 
 # Prepended once (recursive make calls inherit the already-prepended values).
 ifeq ($(filter $(VENV)/bin,$(subst :, ,$(PATH))),)

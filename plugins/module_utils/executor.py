@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, syscalls
 
 LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
 
@@ -48,14 +48,14 @@ class Executor(object):
 
     def __init__(self, run_command):
         self.run_command = run_command
-        self.attached = {}  # image -> loop device attached by this run
+        self.attached = {}  # ref (a node's label) -> the device an attach step of this run got
 
     def apply(self, steps):
         undo = []
         for number, step in enumerate(steps, 1):
             try:
                 undo.append(getattr(self, '_' + step['action'])(step))
-            except (OSError, ApplyError) as error:
+            except (OSError, ApplyError, devices.DeviceError) as error:
                 problems = self._undo(undo)
                 message = 'step %d of %d (%s) failed: %s' % (number, len(steps), step['description'], error)
                 if undo:
@@ -69,7 +69,7 @@ class Executor(object):
         for action in reversed(undo):
             try:
                 action()
-            except (OSError, ApplyError) as error:
+            except (OSError, ApplyError, devices.DeviceError) as error:
                 problems.append(str(error))
         return problems
 
@@ -92,16 +92,37 @@ class Executor(object):
         return lambda: _remove_all_if_empty(created)
 
     def _attach_loop(self, step):
-        argv = ['losetup', '--find', '--show']
-        if step['readonly']:
-            argv.append('--read-only')
-        device = self._run(argv + ['--', step['image']]).strip()
-        self.attached[step['image']] = device
-        return lambda: (self._detach(device), self.attached.pop(step['image'], None))
+        return self._attached(step, devices.attach_loop(self.run_command, step['image'], step['readonly']),
+                              lambda device: devices.detach_loop(self.run_command, device))
 
     def _detach_loop(self, step):
-        self._detach(step['device'])
-        return lambda: self._attach_loop(dict(image=step['image'], readonly=step['readonly']))
+        devices.detach_loop(self.run_command, step['device'])
+        return lambda: self._attach_loop(step)
+
+    def _load_module(self, step):
+        devices.load_module(self.run_command, step['module'], step['kernel'])
+        return _nothing  # a loaded module stays: unloading it could take devices from others
+
+    def _attach_nbd(self, step):
+        device = devices.attach_nbd(self.run_command, step['image'], step['format'], step['readonly'])
+        return self._attached(step, device, lambda device: devices.detach_nbd(self.run_command, device))
+
+    def _detach_nbd(self, step):
+        devices.detach_nbd(self.run_command, step['device'])
+        if step['image'] is None:
+            return _nothing  # its server was gone: there is nothing to serve again
+        return lambda: self._attach_nbd(step)
+
+    def _start_export(self, step):
+        devices.start_export(self.run_command, step['image'], step['format'], step['export'], step['pidfile'],
+                             step['metafile'])
+        return lambda: devices.stop_export(step['export'], step['pidfile'], step['metafile'])
+
+    def _stop_export(self, step):
+        devices.stop_export(step['export'], step['pidfile'], step['metafile'])
+        if step['image'] is None:
+            return _nothing
+        return lambda: self._start_export(step)
 
     def _mount(self, step):
         kind = step['kind']
@@ -111,12 +132,13 @@ class Executor(object):
         elif kind == 'bind':
             syscalls.bind_mount(step['source'], step['target'], step['readonly'])
         else:
-            device = self.attached.get(step['image']) or step['device']
-            syscalls.mount_device(device, step['target'], self._filesystem_type(device), step['readonly'])
+            device = self.attached.get(step['ref']) or step['device']
+            syscalls.mount_device(device, step['target'], devices.filesystem_type(self.run_command, device),
+                                  step['readonly'])
         return lambda: syscalls.unmount(step['target'])
 
     def _unmount(self, step):
-        syscalls.unmount(step['target'])
+        syscalls.unmount(step['target'], lazy=step['lazy'])
         restore = step.get('restore')
         if not restore:
             return _cannot_restore(step)
@@ -124,23 +146,18 @@ class Executor(object):
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _filesystem_type(self, device):
-        """The filesystem in a device, as blkid's low-level probe sees it (mount(8) probes the same way)."""
-        rc, out, err = self.run_command(['blkid', '--probe', '--match-tag', 'TYPE', '--output', 'value', '--', device])
-        if rc == 2 or (rc == 0 and not out.strip()):  # blkid: 2 means nothing was found
-            raise ApplyError('no filesystem found on %s' % device)
-        if rc != 0:
-            raise ApplyError('blkid %s exited %d: %s' % (device, rc, err.strip()))
-        return out.strip()
+    def _attached(self, step, device, detach):
+        """Record the device an attach step got, for the mount step that names the same ref."""
+        self.attached[step['ref']] = device
 
-    def _detach(self, device):
-        self._run(['losetup', '--detach', device])
+        def undo():
+            detach(device)
+            self.attached.pop(step['ref'], None)
+        return undo
 
-    def _run(self, argv):
-        rc, out, err = self.run_command(argv)
-        if rc != 0:
-            raise ApplyError('%s exited %d: %s' % (' '.join(argv), rc, (err or out).strip()))
-        return out
+
+def _nothing():
+    pass
 
 
 def _remove_all_if_empty(paths):

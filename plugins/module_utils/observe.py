@@ -11,6 +11,7 @@ Everything the planner decides on is gathered here in one pass, so planning stay
 from __future__ import annotations
 
 import glob
+import json
 import os
 import stat
 
@@ -18,6 +19,39 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import is_within
 
 SYS_BLOCK = '/sys/block'
+SYS_MODULE = '/sys/module'
+# Where FUSE exports of images live (the nbd-free attach method): IMAGE.img is the export, .pid its daemon,
+# .json what it serves.
+EXPORT_DIR = '/run/containerhost-overlayfs/exports'
+
+
+class ImageServer(object):
+    """What a live qemu-nbd (or qemu-storage-daemon) process serves."""
+
+    def __init__(self, image, image_format, readonly):
+        self.image = image
+        self.image_format = image_format
+        self.readonly = readonly
+
+    def serves(self, image, image_format, readonly):
+        return (self.image, self.image_format, self.readonly) == (image, image_format, readonly)
+
+
+class NbdDevice(object):
+    def __init__(self, device, major, minor, connected, server):
+        self.device = device
+        self.major = major
+        self.minor = minor
+        self.connected = connected
+        self.server = server  # None when no live qemu-nbd serves it (free, or its server died)
+
+
+class FuseExport(object):
+    def __init__(self, path, pidfile, metafile, server):
+        self.path = path
+        self.pidfile = pidfile
+        self.metafile = metafile
+        self.server = server  # None when its daemon is gone or the export is not mounted
 
 
 class LoopDevice(object):
@@ -52,10 +86,14 @@ class PathFacts(object):
 
 
 class Observed(object):
-    def __init__(self, mounts, loops, paths):
+    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel=''):
         self.mounts = mounts
         self.loops = loops
         self.paths = paths
+        self.nbds = list(nbds)
+        self.exports = list(exports)
+        self.nbd_loaded = nbd_loaded
+        self.kernel = kernel
 
     def facts(self, path):
         return self.paths[path]
@@ -90,6 +128,18 @@ class Observed(object):
         for loop in self.loops:
             if (loop.major, loop.minor) == (major, minor):
                 return loop
+        return None
+
+    def nbd_by_number(self, major, minor):
+        for nbd in self.nbds:
+            if (nbd.major, nbd.minor) == (major, minor):
+                return nbd
+        return None
+
+    def export_at(self, path):
+        for export in self.exports:
+            if export.path == path:
+                return export
         return None
 
     def loops_backed_by(self, image):
@@ -130,6 +180,73 @@ def read_loop_devices(sys_block=SYS_BLOCK):
     return loops
 
 
+def read_nbd_devices(sys_block=SYS_BLOCK):
+    devices = []
+    for base in sorted(glob.glob(os.path.join(sys_block, 'nbd*')), key=_device_number_order):
+        major, minor = _read(os.path.join(base, 'dev')).split(':')
+        pid_file = os.path.join(base, 'pid')
+        pid = int(_read(pid_file)) if os.path.exists(pid_file) else None
+        size = int(_read(os.path.join(base, 'size')))
+        devices.append(NbdDevice(device='/dev/' + os.path.basename(base), major=int(major), minor=int(minor),
+                                 connected=pid is not None or size > 0, server=qemu_nbd_server(pid)))
+    return devices
+
+
+def _device_number_order(path):
+    digits = ''.join(char for char in os.path.basename(path) if char.isdigit())
+    return int(digits or 0)
+
+
+def qemu_nbd_server(pid):
+    """What the qemu-nbd process (or thread) ``pid`` serves, from its command line; None if it is gone."""
+    if pid is None:
+        return None
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            argv = [os.fsdecode(arg) for arg in handle.read().split(b'\0') if arg]
+        cwd = os.readlink('/proc/%d/cwd' % pid)
+    except OSError:
+        return None
+    if not argv or 'qemu-nbd' not in os.path.basename(argv[0]):
+        return None
+    image_format, readonly = None, False
+    for index, arg in enumerate(argv[1:-1], 1):
+        if arg in ('-f', '--format'):
+            image_format = argv[index + 1]
+        elif arg.startswith('--format='):
+            image_format = arg.split('=', 1)[1]
+        elif arg in ('-r', '--read-only'):
+            readonly = True
+    return ImageServer(os.path.realpath(os.path.join(cwd, argv[-1])), image_format, readonly)
+
+
+def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
+    exports = []
+    for metafile in sorted(glob.glob(os.path.join(export_dir, '*.json'))):
+        base = metafile[:-len('.json')]
+        path, pidfile = base + '.img', base + '.pid'
+        server = None
+        try:
+            with open(metafile) as handle:
+                meta = json.load(handle)
+            alive = process_alive(int(_read(pidfile)))
+        except (OSError, ValueError):
+            alive = False
+        if alive and any(entry.mountpoint == path and entry.fstype.startswith('fuse') for entry in mounts):
+            server = ImageServer(meta['image'], meta['format'], True)
+        exports.append(FuseExport(path, pidfile, metafile, server))
+    return exports
+
+
+def process_alive(pid):
+    """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
+    try:
+        stat_line = _read('/proc/%d/stat' % pid)
+    except OSError:
+        return False
+    return stat_line.rsplit(')', 1)[-1].split()[0] != 'Z'
+
+
 def _read(path):
     with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
         return handle.read().rstrip('\n')
@@ -143,4 +260,6 @@ def observe(roots):
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
                     paths[path] = PathFacts(path)
-    return Observed(read_mountinfo(), read_loop_devices(), paths)
+    mounts = read_mountinfo()
+    return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
+                    nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release)

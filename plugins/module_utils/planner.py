@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import posixpath
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     MOUNT_DATA_LIMIT,
@@ -54,6 +55,7 @@ class _Planner(object):
         self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
         self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
+        self.images = ImagePlanner(observed)
 
     # --- state: mounted -------------------------------------------------------------------
 
@@ -64,24 +66,28 @@ class _Planner(object):
         return teardown + buildup
 
     def _mounted_node(self, node, teardown, buildup):
-        """Plan one node; return True when it will be (re)mounted in this run."""
+        """Plan one node. Return None when it stays as it is, else why it is (re)mounted:
+        'new' (nothing was there), 'repair' (its image server died, or a lower of it did) or 'replace'."""
         if not node.is_mounted_node:
             self._require_lower_dir(node)
-            return False
+            return None
         stacked = self.observed.mounts_at(node.target)
         current = stacked[-1] if stacked else None
         status = self._match(node, current)
         start = len(teardown)
-        children_change = [self._mounted_node(lower, teardown, buildup) for lower in node.lowers]
-        if status == 'match' and any(children_change):
-            status = 'stale'
+        changed = [reason for reason in (self._mounted_node(lower, teardown, buildup) for lower in node.lowers)
+                   if reason]
+        if status == 'match' and changed:
+            # it stands on a lower that is being remounted: remount it too (asked for unless all are repairs)
+            status = 'repair' if set(changed) == {'repair'} else 'stale'
         if status in ('drift', 'stale'):
             self._refuse_unless_replacing(node, current, status)
-            teardown[start:start] = [_unmount_step(node, current)] + self._detach_steps_after_unmount(node, current)
+        if status in ('drift', 'stale', 'broken', 'repair'):
+            teardown[start:start] = [_unmount_step(node, current, lazy=status == 'broken')] + self._release(node, current)
         if status == 'match':
-            return False
+            return None
         buildup.extend(self._mount_steps(node))
-        return True
+        return {'absent': 'new', 'broken': 'repair', 'repair': 'repair'}.get(status, 'replace')
 
     def _refuse_unless_replacing(self, node, current, status):
         if self.on_drift == 'replace':
@@ -104,8 +110,13 @@ class _Planner(object):
     def _match(self, node, current):
         if current is None:
             return 'absent'
+        readonly = self._mount_readonly(node)
+        if current.readonly != readonly:
+            return 'drift'
+        if node.kind == 'file':
+            return self.images.status(node, current, readonly)
         matcher = getattr(self, '_matches_' + BEHAVES_LIKE.get(node.kind, node.kind))
-        return 'match' if matcher(node, current) and current.readonly == self._mount_readonly(node) else 'drift'
+        return 'match' if matcher(node, current) else 'drift'
 
     def _matches_overlay(self, node, current):
         layers = current.overlay_layers()
@@ -115,10 +126,6 @@ class _Planner(object):
         return ([_norm(p) for p in lowers] == node.layer_paths()
                 and _norm(upper) == node.upper and _norm(work) == node.work
                 and options_match(node.options, current.super_options, bool(node.upper)))
-
-    def _matches_file(self, node, current):
-        loop = self.observed.loop_by_number(current.major, current.minor)
-        return loop is not None and loop.backing_file == self.observed.facts(node.source).realpath
 
     def _matches_block(self, node, current):
         return self.observed.facts(node.source).rdev == (current.major, current.minor)
@@ -161,35 +168,20 @@ class _Planner(object):
         return steps
 
     def _mount_file(self, node):
-        if node.driver == 'nbd':
-            raise PlanError('%s: driver nbd (format %s) is not supported yet: qemu-nbd attachment comes in a '
-                            'later release; use driver loop with a raw image' % (node.describe(), node.image_format))
         if not self.observed.facts(node.source).is_file:
             raise PlanError('%s: image %s is not a regular file' % (node.describe(), node.source))
         readonly = self._mount_readonly(node)
-        free = [loop for loop in self.observed.loops_backed_by(node.source)
-                if loop.readonly == readonly and not loop.holders
-                and not self.observed.is_mounted_device(loop.major, loop.minor)]
-        steps = []
-        if free:
-            device = free[0].device
-        else:
-            device = None
-            steps.append(dict(action='attach_loop', node=node.label, image=node.source, readonly=readonly,
-                              description='attach %s to a free loop device%s'
-                              % (node.source, ' read-only' if readonly else '')))
-        shown_device = device or 'the loop device of ' + node.source
-        steps.append(dict(action='mount', kind='device', node=node.label, target=node.target, device=device,
-                          image=node.source, readonly=readonly,
-                          description='mount %s on %s%s' % (shown_device, node.target, ' read-only' if readonly else '')))
-        return steps
+        if node.driver == 'fuse' and not readonly:
+            raise PlanError('%s: driver fuse serves images read-only; add readonly (an image used as a lower '
+                            'layer is read-only anyway)' % node.describe())
+        return self.images.attach(node, readonly)
 
     def _mount_block(self, node):
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
         readonly = self._mount_readonly(node)
         return [dict(action='mount', kind='device', node=node.label, target=node.target, device=node.source,
-                     image=None, readonly=readonly,
+                     ref=None, readonly=readonly,
                      description='mount %s on %s%s' % (node.source, node.target, ' read-only' if readonly else ''))]
 
     def _mount_mount(self, node):
@@ -295,41 +287,29 @@ class _Planner(object):
     # --- state: unmounted ------------------------------------------------------------------
 
     def unmounted(self):
-        steps, detaches = [], []
+        steps, releases = [], []
         for root in reversed(self.roots):
-            self._unmounted_node(root, steps, detaches)
-        return steps + detaches
+            self._unmounted_node(root, steps, releases)
+        return steps + releases
 
-    def _unmounted_node(self, node, steps, detaches):
+    def _unmounted_node(self, node, steps, releases):
         if node.is_mounted_node:
-            stacked = self.observed.mounts_at(node.target)
-            for current in reversed(stacked):
-                if self._match(node, current) != 'match':
-                    if self.on_drift != 'replace':
-                        raise PlanError('refusing to unmount %s: it is mounted with something this tree does not '
-                                        'describe: %s. Set on_drift=replace to unmount it anyway.'
-                                        % (node.describe(), describe_mount(current)))
-                steps.append(_unmount_step(node, current))
-                detaches.extend(self._detach_steps_after_unmount(node, current))
+            for current in reversed(self.observed.mounts_at(node.target)):
+                status = self._match(node, current)
+                if status == 'drift' and self.on_drift != 'replace':
+                    raise PlanError('refusing to unmount %s: it is mounted with something this tree does not '
+                                    'describe: %s. Set on_drift=replace to unmount it anyway.'
+                                    % (node.describe(), describe_mount(current)))
+                steps.append(_unmount_step(node, current, lazy=status == 'broken'))
+                releases.extend(self._release(node, current))
             if node.kind == 'file':
-                for loop in self.observed.loops_backed_by(node.source):
-                    if not loop.holders and not self.observed.is_mounted_device(loop.major, loop.minor):
-                        detaches.append(_detach_step(node, loop))
+                releases.extend(self.images.leftovers(node))
         for lower in node.lowers:
-            self._unmounted_node(lower, steps, detaches)
+            self._unmounted_node(lower, steps, releases)
 
-    def _detach_steps_after_unmount(self, node, current):
-        """The loop device this run attached for an image layer goes once its mount is gone."""
-        if node.kind != 'file':
-            return []
-        loop = self.observed.loop_by_number(current.major, current.minor)
-        if loop is None or self._mounted_elsewhere(loop, current):
-            return []
-        return [_detach_step(node, loop)]
-
-    def _mounted_elsewhere(self, loop, current):
-        return any((entry.major, entry.minor) == (loop.major, loop.minor) and entry.mount_id != current.mount_id
-                   for entry in self.observed.mounts)
+    def _release(self, node, current):
+        """What goes with an unmount: the device behind an image layer."""
+        return self.images.release(node, current) if node.kind == 'file' else []
 
 
 def _shown_mount_data(node, data):
@@ -341,9 +321,10 @@ def _shown_mount_data(node, data):
         lowers[0], lowers[-1], len(lowers), ',upperdir=' + node.upper if node.upper else '')
 
 
-def _unmount_step(node, current):
-    return dict(action='unmount', node=node.label, target=node.target, restore=_restore(node, current),
-                description='unmount %s (%s)' % (node.target, describe_mount(current)))
+def _unmount_step(node, current, lazy=False):
+    """lazy (MNT_DETACH) for a filesystem whose device lost its server: a plain unmount could hang on I/O."""
+    return dict(action='unmount', node=node.label, target=node.target, lazy=lazy, restore=_restore(node, current),
+                description='%sunmount %s (%s)' % ('lazily ' if lazy else '', node.target, describe_mount(current)))
 
 
 def _restore(node, current):
@@ -359,13 +340,8 @@ def _restore(node, current):
         return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
     if current.source.startswith('/dev/'):
         return dict(kind='device', target=node.target, device=current.source,
-                    image=node.source if node.kind == 'file' else None, readonly=current.readonly)
+                    ref=node.label if node.kind == 'file' else None, readonly=current.readonly)
     return None
-
-
-def _detach_step(node, loop):
-    return dict(action='detach_loop', node=node.label, device=loop.device, image=node.source,
-                readonly=loop.readonly, description='detach %s (backing %s)' % (loop.device, loop.backing_file))
 
 
 def _norm(path):

@@ -27,6 +27,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+MNT_DETACH = 0x2
 KMSG = '/dev/kmsg'
 
 # The new mount API: one syscall number on every architecture (asm-generic/unistd.h, Linux 5.2).
@@ -185,7 +186,8 @@ def bind_mount(source, target, readonly):
             raise
 
 
-def unmount(target):
-    if _libc.umount2(os.fsencode(target), 0) != 0:
+def unmount(target, lazy=False):
+    """lazy: MNT_DETACH, the mount goes now and the filesystem once nothing uses it."""
+    if _libc.umount2(os.fsencode(target), MNT_DETACH if lazy else 0) != 0:
         err = ctypes.get_errno()
         raise MountError(err, 'unmount %s' % target, [])

@@ -25,7 +25,9 @@ MAX_LOWER_LAYERS = 500
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
 TOP_LEVEL_TYPES = ('overlay', 'mount', 'bind', 'block', 'file')
 LOWER_TYPES = ('dir', 'overlay', 'mount', 'block', 'file')
-IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': ('raw', 'qcow2', 'qcow', 'vmdk', 'vdi', 'vhdx', 'vpc', 'qed', 'parallels')}
+QEMU_FORMATS = ('raw', 'qcow2', 'qcow', 'vmdk', 'vdi', 'vhdx', 'vpc', 'qed', 'parallels')
+# loop: raw only; nbd: qemu-nbd; fuse: qemu-storage-daemon's read-only FUSE export on a loop device (no nbd needed)
+IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': QEMU_FORMATS, 'fuse': QEMU_FORMATS}
 ACCESS_MODES = ('passthrough',)
 
 KEYS = {
@@ -186,7 +188,7 @@ def _image_driver(raw, label):
                         'say raw, qcow2, ...' % label)
     driver = raw.get('driver', 'loop' if image_format == 'raw' else None)
     if driver not in IMAGE_DRIVERS:
-        raise TreeError('%s.driver: %r is not one of %s (format %s needs nbd)'
+        raise TreeError('%s.driver: %r is not one of %s (format %s needs nbd, or fuse without nbd)'
                         % (label, driver, ', '.join(IMAGE_DRIVERS), image_format))
     if image_format not in IMAGE_DRIVERS[driver]:
         raise TreeError('%s.format: driver %s serves %s, not %r'

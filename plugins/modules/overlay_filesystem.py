@@ -190,6 +190,8 @@ mounts:
       type: str
 '''
 
+from functools import partial
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, converge
@@ -213,7 +215,8 @@ def main():
         module.fail_json(msg='xml is parsed on the controller by the action plugin of this module; call the module '
                              'as containerhost.overlayfs.overlay_filesystem with the collection installed')
     try:
-        result = converge(module.params, module.run_command, module.check_mode)
+        # A missing command raises instead of ending the module, so what the run did is undone.
+        result = converge(module.params, partial(module.run_command, handle_exceptions=False), module.check_mode)
     except ConvergeError as error:
         module.fail_json(msg=str(error), **error.result)
     if not module._diff:

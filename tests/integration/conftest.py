@@ -24,7 +24,9 @@ import textwrap
 
 import pytest
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.devices import stop_export
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import EXPORT_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -55,11 +57,24 @@ def mounts_under(root):
     return [entry for entry in read_mountinfo() if entry.mountpoint.startswith(root + '/')]
 
 
-def loops_backed_under(root):
+def loops_backed_under(path):
+    """Loop devices whose backing file is path or lies under it."""
     out = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE'],
                          capture_output=True, text=True, check=True).stdout
-    return [line.split(None, 1)[0] for line in out.splitlines()
-            if len(line.split(None, 1)) == 2 and line.split(None, 1)[1].startswith(root + '/')]
+    rows = [line.split(None, 1) for line in out.splitlines()]
+    return [row[0] for row in rows if len(row) == 2 and (row[1] == path or row[1].startswith(path + '/'))]
+
+
+def stop_exports_of_images_under(root):
+    """FUSE exports (and their loop devices) a failed test left behind: processes and /run are not namespaced."""
+    for metafile in glob.glob(os.path.join(EXPORT_DIR, '*.json')):
+        with open(metafile) as handle:
+            if not json.load(handle)['image'].startswith(root + '/'):
+                continue
+        export = metafile[:-len('.json')] + '.img'
+        for device in loops_backed_under(export):
+            subprocess.run(['losetup', '--detach', device], check=False)
+        stop_export(export, metafile[:-len('.json')] + '.pid', metafile)
 
 
 class Host(object):
@@ -149,6 +164,7 @@ def host():
         yield Host(root, runs_dir)
     finally:
         shutil.rmtree(runs_dir)
+        stop_exports_of_images_under(root)
         # Before the unmount, while the kernel still shows their backing files under root: a loop device
         # still mounted is only marked to go when its last mount does.
         for device in loops_backed_under(root):

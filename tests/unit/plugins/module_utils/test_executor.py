@@ -30,8 +30,8 @@ class FakeHost(object):
             monkeypatch.setattr(syscalls, name, self._syscall(name))
 
     def _syscall(self, name):
-        def call(*args):
-            self.events.append((name,) + args)
+        def call(*args, **kwargs):
+            self.events.append((name,) + args + tuple(value for value in kwargs.values() if value))
             if name in self.fail:
                 raise self.fail.pop(name)
         return call
@@ -43,7 +43,7 @@ class FakeHost(object):
         if argv[:3] == ['losetup', '--find', '--show']:
             return 0, self.loop_device + '\n', ''
         if argv[0] == 'blkid':
-            return 0, self.fstype + '\n', ''
+            return (0, 'TYPE=%s\n' % self.fstype, '') if self.fstype else (2, '', '')
         return 0, '', ''
 
     def names(self):
@@ -61,13 +61,14 @@ def overlay_step(target, lowers=('/l1', '/l2'), upper='/u', work='/w', options=N
 
 
 def attach_step(image):
-    return dict(action='attach_loop', node='filesystems[0].lower[1]', image=str(image), readonly=True,
+    return dict(action='attach_loop', node='filesystems[0].lower[1]', ref='filesystems[0].lower[1]',
+                image=str(image), readonly=True,
                 description='attach %s to a free loop device read-only' % image)
 
 
 def device_step(image, target, device=None):
     return dict(action='mount', kind='device', node='filesystems[0].lower[1]', target=str(target), device=device,
-                image=str(image), readonly=True, description='mount the loop device of %s on %s' % (image, target))
+                ref='filesystems[0].lower[1]', readonly=True, description='mount the loop device of %s on %s' % (image, target))
 
 
 def kernel_refusal(target):
@@ -101,7 +102,7 @@ def test_failure_half_way_undoes_everything_in_reverse_and_names_the_step(tmp_pa
     # undo, in reverse: unmount the device, detach the loop device
     assert host.events == [
         ('run', ('losetup', '--find', '--show', '--read-only', '--', str(image))),
-        ('run', ('blkid', '--probe', '--match-tag', 'TYPE', '--output', 'value', '--', '/dev/loop7')),
+        ('run', ('blkid', '--probe', '--output', 'export', '--', '/dev/loop7')),
         ('mount_device', '/dev/loop7', str(tmp_path / 'new' / 'deep' / 'lower3'), 'ext4', True),
         ('mount_overlay', str(tmp_path / 'pre' / 'merged'), ['/l1', '/l2'], '/u', '/w', {}, False),
         ('unmount', str(tmp_path / 'new' / 'deep' / 'lower3')),
@@ -166,7 +167,7 @@ def test_unmount_is_undone_by_mounting_what_was_there_again(tmp_path, monkeypatc
     restore = dict(kind='overlay', target='/srv/m', lowers=['/srv/old'], upper='/srv/u', work='/srv/w',
                    options={'uuid': 'on'}, readonly=False)
     steps = [
-        dict(action='unmount', node='filesystems[0]', target='/srv/m', restore=restore,
+        dict(action='unmount', node='filesystems[0]', target='/srv/m', lazy=False, restore=restore,
              description='unmount /srv/m (overlay from overlay (...))'),
         overlay_step('/srv/m', lowers=['/srv/new']),
     ]
@@ -182,7 +183,7 @@ def test_unmount_is_undone_by_mounting_what_was_there_again(tmp_path, monkeypatc
 
 def test_unmount_without_restore_information_is_reported_as_not_undone(monkeypatch):
     host = FakeHost(monkeypatch)
-    steps = [dict(action='unmount', node='filesystems[0]', target='/srv/m', restore=None, description='unmount /srv/m'),
+    steps = [dict(action='unmount', node='filesystems[0]', target='/srv/m', lazy=False, restore=None, description='unmount /srv/m'),
              overlay_step('/srv/m')]
     host.fail['mount_overlay'] = kernel_refusal('/srv/m')
     with pytest.raises(ApplyError) as error:
@@ -193,9 +194,10 @@ def test_unmount_without_restore_information_is_reported_as_not_undone(monkeypat
 def test_detach_is_undone_by_attaching_again(monkeypatch):
     host = FakeHost(monkeypatch)
     steps = [
-        dict(action='detach_loop', node='filesystems[0].lower[1]', device='/dev/loop3', image='/srv/img.raw',
+        dict(action='detach_loop', node='filesystems[0].lower[1]', ref='filesystems[0].lower[1]', device='/dev/loop3',
+             image='/srv/img.raw',
              readonly=True, description='detach /dev/loop3 (backing /srv/img.raw)'),
-        dict(action='unmount', node='filesystems[0]', target='/srv/busy', restore=None, description='unmount /srv/busy'),
+        dict(action='unmount', node='filesystems[0]', target='/srv/busy', lazy=False, restore=None, description='unmount /srv/busy'),
     ]
     host.fail['unmount'] = syscalls.MountError(errno.EBUSY, 'unmount /srv/busy', [])
     with pytest.raises(ApplyError) as error:

@@ -13,7 +13,14 @@ import os
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import LoopDevice, Observed, PathFacts
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import (
+    ImageServer,
+    LoopDevice,
+    NbdDevice,
+    Observed,
+    PathFacts,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     MOUNT_DATA_LIMIT,
     overlay_mount_data,
@@ -66,7 +73,7 @@ def facts(path, kind='dir', entries=(), realpath=None, identity=None, rdev=None,
     return made
 
 
-def observed(roots, lines=(), loops=(), missing=(), override=None):
+def observed(roots, lines=(), loops=(), missing=(), override=None, **host):
     """Observe what the trees mention, as observe.observe() does, but by hand."""
     override = override or {}
     paths = {}
@@ -85,7 +92,7 @@ def observed(roots, lines=(), loops=(), missing=(), override=None):
                     paths[path] = facts(path, kind='block', rdev=(8, 16))
                 else:
                     paths[path] = facts(path)
-    return Observed(mountinfo.parse('\n'.join((ROOT_MOUNT,) + tuple(lines))), list(loops), paths)
+    return Observed(mountinfo.parse('\n'.join((ROOT_MOUNT,) + tuple(lines))), list(loops), paths, **host)
 
 
 def roots_of(*trees):
@@ -94,7 +101,8 @@ def roots_of(*trees):
 
 def summary(steps):
     """(action, what it acts on) for each step."""
-    subject = {'mkdir': 'path', 'attach_loop': 'image', 'detach_loop': 'device'}
+    subject = {'mkdir': 'path', 'attach_loop': 'image', 'detach_loop': 'device', 'detach_nbd': 'device',
+               'attach_nbd': 'image', 'load_module': 'module', 'start_export': 'image', 'stop_export': 'export'}
     return [(step['action'], step[subject.get(step['action'], 'target')]) for step in steps]
 
 
@@ -116,8 +124,9 @@ def test_nothing_mounted_builds_bottom_up():
     assert split_lowerdir(top['data'].split(',')[0][len('lowerdir='):]) == wanted_lowers
     assert top['data'] == overlay_mount_data(['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2'],
                                              '/srv/t/upper', '/srv/t/work', {})
-    assert (image['kind'], image['image'], image['device'], image['readonly']) == \
-        ('device', '/srv/t/guest.img', None, True)
+    assert (image['kind'], image['ref'], image['device'], image['readonly']) == \
+        ('device', 'filesystems[0].lower[1]', None, True)
+    assert steps[3]['ref'] == image['ref']  # the mount uses the device the attach step gets
     attach = steps[3]
     assert attach['readonly'] is True  # image layers are attached read-only
     for step in steps:
@@ -358,7 +367,7 @@ def test_unmounted_tears_down_top_down_then_detaches_the_loop():
     assert (detach['image'], detach['readonly']) == ('/srv/t/guest.img', True)
     assert steps[0]['restore']['lowers'] == ['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2']
     assert steps[2]['restore'] == {'kind': 'device', 'target': '/srv/t/lower3', 'device': '/dev/loop0',
-                                   'image': '/srv/t/guest.img', 'readonly': True}
+                                   'ref': 'filesystems[0].lower[1]', 'readonly': True}
 
 
 def test_unmounted_when_nothing_is_mounted_is_empty():
@@ -575,14 +584,78 @@ def test_mount_data_of_exactly_4095_bytes_goes_through_mount2():
         plan_simple(tree=dict(tree, lower=lowers))
 
 
-def test_nbd_driver_is_refused_as_not_supported_yet():
-    tree = {'upper': '/srv/s/upper', 'work': '/srv/s/work',
+NBD_TREE = {'upper': '/srv/s/upper', 'work': '/srv/s/work',
             'lower': [{'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': '/srv/s/guest.qcow2',
-                       'target': '/srv/s/img'}],
+                       'target': '/srv/s/img'}, '/srv/s/base'],
             'target': '/srv/s/m'}
-    with pytest.raises(PlanError) as error:
-        plan_simple(tree=tree, missing=('/srv/s/m', '/srv/s/img'))
-    assert 'not supported yet' in str(error.value) and 'qcow2' in str(error.value)
+NBD_MOUNTED = '70 60 43:0 / /srv/s/img ro,relatime - ext4 /dev/nbd0 ro'
+NBD_TOP = '71 60 0:80 / /srv/s/m rw,relatime - overlay overlay rw,lowerdir=/srv/s/img:/srv/s/base,' \
+          'upperdir=/srv/s/upper,workdir=/srv/s/work'
+
+
+def nbd0(server):
+    return NbdDevice('/dev/nbd0', 43, 0, connected=True, server=server)
+
+
+def nbd_plan(lines=(), nbds=(), nbd_loaded=True, state='mounted', **kwargs):
+    roots = roots_of(NBD_TREE)
+    obs = observed(roots, lines, missing=('/srv/s/m', '/srv/s/img') if not lines else (), nbds=nbds,
+                   nbd_loaded=nbd_loaded, kernel='6.1.0-test')
+    return plan(roots, obs, state, **kwargs)
+
+
+def test_a_qcow2_layer_loads_nbd_then_attaches_read_only_with_its_format():
+    steps = nbd_plan(nbd_loaded=False)
+    actions = [step['action'] for step in steps]
+    assert actions[:actions.index('mount')] == ['mkdir', 'load_module', 'attach_nbd']
+    attach = steps[2]
+    assert (attach['image'], attach['format'], attach['readonly']) == ('/srv/s/guest.qcow2', 'qcow2', True)
+    assert steps[3]['ref'] == attach['ref'] and steps[3]['device'] is None
+
+
+def test_a_live_qemu_nbd_serving_the_image_is_matched_and_a_free_one_reused():
+    serving = ImageServer('/srv/s/guest.qcow2', 'qcow2', True)
+    assert nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(serving)]) == []
+    reused = nbd_plan(nbds=[nbd0(serving)])
+    assert 'attach_nbd' not in [step['action'] for step in reused]
+    assert [step['device'] for step in reused if step['action'] == 'mount' and step['kind'] == 'device'] == \
+        ['/dev/nbd0']
+
+
+def test_another_image_or_format_on_the_nbd_device_is_drift():
+    for server in (ImageServer('/srv/s/other.qcow2', 'qcow2', True), ImageServer('/srv/s/guest.qcow2', 'raw', True)):
+        with pytest.raises(PlanError, match='drift at'):
+            nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(server)])
+
+
+def test_a_dead_qemu_nbd_is_repaired_without_asking_and_the_overlay_above_remounted():
+    steps = nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(None)])
+    assert summary(steps)[:3] == [('unmount', '/srv/s/m'), ('unmount', '/srv/s/img'), ('detach_nbd', '/dev/nbd0')]
+    assert steps[1]['lazy'] is True and steps[0]['lazy'] is False
+    assert [step['action'] for step in steps[3:]] == ['attach_nbd', 'mount', 'mount']
+
+
+def test_unmounted_disconnects_the_nbd_device_last():
+    serving = ImageServer('/srv/s/guest.qcow2', 'qcow2', True)
+    steps = nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(serving)], state='unmounted')
+    assert summary(steps) == [('unmount', '/srv/s/m'), ('unmount', '/srv/s/img'), ('detach_nbd', '/dev/nbd0')]
+
+
+def test_a_fuse_layer_exports_the_image_then_loops_the_export():
+    tree = copy.deepcopy(NBD_TREE)
+    tree['lower'][0]['driver'] = 'fuse'
+    roots = roots_of(tree)
+    steps = plan(roots, observed(roots, missing=('/srv/s/m', '/srv/s/img')), 'mounted')
+    export, loop = [step for step in steps if step['action'] in ('start_export', 'attach_loop')]
+    assert export['export'] == export_files('/srv/s/guest.qcow2', 'qcow2')[0]
+    assert (export['format'], loop['image'], loop['readonly']) == ('qcow2', export['export'], True)
+
+
+def test_a_writable_top_level_fuse_image_is_refused():
+    roots = roots_of({'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': '/srv/s/guest.qcow2',
+                      'target': '/srv/s/img'})
+    with pytest.raises(PlanError, match='driver fuse serves images read-only'):
+        plan(roots, observed(roots, missing=('/srv/s/img',)), 'mounted')
 
 
 def test_image_that_is_not_a_regular_file_is_refused():

@@ -1,0 +1,213 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Give an image a block device and take it away again: losetup, qemu-nbd, qemu-storage-daemon, modprobe.
+
+Small functions, one command each. ``run`` is AnsibleModule.run_command-like: argv in, (rc, out, err) out.
+Image formats are always given explicitly: nothing here lets qemu probe a format (CVE-2013-4297).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import signal
+import time
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import SYS_BLOCK, process_alive
+
+READY_TIMEOUT = 15.0  # seconds for a device or export to come up
+POLL = 0.1
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+def run_command(run, argv):
+    """Run a command; a missing program is a DeviceError that names it."""
+    try:
+        return run(argv)
+    except OSError as error:
+        raise DeviceError('cannot run %s: %s' % (argv[0], error.strerror or error))
+
+
+def run_checked(run, argv):
+    rc, out, err = run_command(run, argv)
+    if rc != 0:
+        raise DeviceError('%s exited %d: %s' % (' '.join(argv), rc, (err or out).strip() or 'no message'))
+    return out
+
+
+# --- loop devices -------------------------------------------------------------------------------
+
+
+def attach_loop(run, backing, readonly):
+    argv = ['losetup', '--find', '--show'] + (['--read-only'] if readonly else []) + ['--', backing]
+    return run_checked(run, argv).strip()
+
+
+def detach_loop(run, device):
+    run_checked(run, ['losetup', '--detach', device])
+
+
+# --- nbd ----------------------------------------------------------------------------------------
+
+
+def load_module(run, module, kernel):
+    try:
+        rc, out, err = run_command(run, ['modprobe', module])
+    except DeviceError as error:
+        rc, out, err = 1, '', str(error)
+    if rc != 0:
+        raise DeviceError('could not load the %s kernel module on kernel %s: %s (an image with driver nbd needs '
+                          'it; driver fuse needs no kernel module)' % (module, kernel, (err or out).strip()))
+
+
+def attach_nbd(run, image, image_format, readonly, sys_block=SYS_BLOCK):
+    """Serve the image with qemu-nbd on the first free /dev/nbdN; wait until the device really has it.
+
+    Runs hold the host lock, but other tools may race for a device: a connect that fails moves on to the
+    next free device.
+    """
+    failures = []
+    for device in free_nbd_devices(sys_block):
+        argv = ['qemu-nbd', '--format=%s' % image_format, '--connect=%s' % device]  # -c daemonizes
+        argv += (['--read-only'] if readonly else []) + ['--', image]
+        rc, out, err = run_command(run, argv)
+        if rc == 0:
+            wait_for_nbd(device, sys_block)
+            return device
+        failures.append('%s: %s' % (device, (err or out).strip()))
+        if len(failures) == 3:
+            break
+    if not failures:
+        raise DeviceError('no free nbd device (all /dev/nbd* are in use; the nbd module option nbds_max sets '
+                          'how many there are)')
+    raise DeviceError('qemu-nbd could not serve %s: %s' % (image, '; '.join(failures)))
+
+
+def free_nbd_devices(sys_block=SYS_BLOCK):
+    """nbd devices with no server and no size: what qemu-nbd --connect may take."""
+    free = []
+    for base in sorted(glob.glob(os.path.join(sys_block, 'nbd*')), key=lambda path: int(path.rsplit('nbd', 1)[1])):
+        if not os.path.exists(os.path.join(base, 'pid')) and _size(base) == 0:
+            free.append('/dev/' + os.path.basename(base))
+    return free
+
+
+def wait_for_nbd(device, sys_block=SYS_BLOCK):
+    """The device is ready once the kernel shows its server and its size (udev may still be catching up)."""
+    base = os.path.join(sys_block, os.path.basename(device))
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not (os.path.exists(os.path.join(base, 'pid')) and _size(base) > 0):
+        if time.monotonic() > deadline:
+            raise DeviceError('%s did not come up within %d s' % (device, READY_TIMEOUT))
+        time.sleep(POLL)
+
+
+def detach_nbd(run, device):
+    run_checked(run, ['qemu-nbd', '--disconnect', device])
+
+
+def _size(base):
+    try:
+        with open(os.path.join(base, 'size')) as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 0
+
+
+# --- FUSE exports (no nbd needed) ----------------------------------------------------------------
+
+
+def start_export(run, image, image_format, export, pidfile, metafile):
+    """Export the image read-only as a raw file through qemu-storage-daemon's FUSE export."""
+    os.makedirs(os.path.dirname(export), mode=0o700, exist_ok=True)
+    with open(export, 'a'):
+        pass  # the FUSE mount point must be an existing regular file
+    with open(metafile, 'w') as handle:
+        json.dump({'image': image, 'format': image_format}, handle)
+    argv = ['qemu-storage-daemon', '--daemonize', '--pidfile', pidfile,
+            '--blockdev', 'driver=file,node-name=file,read-only=on,filename=' + _qemu_value(image),
+            '--blockdev', 'driver=%s,node-name=image,read-only=on,file=file' % image_format,
+            '--export', 'type=fuse,id=export,node-name=image,writable=off,mountpoint=' + _qemu_value(export)]
+    try:
+        run_checked(run, argv)
+        _wait_for_file_size(export)
+    except DeviceError:
+        _remove(export, pidfile, metafile)
+        raise
+
+
+def stop_export(export, pidfile, metafile):
+    """Stop the daemon (it unmounts its export on SIGTERM), then remove what start_export made."""
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read())
+        os.kill(pid, signal.SIGTERM)
+        _wait_for_exit(pid)
+    except (OSError, ValueError) as error:
+        if getattr(error, 'errno', errno.ESRCH) not in (errno.ESRCH, errno.ENOENT):
+            raise
+    try:  # a daemon that was killed leaves its FUSE mount behind ("transport endpoint is not connected")
+        syscalls.unmount(export, lazy=True)
+    except syscalls.MountError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    _remove(export, pidfile, metafile)
+
+
+def _qemu_value(text):
+    """qemu's option syntax splits on ','; a literal comma is written twice."""
+    return text.replace(',', ',,')
+
+
+def _wait_for_file_size(path):
+    deadline = time.monotonic() + READY_TIMEOUT
+    while os.path.getsize(path) == 0:
+        if time.monotonic() > deadline:
+            raise DeviceError('the FUSE export %s did not come up within %d s' % (path, READY_TIMEOUT))
+        time.sleep(POLL)
+
+
+def _wait_for_exit(pid):
+    deadline = time.monotonic() + READY_TIMEOUT
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            raise DeviceError('qemu-storage-daemon (pid %d) did not stop within %d s' % (pid, READY_TIMEOUT))
+        time.sleep(POLL)
+
+
+def _remove(*paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise
+
+
+# --- what is in a device -------------------------------------------------------------------------
+
+
+def filesystem_type(run, device):
+    """The filesystem on a whole device, as blkid's low-level probe sees it (mount(8) probes the same way).
+
+    A partition table without a filesystem is refused by name: partitions of an image are not mounted.
+    """
+    rc, out, err = run_command(run, ['blkid', '--probe', '--output', 'export', '--', device])
+    if rc not in (0, 2):  # 2: nothing found
+        raise DeviceError('blkid %s exited %d: %s' % (device, rc, err.strip()))
+    found = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+    if found.get('TYPE'):
+        return found['TYPE']
+    if found.get('PTTYPE'):
+        raise DeviceError('%s holds a %s partition table, not a filesystem: partitioned images are not supported; '
+                          'use an image with the filesystem on the whole disk' % (device, found['PTTYPE']))
+    raise DeviceError('no filesystem found on %s' % device)

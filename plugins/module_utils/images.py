@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Plan the devices behind image layers: a loop device (raw), an nbd device served by qemu-nbd, or a loop
+device on a read-only FUSE export of qemu-storage-daemon (for kernels without nbd).
+
+Pure functions of the tree and the observed host. Every attach step carries ``ref`` (the node's label):
+the executor records the device it got under that name, and the mount step that follows uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import EXPORT_DIR
+
+
+DEVICE_OF = {
+    'loop': 'the loop device of %s',
+    'nbd': 'the nbd device serving %s',
+    'fuse': 'the loop device on the FUSE export of %s',
+}
+
+
+def export_files(image, image_format):
+    """The export file, pid file and metadata file of the FUSE export of an image in a format."""
+    digest = hashlib.sha256(('%s\0%s' % (image, image_format)).encode('utf-8', 'surrogateescape')).hexdigest()
+    base = os.path.join(EXPORT_DIR, digest[:16])
+    return base + '.img', base + '.pid', base + '.json'
+
+
+class ImagePlanner(object):
+    def __init__(self, observed):
+        self.observed = observed
+
+    def image(self, node):
+        return self.observed.facts(node.source).realpath
+
+    # --- what is mounted now ----------------------------------------------------------------------
+
+    def status(self, node, current, readonly):
+        """'match', 'drift' (something else is mounted), or 'broken' (ours, but its server is gone)."""
+        loop = self.observed.loop_by_number(current.major, current.minor)
+        nbd = self.observed.nbd_by_number(current.major, current.minor)
+        if node.driver == 'nbd' and nbd is not None:
+            if nbd.server is None:
+                return 'broken'
+            return 'match' if nbd.server.serves(self.image(node), node.image_format, readonly) else 'drift'
+        if node.driver == 'loop' and loop is not None:
+            return 'match' if loop.backing_file == self.image(node) else 'drift'
+        if node.driver == 'fuse' and loop is not None:
+            export_path = export_files(self.image(node), node.image_format)[0]
+            if loop.backing_file != export_path:
+                return 'drift'
+            export = self.observed.export_at(export_path)
+            return 'match' if export is not None and export.server is not None else 'broken'
+        return 'drift'
+
+    # --- mounting -----------------------------------------------------------------------------------
+
+    def attach(self, node, readonly):
+        """Steps that give the image a device (unless a free one already serves it), then mount it."""
+        device, steps = getattr(self, '_attach_' + node.driver)(node, readonly)
+        steps.append(dict(
+            action='mount', kind='device', node=node.label, target=node.target, device=device, ref=node.label,
+            readonly=readonly,
+            description='mount %s on %s%s' % (device or DEVICE_OF[node.driver] % node.source,
+                                              node.target, ' read-only' if readonly else '')))
+        return steps
+
+    def _attach_loop(self, node, readonly):
+        free = self._free_loops(self.image(node), readonly)
+        if free:
+            return free[0].device, []
+        return None, [self._attach_loop_step(node, node.source, readonly)]
+
+    def _attach_loop_step(self, node, backing, readonly):
+        return dict(action='attach_loop', node=node.label, ref=node.label, image=backing, readonly=readonly,
+                    description='attach %s to a free loop device%s' % (backing, ' read-only' if readonly else ''))
+
+    def _attach_nbd(self, node, readonly):
+        image = self.image(node)
+        free = [nbd for nbd in self.observed.nbds
+                if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
+                and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
+        if free:
+            return free[0].device, []
+        steps = []
+        if not self.observed.nbd_loaded:
+            steps.append(dict(action='load_module', node=node.label, module='nbd', kernel=self.observed.kernel,
+                              description='load the nbd kernel module'))
+        steps.append(dict(action='attach_nbd', node=node.label, ref=node.label, image=node.source,
+                          format=node.image_format, readonly=readonly,
+                          description='serve %s (%s) with qemu-nbd on a free nbd device%s'
+                          % (node.source, node.image_format, ' read-only' if readonly else '')))
+        return None, steps
+
+    def _attach_fuse(self, node, readonly):
+        image = self.image(node)
+        export_path, pidfile, metafile = export_files(image, node.image_format)
+        export = self.observed.export_at(export_path)
+        steps = []
+        if export is None or export.server is None:
+            if export is not None:
+                steps.append(self._stop_export_step(node, export))
+            steps.append(dict(action='start_export', node=node.label, image=image, format=node.image_format,
+                              export=export_path, pidfile=pidfile, metafile=metafile,
+                              description='export %s (%s) read-only as a raw file %s with qemu-storage-daemon'
+                              % (node.source, node.image_format, export_path)))
+        else:
+            free = self._free_loops(export_path, True)
+            if free:
+                return free[0].device, []
+        steps.append(self._attach_loop_step(node, export_path, True))
+        return None, steps
+
+    def _free_loops(self, backing, readonly):
+        return [loop for loop in self.observed.loops_backed_by(backing)
+                if loop.readonly == readonly and not loop.holders
+                and not self.observed.is_mounted_device(loop.major, loop.minor)]
+
+    # --- releasing ----------------------------------------------------------------------------------
+
+    def release(self, node, current):
+        """After ``current`` (this node's mount) is unmounted: let go of the device behind it."""
+        loop = self.observed.loop_by_number(current.major, current.minor)
+        nbd = self.observed.nbd_by_number(current.major, current.minor)
+        if self._mounted_elsewhere(current):
+            return []
+        if nbd is not None:
+            return [self._detach_nbd_step(node, nbd)]
+        if loop is None:
+            return []
+        steps = [self._detach_loop_step(node, loop)]
+        export = self.observed.export_at(loop.backing_file)
+        if export is not None:
+            steps.append(self._stop_export_step(node, export))
+        return steps
+
+    def leftovers(self, node):
+        """Devices and exports serving this node's image that nothing mounts (an interrupted run's)."""
+        image = self.image(node)
+        readonly = node.readonly or node.is_layer
+        if node.driver == 'nbd':
+            return [self._detach_nbd_step(node, nbd) for nbd in self.observed.nbds
+                    if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
+                    and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
+        backing = image if node.driver == 'loop' else export_files(image, node.image_format)[0]
+        steps = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)]
+        export = self.observed.export_at(backing)
+        if export is not None and not any(loop.backing_file == backing for loop in self.observed.loops
+                                          if self.observed.is_mounted_device(loop.major, loop.minor)):
+            steps.append(self._stop_export_step(node, export))
+        return steps
+
+    def _mounted_elsewhere(self, current):
+        return any((entry.major, entry.minor) == (current.major, current.minor) and entry.mount_id != current.mount_id
+                   for entry in self.observed.mounts)
+
+    def _detach_loop_step(self, node, loop):
+        return dict(action='detach_loop', node=node.label, ref=node.label, device=loop.device,
+                    image=loop.backing_file, readonly=loop.readonly,
+                    description='detach %s (backing %s)' % (loop.device, loop.backing_file))
+
+    def _detach_nbd_step(self, node, nbd):
+        server = nbd.server
+        return dict(action='detach_nbd', node=node.label, ref=node.label, device=nbd.device,
+                    image=server.image if server else None, format=server.image_format if server else None,
+                    readonly=server.readonly if server else True,
+                    description='disconnect %s (%s)' % (nbd.device, 'serving %s' % server.image if server
+                                                        else 'its qemu-nbd is gone'))
+
+    def _stop_export_step(self, node, export):
+        server = export.server
+        return dict(action='stop_export', node=node.label, export=export.path, pidfile=export.pidfile,
+                    metafile=export.metafile, image=server.image if server else None,
+                    format=server.image_format if server else None,
+                    description='stop the FUSE export %s' % export.path)
