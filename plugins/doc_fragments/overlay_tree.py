@@ -20,7 +20,9 @@ options:
         C(<source dir>) (upper dir), a second C(<source dir>) (work dir), C(<backingStore>) elements for the
         lower layers (topmost first) and a C(<target dir>). A C(<backingStore>) of C(type='dir') is a plain
         directory (its C(<target dir>)); C(type='overlay') is a nested overlay with the same children;
-        C(type='file') is an image (C(<driver type='loop' format='raw'/>)); C(type='block') is a block device
+        C(type='file') is an image (C(<driver type='loop' format='raw'/>), C(<driver type='nbd' format='qcow2'/>),
+        the seed's C(<driver name='nbd' type='qcow2'/>), or C(<driver type='fuse' format='qcow2'/>));
+        C(type='block') is a block device
         (C(<source dev>)). C(<readonly/>) makes a mount read-only. C(<driver type='overlay' index='off' .../>)
         carries overlay mount options.
       - Top-level C(type='mount') and C(type='bind') (bind a host dir), C(type='block') and C(type='file') are
@@ -34,7 +36,8 @@ options:
         C(target), C(options) (overlay mount options such as C(index), C(metacopy), C(redirect_dir), C(xino),
         C(userxattr), C(volatile)), C(readonly)."
       - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
-        V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver), C(target)),
+        V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver) V(loop), V(nbd) or
+        V(fuse), C(target)),
         V(block) (C(source), C(target)) or V(mount) (C(source), C(target))."
       - Top-level C(type) may also be V(mount) or V(bind) (bind a host dir, C(source), C(target)), V(block) or V(file).
     type: dict

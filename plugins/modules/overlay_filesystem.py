@@ -14,8 +14,9 @@ description:
   - Mounts (or unmounts) a tree of overlay filesystems described in the libvirt-style XML proposed for
     libvirt's LXC driver, or in the same tree written in YAML.
   - A tree has an upper dir, a work dir and an ordered list of lower layers; a lower layer may be a plain
-    directory, a nested overlay (mounted at its own target first), a raw image file (attached read-only to
-    a loop device and mounted), a block device, or a bind-mounted host directory.
+    directory, a nested overlay (mounted at its own target first), an image file (raw on a loop device,
+    qcow2 and other formats through qemu-nbd, or through a FUSE export where the kernel has no nbd; always
+    read-only), a block device, or a bind-mounted host directory.
   - The module reads the live mount table (C(/proc/self/mountinfo)), plans the ordered steps that are
     missing, and runs only those. A second run reports no change and runs nothing.
   - A target already mounted with other layers is drift. It is refused unless O(on_drift=replace).
@@ -33,7 +34,7 @@ options:
   state:
     description:
       - V(mounted) mounts every node of the tree, bottom-up; V(unmounted) unmounts them top-down and
-        detaches the loop devices that served the tree.
+        detaches the loop and nbd devices (and stops the FUSE exports) that served the tree.
     type: str
     choices: [mounted, unmounted]
     default: mounted
@@ -71,10 +72,18 @@ notes:
     option string on commas itself, which would break escaped paths.
   - Options you set are compared with the options the kernel shows in mountinfo. The kernel leaves out
     options that equal its defaults, so an option it does not show counts as matching.
-  - Image formats are never probed. An image layer must say its format. The loop driver serves V(raw) images;
-    V(nbd) (qcow2 through qemu-nbd) is not supported yet.
+  - Image formats are never probed. An image layer must say its format. V(loop) serves V(raw) images on a loop
+    device. V(nbd) serves any format qemu-nbd reads (V(qcow2), ...) on an nbd device and loads the C(nbd)
+    kernel module when it is missing. V(fuse) needs no kernel module. It exports the image read-only as a raw
+    file through qemu-storage-daemon's FUSE export, with a loop device on top. Image layers are always
+    attached read-only.
+  - A device whose server (qemu-nbd, qemu-storage-daemon) died is repaired on the next run. The layer is
+    unmounted lazily and served again, and the overlays above it are remounted.
+  - Partitioned images are refused. The filesystem must cover the whole image.
 requirements:
   - lxml on the controller, for O(xml).
+  - On the target, qemu-nbd (Debian package C(qemu-utils)) and C(modprobe) for V(nbd) image layers.
+  - On the target, qemu-storage-daemon (Debian package C(qemu-system-common)) for V(fuse) image layers.
 seealso:
   - name: Overlay Filesystem (kernel documentation)
     description: The kernel's rules for upper, work and lower layers.
