@@ -81,7 +81,11 @@ def attach_nbd(run, image, image_format, readonly, sys_block=SYS_BLOCK):
         argv += (['--read-only'] if readonly else []) + ['--', image]
         rc, out, err = run_command(run, argv)
         if rc == 0:
-            wait_for_nbd(device, sys_block)
+            try:
+                wait_for_nbd(device, sys_block)
+            except DeviceError:
+                detach_nbd(run, device)
+                raise
             return device
         failures.append('%s: %s' % (device, (err or out).strip()))
         if len(failures) == 3:
@@ -139,9 +143,13 @@ def start_export(run, image, image_format, export, pidfile, metafile):
             '--export', 'type=fuse,id=export,node-name=image,writable=off,mountpoint=' + _qemu_value(export)]
     try:
         run_checked(run, argv)
-        _wait_for_file_size(export)
     except DeviceError:
         _remove(export, pidfile, metafile)
+        raise
+    try:
+        _wait_for_file_size(export)
+    except DeviceError:
+        stop_export(export, pidfile, metafile)
         raise
 
 
@@ -208,6 +216,7 @@ def filesystem_type(run, device):
     if found.get('TYPE'):
         return found['TYPE']
     if found.get('PTTYPE'):
-        raise DeviceError('%s holds a %s partition table, not a filesystem: partitioned images are not supported; '
-                          'use an image with the filesystem on the whole disk' % (device, found['PTTYPE']))
+        raise DeviceError('%s holds a %s partition table, not a filesystem: partitions are not mounted (not '
+                          'supported); give an image or device with the filesystem on the whole of it'
+                          % (device, found['PTTYPE']))
     raise DeviceError('no filesystem found on %s' % device)

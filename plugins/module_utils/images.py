@@ -33,8 +33,14 @@ def export_files(image, image_format):
 
 
 class ImagePlanner(object):
+    """One per plan: it remembers what the plan already starts, stops and detaches, since several layers
+    may share one FUSE export (the same image in the same format)."""
+
     def __init__(self, observed):
         self.observed = observed
+        self.exports_started = set()
+        self.exports_stopped = set()
+        self.loops_detached = set()
 
     def image(self, node):
         return self.observed.facts(node.source).realpath
@@ -47,7 +53,7 @@ class ImagePlanner(object):
         nbd = self.observed.nbd_by_number(current.major, current.minor)
         if node.driver == 'nbd' and nbd is not None:
             if nbd.server is None:
-                return 'broken'
+                return 'drift' if nbd.foreign else 'broken'
             return 'match' if nbd.server.serves(self.image(node), node.image_format, readonly) else 'drift'
         if node.driver == 'loop' and loop is not None:
             return 'match' if loop.backing_file == self.image(node) else 'drift'
@@ -103,9 +109,12 @@ class ImagePlanner(object):
         export_path, pidfile, metafile = export_files(image, node.image_format)
         export = self.observed.export_at(export_path)
         steps = []
-        if export is None or export.server is None:
-            if export is not None:
+        if export_path in self.exports_started:
+            pass  # another layer of this plan starts the same export
+        elif export is None or export.server is None or export_path in self.exports_stopped:
+            if export is not None and export_path not in self.exports_stopped:
                 steps.append(self._stop_export_step(node, export))
+            self.exports_started.add(export_path)
             steps.append(dict(action='start_export', node=node.label, image=image, format=node.image_format,
                               export=export_path, pidfile=pidfile, metafile=metafile,
                               description='export %s (%s) read-only as a raw file %s with qemu-storage-daemon'
@@ -136,9 +145,14 @@ class ImagePlanner(object):
             return []
         steps = [self._detach_loop_step(node, loop)]
         export = self.observed.export_at(loop.backing_file)
-        if export is not None:
+        if export is not None and not self._export_still_used(export):
             steps.append(self._stop_export_step(node, export))
         return steps
+
+    def _export_still_used(self, export):
+        """A loop device on the export that this plan does not detach (another layer's) keeps it."""
+        return any(loop.backing_file == export.path and loop.device not in self.loops_detached
+                   for loop in self.observed.loops)
 
     def leftovers(self, node):
         """Devices and exports serving this node's image that nothing mounts (an interrupted run's)."""
@@ -149,10 +163,10 @@ class ImagePlanner(object):
                     if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
                     and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
         backing = image if node.driver == 'loop' else export_files(image, node.image_format)[0]
-        steps = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)]
+        steps = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)
+                 if loop.device not in self.loops_detached]
         export = self.observed.export_at(backing)
-        if export is not None and not any(loop.backing_file == backing for loop in self.observed.loops
-                                          if self.observed.is_mounted_device(loop.major, loop.minor)):
+        if export is not None and export.path not in self.exports_stopped and not self._export_still_used(export):
             steps.append(self._stop_export_step(node, export))
         return steps
 
@@ -161,6 +175,7 @@ class ImagePlanner(object):
                    for entry in self.observed.mounts)
 
     def _detach_loop_step(self, node, loop):
+        self.loops_detached.add(loop.device)
         return dict(action='detach_loop', node=node.label, ref=node.label, device=loop.device,
                     image=loop.backing_file, readonly=loop.readonly,
                     description='detach %s (backing %s)' % (loop.device, loop.backing_file))
@@ -174,6 +189,7 @@ class ImagePlanner(object):
                                                         else 'its qemu-nbd is gone'))
 
     def _stop_export_step(self, node, export):
+        self.exports_stopped.add(export.path)
         server = export.server
         return dict(action='stop_export', node=node.label, export=export.path, pidfile=export.pidfile,
                     metafile=export.metafile, image=server.image if server else None,

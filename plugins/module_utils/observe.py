@@ -38,12 +38,13 @@ class ImageServer(object):
 
 
 class NbdDevice(object):
-    def __init__(self, device, major, minor, connected, server):
+    def __init__(self, device, major, minor, connected, server, foreign=False):
         self.device = device
         self.major = major
         self.minor = minor
         self.connected = connected
         self.server = server  # None when no live qemu-nbd serves it (free, or its server died)
+        self.foreign = foreign  # a live server that is not qemu-nbd (nbd-client, ...): not ours to repair
 
 
 class FuseExport(object):
@@ -187,8 +188,10 @@ def read_nbd_devices(sys_block=SYS_BLOCK):
         pid_file = os.path.join(base, 'pid')
         pid = int(_read(pid_file)) if os.path.exists(pid_file) else None
         size = int(_read(os.path.join(base, 'size')))
+        server = qemu_nbd_server(pid)
         devices.append(NbdDevice(device='/dev/' + os.path.basename(base), major=int(major), minor=int(minor),
-                                 connected=pid is not None or size > 0, server=qemu_nbd_server(pid)))
+                                 connected=pid is not None or size > 0, server=server,
+                                 foreign=server is None and pid is not None and process_alive(pid)))
     return devices
 
 

@@ -188,8 +188,8 @@ def _image_driver(raw, label):
                         'say raw, qcow2, ...' % label)
     driver = raw.get('driver', 'loop' if image_format == 'raw' else None)
     if driver not in IMAGE_DRIVERS:
-        raise TreeError('%s.driver: %r is not one of %s (format %s needs nbd, or fuse without nbd)'
-                        % (label, driver, ', '.join(IMAGE_DRIVERS), image_format))
+        raise TreeError('%s.driver: %r is not one of %s (loop serves raw only; nbd and fuse serve %s)'
+                        % (label, driver, ', '.join(IMAGE_DRIVERS), ', '.join(QEMU_FORMATS)))
     if image_format not in IMAGE_DRIVERS[driver]:
         raise TreeError('%s.format: driver %s serves %s, not %r'
                         % (label, driver, ', '.join(IMAGE_DRIVERS[driver]), image_format))

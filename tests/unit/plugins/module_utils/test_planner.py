@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import export_files
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import (
+    FuseExport,
     ImageServer,
     LoopDevice,
     NbdDevice,
@@ -708,3 +709,36 @@ def test_a_missing_lower_dir_is_refused_even_with_create_dirs():
 def test_a_target_that_is_a_file_is_refused():
     with pytest.raises(PlanError, match='target /srv/s/m exists and is not a directory'):
         plan_simple(missing=(), override={'/srv/s/m': facts('/srv/s/m', kind='file')})
+
+
+def test_two_fuse_layers_of_one_image_share_one_export_started_once():
+    tree = {'lower': [{'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': '/srv/s/guest.qcow2',
+                       'target': '/srv/s/one'},
+                      {'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': '/srv/s/guest.qcow2',
+                       'target': '/srv/s/two'}],
+            'target': '/srv/s/m'}
+    roots = roots_of(tree)
+    steps = plan(roots, observed(roots, missing=('/srv/s/m', '/srv/s/one', '/srv/s/two')), 'mounted')
+    assert [step['action'] for step in steps].count('start_export') == 1
+    assert [step['action'] for step in steps].count('attach_loop') == 2
+
+
+def test_unmounting_one_tree_keeps_an_export_another_trees_loop_device_reads():
+    export = export_files('/srv/s/guest.qcow2', 'qcow2')[0]
+    tree = {'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': '/srv/s/guest.qcow2',
+            'target': '/srv/s/one', 'readonly': True}
+    roots = roots_of(tree)
+    mine = LoopDevice('/dev/loop0', 7, 0, export, True, [])
+    theirs = LoopDevice('/dev/loop1', 7, 1, export, True, [])
+    live = FuseExport(export, export[:-4] + '.pid', export[:-4] + '.json', ImageServer('/srv/s/guest.qcow2', 'qcow2', True))
+    lines = ['70 1 7:0 / /srv/s/one ro,relatime - ext4 /dev/loop0 ro', '71 1 7:1 / /srv/x ro,relatime - ext4 /dev/loop1 ro']
+    steps = plan(roots, observed(roots, lines, loops=[mine, theirs], exports=[live]), 'unmounted')
+    assert [step['action'] for step in steps] == ['unmount', 'detach_loop']
+    alone = plan(roots, observed(roots, lines[:1], loops=[mine], exports=[live]), 'unmounted')
+    assert [step['action'] for step in alone] == ['unmount', 'detach_loop', 'stop_export']
+
+
+def test_an_nbd_device_served_by_something_other_than_qemu_nbd_is_drift_not_ours_to_repair():
+    foreign = NbdDevice('/dev/nbd0', 43, 0, connected=True, server=None, foreign=True)
+    with pytest.raises(PlanError, match='drift at'):
+        nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[foreign])

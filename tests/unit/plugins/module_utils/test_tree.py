@@ -168,7 +168,7 @@ NESTED_BAD_WORK = overlay('/m', ['/l0', overlay('/n', ['/nl'], '/nu', 'nw')], '/
     ([overlay('/m', [{'type': 'file', 'driver': 'loop', 'format': 'qcow2', 'source': '/i', 'target': '/l'}],
               '/u', '/w')], ['filesystems[0].lower[0].format', 'loop', 'qcow2']),
     ([overlay('/m', [{'type': 'file', 'format': 'qcow2', 'source': '/i', 'target': '/l'}], '/u', '/w')],
-     ['filesystems[0].lower[0].driver', 'needs nbd']),
+     ['filesystems[0].lower[0].driver', 'nbd and fuse serve']),
     ([overlay('/m', [{'type': 'file', 'driver': 'qemu', 'format': 'raw', 'source': '/i', 'target': '/l'}],
               '/u', '/w')], ['filesystems[0].lower[0].driver', "'qemu'"]),
     ([overlay('/m', ['/l'], '/u', '/w', options={'index': 'maybe'})], ['filesystems[0].options.index']),
