@@ -10,6 +10,7 @@ Everything the planner decides on is gathered here in one pass, so planning stay
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -66,22 +67,29 @@ class LoopDevice(object):
 
 
 class PathFacts(object):
-    """What a path is now: existence, kind, identity, and (for dirs) its entries."""
+    """What a path is now: existence, kind, identity, and (for work dirs) its entries.
 
-    def __init__(self, path):
+    A path that cannot be read (EIO on a filesystem whose device lost its server) exists but is of no
+    known kind: ``unreadable`` holds the error.
+    """
+
+    def __init__(self, path, list_entries=False):
         self.path = path
         self.realpath = os.path.realpath(path)
+        self.unreadable = None
         try:
             info = os.stat(path)
-        except OSError:
+        except OSError as error:
             info = None
-        self.exists = info is not None
+            if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self.unreadable = error.strerror
+        self.exists = info is not None or self.unreadable is not None
         self.is_dir = bool(info and stat.S_ISDIR(info.st_mode))
         self.is_file = bool(info and stat.S_ISREG(info.st_mode))
         self.is_block = bool(info and stat.S_ISBLK(info.st_mode))
         self.identity = (info.st_dev, info.st_ino) if info else None
         self.rdev = (os.major(info.st_rdev), os.minor(info.st_rdev)) if self.is_block else None
-        self.entries = sorted(os.listdir(path)) if self.is_dir and os.access(path, os.R_OK) else []
+        self.entries = _entries(path) if list_entries and self.is_dir else []
         # A volatile overlay leaves this in its work dir; the kernel refuses to mount on it again.
         self.volatile_leftover = self.is_dir and os.path.isdir(os.path.join(path, 'work', 'incompat', 'volatile'))
 
@@ -241,6 +249,13 @@ def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
     return exports
 
 
+def _entries(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
 def process_alive(pid):
     """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
     try:
@@ -262,7 +277,7 @@ def observe(roots):
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
-                    paths[path] = PathFacts(path)
+                    paths[path] = PathFacts(path, list_entries=path == node.work)
     mounts = read_mountinfo()
     return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
                     nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release)

@@ -194,7 +194,9 @@ class _Planner(object):
     def _dir_steps(self, node, role, path):
         facts = self.observed.facts(path)
         if facts.exists:
-            if not facts.is_dir:
+            if facts.unreadable and not self.observed.mounts_at(path):
+                raise PlanError('%s: %s %s cannot be read: %s' % (node.describe(), role, path, facts.unreadable))
+            if not facts.is_dir and not facts.unreadable:  # a mount point on a dead device: its repair comes
                 raise PlanError('%s: %s %s exists and is not a directory' % (node.describe(), role, path))
             return []
         if path in self.planned_dirs or self._under_batch_target(path):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
@@ -102,7 +103,7 @@ def test_path_facts_of_real_paths(tmp_path):
     (tmp_path / 'file').write_text('x')
     os.symlink('dir', str(tmp_path / 'link'))
 
-    directory = PathFacts(str(tmp_path / 'dir'))
+    directory = PathFacts(str(tmp_path / 'dir'), list_entries=True)
     assert directory.exists and directory.is_dir and not directory.is_file and not directory.is_block
     assert directory.entries == ['index', 'work']
     assert directory.volatile_leftover
@@ -129,3 +130,11 @@ def test_path_facts_of_a_block_device():
             return
     facts = PathFacts('/dev/null')  # a character device: not a block device
     assert facts.exists and not facts.is_block and facts.rdev is None
+
+
+def test_a_path_that_cannot_be_read_exists_with_its_error(monkeypatch):
+    def stat(path):
+        raise OSError(errno.EIO, 'Input/output error', path)
+    monkeypatch.setattr(os, 'stat', stat)
+    facts = PathFacts('/srv/on-a-dead-device')
+    assert facts.exists and not facts.is_dir and facts.unreadable == 'Input/output error'

@@ -1,0 +1,263 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""qcow2 image layers through qemu-nbd, in the Debian test VM (real kernel nbd, real systemd, real udev),
+driven by real ansible-playbook runs from this host."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE = 'containerhost.overlayfs.overlay_filesystem'
+
+# Builds ext4 content into raw files and converts them to qcow2, in the guest.
+MAKE_IMAGE = '''
+set -e
+mkdir -p "$(dirname "$2")" "$1.content"
+printf '%s' "$3" > "$1.content/$4"
+mkfs.ext4 -q -F -d "$1.content" "$1.raw" 16M
+qemu-img convert -f raw -O qcow2 "$1.raw" "$2"
+rm -rf "$1.raw" "$1.content"
+'''
+
+
+class Guest(object):
+    """One test's scratch root in the VM, and module runs against it through ansible-playbook."""
+
+    def __init__(self, vm, root, workdir):
+        self.vm = vm
+        self.root = root
+        self.workdir = workdir
+        self.run_numbers = itertools.count(1)  # next() is atomic: runs may come from threads
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def sh(self, script, check=True):
+        return self.vm.run(script, check=check)
+
+    def qcow2(self, name, file_name, text):
+        image = self.path(name)
+        self.sh('bash -c %s _ %s %s %s %s' % (shlex.quote(MAKE_IMAGE), shlex.quote(self.path('.build', name)),
+                                              shlex.quote(image), shlex.quote(text), shlex.quote(file_name)))
+        return image
+
+    def dirs(self, *names):
+        self.sh('mkdir -p ' + ' '.join(shlex.quote(self.path(name)) for name in names))
+
+    def play(self, **module_args):
+        """Run the module once in the VM; return its registered result."""
+        number = next(self.run_numbers)
+        base = os.path.join(self.workdir, 'run%d' % number)
+        remote_result = '/tmp/overlayfs-test-result-%d.json' % number
+        with open(base + '.json', 'w') as handle:
+            json.dump({'module_args': module_args, 'result_file': remote_result}, handle)
+        with open(base + '.yml', 'w') as handle:
+            handle.write(playbook())
+        completed = ansible_playbook(self.vm, base + '.yml', base + '.json')
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        return json.loads(self.sh('cat %s' % remote_result).stdout)
+
+    def mount_ids(self):
+        """(mount id, mount point) of every mount under the root: a remount shows as a new id."""
+        lines = self.sh('cat /proc/self/mountinfo').stdout.splitlines()
+        return sorted((line.split()[0], line.split()[4]) for line in lines if line.split()[4].startswith(self.root))
+
+    def connected_nbds(self):
+        out = self.sh('for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/} $(cat "$d/pid")"; done; true')
+        return [line.split() for line in out.stdout.splitlines()]
+
+    def qemu_nbd_processes(self):
+        return self.sh('pgrep -a qemu-nbd || true').stdout.splitlines()
+
+
+def playbook():
+    return textwrap.dedent('''\
+        - hosts: testvm
+          gather_facts: false
+          tasks:
+            - name: Converge
+              %s:
+                xml: "{{ module_args.xml | default(omit) }}"
+                filesystem: "{{ module_args.filesystem | default(omit) }}"
+                filesystems: "{{ module_args.filesystems | default(omit) }}"
+                state: "{{ module_args.state | default(omit) }}"
+                on_drift: "{{ module_args.on_drift | default(omit) }}"
+              register: result
+              ignore_errors: true
+            - name: Keep the result for the test
+              ansible.builtin.copy:
+                content: "{{ result | to_json }}"
+                dest: "{{ result_file }}"
+                mode: "0600"
+        ''' % MODULE)
+
+
+def ansible_playbook(vm, playbook_path, vars_path):
+    env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
+    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_path, playbook_path],
+                          capture_output=True, text=True, env=env, cwd=REPO, check=False)
+
+
+@pytest.fixture
+def guest(vm, request):
+    root = '/srv/t-%s' % request.node.name.replace('[', '-').replace(']', '')[:60]
+    workdir = tempfile.mkdtemp(prefix='overlayfs-vm-test-')
+    vm.run('mkdir -p %s' % shlex.quote(root), check=True)
+    yield Guest(vm, root, workdir)
+    # Whatever the test left: unmount below root (deepest first), disconnect nbd devices serving its images.
+    vm.run('findmnt -rn -o TARGET | grep -F %s | sort -r | xargs -r -d "\\n" umount -l; '
+           'for d in /sys/block/nbd*; do [ -e "$d/pid" ] && grep -qF %s "/proc/$(cat "$d/pid")/cmdline" '
+           '&& qemu-nbd --disconnect "/dev/${d##*/}"; done; true' % (shlex.quote(root), shlex.quote(root)))
+    for path in glob.glob(os.path.join(workdir, '*')):
+        os.remove(path)
+    os.rmdir(workdir)
+
+
+def converge_twice(guest, **args):
+    first = guest.play(**args)
+    assert not first.get('failed'), first.get('msg')
+    assert first['changed'] is True
+    mounted = guest.mount_ids()
+    second = guest.play(**args)
+    assert not second.get('failed'), second.get('msg')
+    assert (second['changed'], second['plan']) == (False, [])
+    assert guest.mount_ids() == mounted
+    return first
+
+
+def relocate(xml, root):
+    return re.sub(r"(dir|file|dev)='/", lambda match: "%s='%s/" % (match.group(1), root), xml)
+
+
+def seed_example(name):
+    with open(os.path.join(REPO, 'examples', 'seed', name)) as handle:
+        return handle.read()
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+
+def test_the_seed_qcow2_example_loads_nbd_attaches_read_only_and_is_idempotent(guest):
+    guest.sh('qemu-nbd --disconnect /dev/nbd0 >/dev/null 2>&1; rmmod nbd 2>/dev/null; true')
+    guest.qcow2('guest.img', 'hello', 'from the qcow2 image')
+    first = converge_twice(guest, xml=relocate(seed_example('7-overlay-qcow2.xml'), guest.root))
+    assert [step['action'] for step in first['steps'] if step['action'] != 'mkdir'][:3] == [
+        'load_module', 'attach_nbd', 'mount']
+    assert guest.sh('cat %s' % guest.path('merged', 'hello')).stdout == 'from the qcow2 image'
+    (device, pid), = guest.connected_nbds()
+    assert guest.sh('cat /sys/block/%s/ro' % device).stdout.strip() == '1'
+    cmdline = guest.sh("tr '\\0' ' ' < /proc/%s/cmdline" % pid).stdout
+    assert '--format=qcow2' in cmdline and '--read-only' in cmdline
+
+
+def tree_with_three_kinds_of_lowers(guest, image):
+    return {
+        'upper': guest.path('upper'), 'work': guest.path('work'), 'target': guest.path('rootfs'),
+        'lower': [
+            {'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': image, 'target': guest.path('tools')},
+            {'type': 'overlay', 'upper': guest.path('shared/upper'), 'work': guest.path('shared/work'),
+             'lower': [guest.path('base')], 'target': guest.path('shared/merged')},
+            guest.path('runtime'),
+        ],
+    }
+
+
+def test_qcow2_nested_overlay_and_dir_lowers_then_unmount_detaches_exactly_those_devices(guest):
+    image = guest.qcow2('tools.qcow2', 'tool', 'a tool')
+    guest.dirs('base', 'runtime')
+    guest.sh('echo base > %s; echo runtime > %s' % (guest.path('base', 'b'), guest.path('runtime', 'r')))
+    bystander = guest.qcow2('bystander.qcow2', 'x', 'not ours')
+    guest.sh('modprobe nbd; qemu-nbd --format=qcow2 --read-only --connect=/dev/nbd15 %s' % shlex.quote(bystander))
+    tree = tree_with_three_kinds_of_lowers(guest, image)
+    converge_twice(guest, filesystem=tree)
+    assert guest.sh('ls %s' % guest.path('rootfs')).stdout.split() == ['b', 'lost+found', 'r', 'tool']
+    guest.sh('echo written > %s' % guest.path('rootfs', 'new-file'))
+    digest = guest.sh('cd %s && find . -type f -exec sha256sum {} + | sort' % guest.path('upper')).stdout
+    result = guest.play(filesystem=tree, state='unmounted')
+    assert [step['action'] for step in result['steps']] == ['unmount', 'unmount', 'unmount', 'detach_nbd']
+    assert guest.mount_ids() == []
+    assert [device for device, _pid in guest.connected_nbds()] == ['nbd15']  # the bystander stays
+    assert guest.sh('cd %s && find . -type f -exec sha256sum {} + | sort' % guest.path('upper')).stdout == digest
+    assert guest.play(filesystem=tree, state='unmounted')['changed'] is False
+    guest.sh('qemu-nbd --disconnect /dev/nbd15')
+
+
+def test_a_partitioned_image_is_refused_by_name_and_nothing_is_left(guest):
+    # an MBR partition table and no filesystem on the whole disk
+    guest.sh(textwrap.dedent('''\
+        set -e
+        mkdir -p {root}
+        python3 -c "
+        import struct
+        mbr = bytearray(512)
+        mbr[446:462] = struct.pack('<B3sB3sII', 0, b'\\\\0\\\\0\\\\0', 0x83, b'\\\\0\\\\0\\\\0', 2048, 30720)
+        mbr[510:512] = b'\\\\x55\\\\xaa'
+        open('{root}/disk.raw', 'wb').write(bytes(mbr) + bytes(16 * 1024 * 1024 - 512))
+        "
+        qemu-img convert -f raw -O qcow2 {root}/disk.raw {root}/disk.qcow2
+        ''').format(root=guest.path()))
+    guest.dirs('base')
+    tree = {'lower': [{'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': guest.path('disk.qcow2'),
+                       'target': guest.path('disk')}, guest.path('base')], 'target': guest.path('m')}
+    result = guest.play(filesystem=tree)
+    assert result['failed'] and 'partition table' in result['msg'] and 'not supported' in result['msg']
+    assert guest.connected_nbds() == [] and guest.qemu_nbd_processes() == []
+    assert guest.sh('ls %s' % guest.path()).stdout.split() == ['base', 'disk.qcow2', 'disk.raw']
+
+
+def test_a_killed_qemu_nbd_is_detected_and_repaired_on_the_next_run(guest):
+    image = guest.qcow2('tools.qcow2', 'tool', 'still readable')
+    guest.dirs('base', 'runtime')
+    tree = tree_with_three_kinds_of_lowers(guest, image)
+    converge_twice(guest, filesystem=tree)
+    (device, pid), = guest.connected_nbds()
+    guest.sh('kill -9 %s; sleep 1' % pid)
+    repaired = guest.play(filesystem=tree)
+    assert not repaired.get('failed'), repaired.get('msg')
+    actions = [(step['action'], step.get('lazy')) for step in repaired['steps']]
+    assert actions[:3] == [('unmount', False), ('unmount', True), ('detach_nbd', None)]
+    assert ('attach_nbd', None) in actions
+    assert guest.sh('cat %s' % guest.path('rootfs', 'tool')).stdout.strip() == 'still readable'
+    assert guest.play(filesystem=tree)['changed'] is False
+
+
+def test_two_concurrent_runs_attach_different_images_to_different_devices(guest):
+    trees = []
+    for name in ('a', 'b'):
+        image = guest.qcow2('%s.qcow2' % name, 'which', name)
+        guest.dirs('%s/base' % name)
+        trees.append({'upper': guest.path(name, 'upper'), 'work': guest.path(name, 'work'),
+                      'target': guest.path(name, 'rootfs'),
+                      'lower': [{'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': image,
+                                 'target': guest.path(name, 'image')}, guest.path(name, 'base')]})
+    results = {}
+    threads = [threading.Thread(target=lambda tree=tree: results.setdefault(tree['target'], guest.play(filesystem=tree)))
+               for tree in trees]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(result['changed'] and not result.get('failed') for result in results.values()), results
+    for name in ('a', 'b'):
+        assert guest.sh('cat %s' % guest.path(name, 'rootfs', 'which')).stdout == name
+    assert len(set(device for device, _pid in guest.connected_nbds())) == 2
+
+
+if __name__ == '__main__':
+    sys.exit(pytest.main([__file__, '-q']))
