@@ -6,7 +6,9 @@
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
 #   make sanity       ansible-test sanity on a copy of the tree (see below)
-#   make test         setup, then unit, integration and sanity; non-zero exit if any of them fails
+#   make vm-image     build (or reuse the cached) Debian test VM image: tests/vm/build-image.sh
+#   make vm-test      pytest tests/vm: tests in a QEMU VM (nbd, systemd, reboots); see docs/testing-vm.md
+#   make test         setup, then unit, integration, vm-test and sanity; non-zero exit if any of them fails
 #   make bench        one batch task vs one task per filesystem, timed in the same run (ratios)
 #   make clean        remove .venv, .cache and tests/output
 #
@@ -55,7 +57,8 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
-.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean
+.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
+	vm-image vm-test
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -123,15 +126,23 @@ sanity: setup
 	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
 
-# Runs all three suites even when one fails, then fails if any did.
+# The VM image is cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}; it is rebuilt
+# (about a minute) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.
+vm-image:
+	bash tests/vm/build-image.sh
+
+vm-test: setup vm-image
+	$(VENV_PYTHON) -m pytest tests/vm -q
+
+# Runs all the suites even when one fails, then fails if any did.
 test: setup
 	@failed=(); \
-	for suite in unit integration sanity; do \
+	for suite in unit integration vm-test sanity; do \
 	  echo "==> make $$suite"; \
 	  $(MAKE) --no-print-directory $$suite || failed+=("$$suite"); \
 	done; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration and sanity all succeeded"
+	echo "make test: unit, integration, vm-test and sanity all succeeded"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache

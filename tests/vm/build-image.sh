@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Builds the cached base image of the Debian bookworm test VM (see docs/testing-vm.md).
+#
+#   tests/vm/build-image.sh            build unless a complete image for this recipe is cached
+#   tests/vm/build-image.sh --force    rebuild even when it is
+#
+# Result, in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/image/:
+#   base.img       sparse 4 GB raw disk, one ext4 filesystem (no partition table), the guest's /
+#   vmlinuz        the guest's kernel (linux-image-cloud-amd64), booted with qemu -kernel
+#   initrd.img     its initramfs (virtio_blk, ext4 etc. are modules in the cloud kernel)
+#   id_ed25519     private key for root@guest (id_ed25519.pub is in /root/.ssh/authorized_keys)
+#   stamp          sha256 of this script: a changed recipe means a rebuild
+#
+# The image is built in a temporary directory next to image/ and renamed into place at the very end,
+# so an interrupted build never leaves something that looks complete. Runs as root; installs the host
+# packages it needs with apt-get. The Debian mirror is the one this machine's apt sources name
+# (OVERLAYFS_VM_MIRROR overrides it).
+set -euo pipefail
+
+SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
+CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}
+IMAGE_DIR=$CACHE/image
+SUITE=bookworm
+IMAGE_SIZE=4G
+HOST_PACKAGES=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux)
+# What the guest gets besides debootstrap's minbase. dbus: without it SSH sessions print "Failed to connect
+# to bus"; openssh-sftp-server: ansible's and scp's file transfers; qemu-utils, fuse3, kmod: qcow2 over nbd;
+# zstd: a zstd-compressed initramfs (instead of gzip), quicker to unpack under TCG.
+GUEST_PACKAGES=(systemd-sysv udev kmod dbus python3 openssh-server openssh-sftp-server qemu-utils fuse3
+  initramfs-tools zstd iproute2 procps netbase util-linux e2fsprogs)
+GUEST_KERNEL=linux-image-cloud-amd64
+
+log() { printf '%s build-image: %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+force=false
+case "${1:-}" in
+  '') ;;
+  --force) force=true ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$SCRIPT" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown argument: $1 (try --help)" ;;
+esac
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, apt-get)"
+
+install_host_packages() {
+  local pkg missing=()
+  for pkg in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "installing host packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  local apt_log
+  apt_log=$(mktemp)
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1; then
+    tail -n 30 "$apt_log" >&2
+    rm -f "$apt_log"
+    die "apt-get install ${missing[*]} failed (log above)"
+  fi
+  rm -f "$apt_log"
+}
+
+# The first URI of an enabled `deb` source for $SUITE in this machine's apt sources (deb822 *.sources
+# files first, then the one-line format).
+apt_mirror() {
+  local f uri
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    uri=$(awk -v suite="$SUITE" '
+      BEGIN { RS = ""; FS = "\n" }
+      {
+        delete v
+        for (i = 1; i <= NF; i++) {
+          line = $i
+          if (line ~ /^[ \t]*#/ || line !~ /:/) continue
+          key = tolower(substr(line, 1, index(line, ":") - 1))
+          val = substr(line, index(line, ":") + 1)
+          gsub(/^[ \t]+|[ \t]+$/, "", val)
+          v[key] = val
+        }
+        if (tolower(v["enabled"]) == "no") next
+        if ((" " v["types"] " ") !~ / deb /) next
+        if ((" " v["suites"] " ") !~ (" " suite " ")) next
+        split(v["uris"], u, /[ \t]+/)
+        if (u[1] != "") { print u[1]; exit }
+      }' "$f")
+    if [ -n "$uri" ]; then printf '%s\n' "$uri"; return 0; fi
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -r "$f" ] || continue
+    uri=$(awk -v suite="$SUITE" '
+      $1 == "deb" {
+        i = 2
+        if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == suite) { print $i; exit }
+      }' "$f")
+    if [ -n "$uri" ]; then printf '%s\n' "$uri"; return 0; fi
+  done
+  return 1
+}
+
+# Runs a command in a private mount namespace: whatever it mounts (debootstrap mounts /proc and /sys in
+# the target; the chroot steps mount /proc) is gone when it ends, even when it is killed, so the
+# temporary tree can always be removed safely.
+in_private_ns() { unshare --mount --propagation private "$@"; }
+
+# chroot into the rootfs with /proc and /dev/pts mounted (in a private namespace) and a clean environment.
+in_chroot() {
+  local rootfs=$1; shift
+  # shellcheck disable=SC2016  # $1 and $@ are the inner shell's
+  in_private_ns sh -c 'mount -t proc proc "$1/proc" && mount -t devpts devpts "$1/dev/pts" && shift && exec chroot "$@"' \
+    sh "$rootfs" "$rootfs" \
+    /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+configure_guest() {
+  local rootfs=$1 mirror=$2 key=$3
+
+  # No daemons started from the chroot while packages are installed.
+  printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+  chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+
+  log "installing $GUEST_KERNEL in the guest (builds the initramfs)"
+  printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$rootfs/etc/apt/sources.list"
+  if ! { in_chroot "$rootfs" apt-get update -qq && \
+         in_chroot "$rootfs" apt-get install -y -qq --no-install-recommends "$GUEST_KERNEL"; } \
+       >"$rootfs/../kernel-install.log" 2>&1; then
+    tail -n 30 "$rootfs/../kernel-install.log" >&2
+    die "installing $GUEST_KERNEL in the guest failed (log above)"
+  fi
+  in_chroot "$rootfs" apt-get clean
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs/usr/sbin/policy-rc.d"
+
+  echo testvm >"$rootfs/etc/hostname"
+  cat >"$rootfs/etc/hosts" <<'EOF'
+127.0.0.1	localhost
+127.0.1.1	testvm
+::1		localhost ip6-localhost ip6-loopback
+EOF
+  # The kernel mounts / read-write (root=/dev/vda rw); no fsck pass: every run starts from a clean image.
+  printf '/dev/vda\t/\text4\trw,relatime\t0\t0\n' >"$rootfs/etc/fstab"
+
+  # qemu's user network: DHCP on eth0 (net.ifnames=0), DNS at 10.0.2.3.
+  mkdir -p "$rootfs/etc/systemd/network"
+  cat >"$rootfs/etc/systemd/network/20-eth0.network" <<'EOF'
+[Match]
+Name=eth0
+
+[Network]
+DHCP=ipv4
+EOF
+  echo 'nameserver 10.0.2.3' >"$rootfs/etc/resolv.conf"
+  in_chroot "$rootfs" systemctl enable --quiet systemd-networkd.service
+  # Nothing that wakes up by itself during a test run.
+  in_chroot "$rootfs" systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+    e2scrub_reap.service fstrim.timer
+
+  # root logs in with the generated key only.
+  install -d -m 0700 "$rootfs/root/.ssh"
+  install -m 0600 "$key.pub" "$rootfs/root/.ssh/authorized_keys"
+  cat >"$rootfs/etc/ssh/sshd_config.d/testvm.conf" <<'EOF'
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+EOF
+}
+
+build() {
+  local tmp=$1 mirror rootfs kernel initrd
+
+  mirror=${OVERLAYFS_VM_MIRROR:-}
+  if [ -z "$mirror" ]; then
+    mirror=$(apt_mirror) || die "no 'deb' source for $SUITE in /etc/apt/sources.list{,.d/*}; set OVERLAYFS_VM_MIRROR"
+  fi
+  log "building the $SUITE image in $tmp (mirror $mirror)"
+  rootfs=$tmp/rootfs
+
+  log "generating the SSH key"
+  ssh-keygen -q -t ed25519 -N '' -C "root@testvm ($(date -u +%F))" -f "$tmp/id_ed25519"
+
+  log "debootstrap --variant=minbase $SUITE (about a minute)"
+  local include
+  include=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
+  if ! in_private_ns debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror" \
+      >"$tmp/debootstrap.log" 2>&1; then
+    tail -n 30 "$tmp/debootstrap.log" >&2
+    [ -f "$rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$rootfs/debootstrap/debootstrap.log" >&2
+    die "debootstrap failed (log above)"
+  fi
+
+  configure_guest "$rootfs" "$mirror" "$tmp/id_ed25519"
+
+  kernel=$(find "$rootfs/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
+  initrd=$(find "$rootfs/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n 1)
+  if [ -z "$kernel" ] || [ -z "$initrd" ]; then die "no kernel or initramfs in $rootfs/boot"; fi
+  [ -n "$(find "$rootfs/lib/modules" -name 'nbd.ko*' -print -quit)" ] || die "the guest kernel has no nbd module"
+  install -m 0644 "$kernel" "$tmp/vmlinuz"
+  install -m 0644 "$initrd" "$tmp/initrd.img"
+  basename "$kernel" | sed 's/^vmlinuz-//' >"$tmp/kernel-version"
+
+  log "mkfs.ext4 -d rootfs into a sparse $IMAGE_SIZE raw image"
+  truncate -s "$IMAGE_SIZE" "$tmp/base.img"
+  mkfs.ext4 -q -F -L testvm-root -d "$rootfs" "$tmp/base.img"
+  rm -rf --one-file-system "$rootfs" "$tmp/debootstrap.log" "$tmp/kernel-install.log"
+
+  echo "$RECIPE_HASH" >"$tmp/stamp"
+}
+
+install_host_packages
+
+RECIPE_HASH=$(sha256sum "$SCRIPT" | cut -d' ' -f1)
+mkdir -p "$CACHE"
+# One build at a time; a second caller waits and then finds the image built.
+exec 9>"$CACHE/.lock"
+flock 9
+
+# Leftovers of interrupted builds (their mounts lived in private namespaces and are gone).
+rm -rf --one-file-system "$CACHE"/.build.* "$CACHE"/.old.*
+
+if ! $force && [ -f "$IMAGE_DIR/base.img" ] && [ "$(cat "$IMAGE_DIR/stamp" 2>/dev/null)" = "$RECIPE_HASH" ]; then
+  log "cached image is current: $IMAGE_DIR"
+  exit 0
+fi
+
+start=$SECONDS
+tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
+chmod 0755 "$tmp"
+trap 'rm -rf --one-file-system "$tmp"' EXIT
+trap 'exit 130' INT TERM HUP
+build "$tmp"
+
+# Into place: image/ only ever holds a complete build.
+old=
+if [ -e "$IMAGE_DIR" ]; then
+  old=$(mktemp -u "$CACHE/.old.XXXXXX")
+  mv -T "$IMAGE_DIR" "$old"
+fi
+mv -T "$tmp" "$IMAGE_DIR"
+trap - EXIT
+[ -z "$old" ] || rm -rf --one-file-system "$old"
+
+log "image ready in $((SECONDS - start)) s: $IMAGE_DIR ($(du -h "$IMAGE_DIR/base.img" | cut -f1) used of $IMAGE_SIZE)"
