@@ -8,7 +8,8 @@
 #   make sanity       ansible-test sanity on a copy of the tree (see below)
 #   make vm-image     build (or reuse the cached) Debian test VM image: tests/vm/build-image.sh
 #   make vm-test      pytest tests/vm: tests in a QEMU VM (nbd, systemd, reboots); see docs/testing-vm.md
-#   make test         setup, then unit, integration, vm-test and sanity; non-zero exit if any of them fails
+#   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
+#   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
 #   make bench        one batch task vs one task per filesystem, timed in the same run (ratios)
 #   make clean        remove .venv, .cache and tests/output
 #
@@ -58,7 +59,7 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test
+	vm-image vm-test molecule
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -108,6 +109,10 @@ unit: setup
 integration: setup
 	unshare --mount --propagation private $(VENV_PYTHON) -m pytest tests/integration -q
 
+# The role's fast scenario: localhost, in a private mount namespace, persistence under a scratch root.
+molecule: setup
+	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
+
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing.
 bench: setup
 	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_batch.py
@@ -137,12 +142,12 @@ vm-test: setup vm-image
 # Runs all the suites even when one fails, then fails if any did.
 test: setup
 	@failed=(); \
-	for suite in unit integration vm-test sanity; do \
+	for suite in unit integration molecule vm-test sanity; do \
 	  echo "==> make $$suite"; \
 	  $(MAKE) --no-print-directory $$suite || failed+=("$$suite"); \
 	done; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration, vm-test and sanity all succeeded"
+	echo "make test: unit, integration, molecule, vm-test and sanity all succeeded"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache
