@@ -225,7 +225,7 @@ def render(trees, options=None):
         ordered = order_by_dependency(roots)
     except TreeError as error:
         raise PersistenceError(str(error))
-    renderer = _Renderer()
+    renderer = _Renderer(set(device for item in items.values() for device in item.devices.values()))
     for root in ordered:
         renderer.tree(root, items[id(root)])
     return {'units': renderer.units, 'files': renderer.files, 'fstab': renderer.fstab}
@@ -303,11 +303,21 @@ def _mount_readonly(node):
 
 class _Renderer(object):
 
-    def __init__(self):
+    def __init__(self, reserved):
         self.units = {}
         self.files = {}
         self.fstab = []
         self.nbd_devices = {}
+        self.reserved = reserved  # every device some item pins: a layer without one takes none of them
+
+    def _unpinned_device(self):
+        """For a layer not on a device now (its tree is unmounted): the lowest nbd device nothing else pins.
+        Deterministic, so a second run renders the same; at boot every nbd device is this role's to give."""
+        number = 0
+        while '/dev/nbd%d' % number in self.reserved or '/dev/nbd%d' % number in self.nbd_devices:
+            number += 1
+        self.reserved.add('/dev/nbd%d' % number)
+        return '/dev/nbd%d' % number
 
     def tree(self, root, item):
         self.node(root, item)
@@ -367,10 +377,7 @@ class _Renderer(object):
                     description='Image %s on %s' % (node.source, node.target))
 
     def _file_nbd(self, node, item):
-        device = item.devices.get(node.target)
-        if device is None:
-            raise PersistenceError('%s: no nbd device given for this image layer (devices: {%r: /dev/nbdN}); the boot '
-                                   'attaches the image to the device the mount unit names' % (node.describe(), node.target))
+        device = item.devices.get(node.target) or self._unpinned_device()
         if not isinstance(device, str) or not NBD_DEVICE.match(device):
             raise PersistenceError('%s: %r is not an nbd device (/dev/nbdN)' % (node.describe(), device))
         if device in self.nbd_devices:

@@ -257,7 +257,6 @@ def test_nbd_template_is_rendered_once_and_top_level_nbd_is_writable():
 
 
 @pytest.mark.parametrize('devices, message', [
-    ({}, r'no nbd device given'),
     ({'/srv/base': '/dev/loop0'}, r"'/dev/loop0' is not an nbd device"),
     ({'/srv/base': '/dev/nbd0p1'}, r'is not an nbd device'),
 ])
@@ -265,6 +264,16 @@ def test_nbd_device_refusals(devices, message):
     tree = overlay('/srv/merged', [NBD_LAYER, '/srv/l2'])
     with pytest.raises(PersistenceError, match=message):
         render([item(tree, devices=devices)])
+
+
+def test_a_layer_on_no_device_now_takes_the_lowest_device_nothing_pins_the_same_every_time():
+    unmounted = overlay('/srv/merged', [NBD_LAYER, '/srv/l2'])
+    mounted = overlay('/srv/other', [dict(NBD_LAYER, target='/srv/disk', source='/srv/images/disk.qcow2'), '/srv/l3'])
+    items = [item(unmounted), item(mounted, devices={'/srv/disk': '/dev/nbd0'})]
+    result = render(items)
+    assert nbd_service_name('/dev/nbd1') in setting(result['units']['srv-base.mount'], 'Requires')
+    assert '/etc/containerhost-overlayfs/nbd/nbd1.env' in result['files']
+    assert render(items) == result
 
 
 def test_one_nbd_device_for_two_layers_is_refused():
