@@ -16,6 +16,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistenc
     PersistenceError,
     env_value,
     fstab_field,
+    nbd_service_name,
     render,
     unit_name_for_path,
     unit_word,
