@@ -20,17 +20,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.devices import stop_export
+from module_playbook import MODULE, module_playbook
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import EXPORT_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-MODULE = 'containerhost.overlayfs.overlay_filesystem'
 
 
 def pytest_sessionstart(session):
@@ -108,26 +107,7 @@ class Host(object):
             json.dump({'module_args': module_args, 'result_file': result_file}, handle)
         playbook = os.path.join(self.runs_dir, 'run%d.yml' % self.runs)
         with open(playbook, 'w') as handle:
-            handle.write(textwrap.dedent('''\
-                - hosts: localhost
-                  gather_facts: false
-                  tasks:
-                    - name: Converge
-                      %s:
-                        xml: "{{ module_args.xml | default(omit) }}"
-                        filesystem: "{{ module_args.filesystem | default(omit) }}"
-                        filesystems: "{{ module_args.filesystems | default(omit) }}"
-                        state: "{{ module_args.state | default(omit) }}"
-                        on_drift: "{{ module_args.on_drift | default(omit) }}"
-                        create_dirs: "{{ module_args.create_dirs | default(omit) }}"
-                      register: result
-                      ignore_errors: true
-                    - name: Keep the result for the test
-                      check_mode: false
-                      ansible.builtin.copy:
-                        content: "{{ result | to_json }}"
-                        dest: "{{ result_file }}"
-                ''' % MODULE))
+            handle.write(module_playbook('localhost'))
         argv = ['ansible-playbook', '-i', 'localhost,', '-c', 'local', '-e', '@' + vars_file,
                 '-e', 'ansible_python_interpreter=' + sys.executable, playbook]
         if check:

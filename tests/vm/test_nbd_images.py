@@ -21,9 +21,9 @@ import textwrap
 import threading
 
 import pytest
+from module_playbook import module_playbook
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODULE = 'containerhost.overlayfs.overlay_filesystem'
 
 # Builds ext4 content into raw files and converts them to qcow2, in the guest.
 MAKE_IMAGE = '''
@@ -68,7 +68,7 @@ class Guest(object):
         with open(base + '.json', 'w') as handle:
             json.dump({'module_args': module_args, 'result_file': remote_result}, handle)
         with open(base + '.yml', 'w') as handle:
-            handle.write(playbook())
+            handle.write(module_playbook('testvm'))
         completed = ansible_playbook(self.vm, base + '.yml', base + '.json')
         assert completed.returncode == 0, completed.stdout + completed.stderr
         return json.loads(self.sh('cat %s' % remote_result).stdout)
@@ -84,28 +84,6 @@ class Guest(object):
 
     def qemu_nbd_processes(self):
         return self.sh('pgrep -a qemu-nbd || true').stdout.splitlines()
-
-
-def playbook():
-    return textwrap.dedent('''\
-        - hosts: testvm
-          gather_facts: false
-          tasks:
-            - name: Converge
-              %s:
-                xml: "{{ module_args.xml | default(omit) }}"
-                filesystem: "{{ module_args.filesystem | default(omit) }}"
-                filesystems: "{{ module_args.filesystems | default(omit) }}"
-                state: "{{ module_args.state | default(omit) }}"
-                on_drift: "{{ module_args.on_drift | default(omit) }}"
-              register: result
-              ignore_errors: true
-            - name: Keep the result for the test
-              ansible.builtin.copy:
-                content: "{{ result | to_json }}"
-                dest: "{{ result_file }}"
-                mode: "0600"
-        ''' % MODULE)
 
 
 def ansible_playbook(vm, playbook_path, vars_path):
