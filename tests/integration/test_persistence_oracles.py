@@ -32,6 +32,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistenc
     unit_name_for_path,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import parse_filesystems, to_yaml
+from tree_builders import overlay
 
 GENERATOR = '/lib/systemd/system-generators/systemd-fstab-generator'
 _ORIGIN = re.compile(r' \((?:origin|destination)-[a-z-]+(?: (?:origin|destination)-[a-z-]+)*\)$')
@@ -45,14 +46,6 @@ def require(*programs):
 
 def canonical(raw):
     return to_yaml(parse_filesystems([raw])[0])
-
-
-def overlay(target, lower, upper=None, work=None, **extra):
-    raw = {'type': 'overlay', 'lower': lower, 'target': target}
-    if upper:
-        raw.update(upper=upper, work=work)
-    raw.update(extra)
-    return raw
 
 
 def write_units(directory, result):

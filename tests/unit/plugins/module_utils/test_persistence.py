@@ -22,6 +22,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistenc
     unit_word,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import parse_filesystems, to_yaml
+from tree_builders import overlay
 
 SYSTEMD_ESCAPE = shutil.which('systemd-escape')
 needs_systemd_escape = pytest.mark.skipif(SYSTEMD_ESCAPE is None, reason='systemd-escape is not installed')
@@ -73,14 +74,6 @@ def test_unit_name_for_path_known_names():
 
 
 # --- rendering -------------------------------------------------------------------------------------------
-
-def overlay(target, lower, upper=None, work=None, **extra):
-    raw = {'type': 'overlay', 'lower': lower, 'target': target}
-    if upper:
-        raw.update(upper=upper, work=work)
-    raw.update(extra)
-    return raw
-
 
 def canonical(raw):
     """What the module returns for a tree: its canonical YAML form."""

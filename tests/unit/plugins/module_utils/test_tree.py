@@ -16,6 +16,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree impor
     parse_filesystems,
     to_yaml,
 )
+from tree_builders import overlay
 
 # The seed's three overlay shapes, written as a playbook would.
 SEED_SIMPLE = '''
@@ -54,14 +55,6 @@ SEED_IMAGE = '''
       target: /lower1
   target: /merged
 '''
-
-
-def overlay(target, lower, upper=None, work=None, **extra):
-    raw = {'type': 'overlay', 'lower': lower, 'target': target}
-    if upper:
-        raw.update(upper=upper, work=work)
-    raw.update(extra)
-    return raw
 
 
 def refused(raw_list, *fragments, **kwargs):
