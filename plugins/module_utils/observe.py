@@ -107,9 +107,13 @@ class Observed(object):
     def facts(self, path):
         return self.paths[path]
 
+    def resolved(self, path):
+        """A path as the kernel shows it in mountinfo (symlinks resolved) when it was observed, else as given."""
+        return self.paths[path].realpath if path in self.paths else path
+
     def mounts_at(self, path):
         """Mounts stacked on a path, bottom first: each covering mount's parent is the one it covers."""
-        resolved = self.paths[path].realpath if path in self.paths else path
+        resolved = self.resolved(path)
         here = [entry for entry in self.mounts if entry.mountpoint == resolved]
         ids = set(entry.mount_id for entry in here)
         stack = [entry for entry in here if entry.parent_id not in ids][:1]
@@ -126,7 +130,7 @@ class Observed(object):
 
     def mount_containing(self, path):
         """The mount a path lives on: the longest mountpoint above its resolved form."""
-        resolved = self.paths[path].realpath if path in self.paths else path
+        resolved = self.resolved(path)
         best = None
         for entry in self.mounts:
             if is_within(resolved, entry.mountpoint) and (best is None or len(entry.mountpoint) >= len(best.mountpoint)):
@@ -152,7 +156,7 @@ class Observed(object):
         return None
 
     def loops_backed_by(self, image):
-        resolved = self.paths[image].realpath if image in self.paths else image
+        resolved = self.resolved(image)
         return [loop for loop in self.loops if loop.backing_file == resolved]
 
     def is_mounted_device(self, major, minor):
@@ -160,7 +164,7 @@ class Observed(object):
 
     def overlays_using(self, path):
         """Mounted overlays whose upper or work dir is this path."""
-        resolved = self.paths[path].realpath if path in self.paths else path
+        resolved = self.resolved(path)
         found = []
         for entry in self.mounts:
             layers = entry.overlay_layers()
