@@ -6,16 +6,21 @@
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
 #   make sanity       ansible-test sanity on a copy of the tree (see below)
-#   make vm-image     build (or reuse the cached) Debian test VM image: tests/vm/build-image.sh
-#   make vm-test      pytest tests/vm: tests in a QEMU VM (nbd, systemd, reboots); see docs/testing-vm.md
+#   make vm-image     build (or reuse the cached) Debian 12 and 13 test VM images, in parallel: tests/vm/build-image.sh
+#   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
+#                     see docs/testing-vm.md
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
 #   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
-#   make bench        one batch task vs one task per filesystem, timed in the same run (ratios)
+#                     (the VM images build in the background from the start: integration's oracles need them)
+#   make bench        one batch task vs one task per filesystem, and the role vs the module's batch, timed in
+#                     the same run (ratios)
 #   make clean        remove .venv, .cache and tests/output
 #
 # Every target works from a fresh clone, run as root.
 
 SHELL := /bin/bash
+# The Debian releases the VM tests and the persistence oracles run on (tests/vm/vm.py RELEASES).
+VM_RELEASES := bookworm trixie
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
 .DELETE_ON_ERROR:
@@ -116,6 +121,7 @@ molecule: setup
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing.
 bench: setup
 	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_batch.py
+	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_role.py
 
 # The copy holds what ansible-test itself would test in place: the files git lists (tracked, plus untracked
 # ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git
@@ -131,21 +137,31 @@ sanity: setup
 	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
 
-# The VM image is cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}; it is rebuilt
-# (about a minute) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.
+# The VM images are cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE; each is rebuilt
+# (about two minutes) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.
+# Both build at once (a lock per release; a second caller waits for the first).
 vm-image:
-	bash tests/vm/build-image.sh
+	@pids=(); for release in $(VM_RELEASES); do bash tests/vm/build-image.sh "$$release" & pids+=($$!); done; \
+	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
 
+# One pytest session per release, at the same time: most of a VM test is waiting for the guest. Each line of
+# output carries its release.
 vm-test: setup vm-image
-	$(VENV_PYTHON) -m pytest tests/vm -q
+	@pids=(); for release in $(VM_RELEASES); do \
+	  ( set -o pipefail; $(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --vm-release "$$release" 2>&1 \
+	    | sed -u "s/^/[$$release] /" ) & pids+=($$!); \
+	done; \
+	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
 
 # Runs all the suites even when one fails, then fails if any did.
 test: setup
-	@failed=(); \
+	@$(MAKE) --no-print-directory vm-image >.cache/vm-image.log 2>&1 & \
+	failed=(); \
 	for suite in unit integration molecule vm-test sanity; do \
 	  echo "==> make $$suite"; \
 	  $(MAKE) --no-print-directory $$suite || failed+=("$$suite"); \
 	done; \
+	wait; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
 	echo "make test: unit, integration, molecule, vm-test and sanity all succeeded"
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 MODULE = 'containerhost.overlayfs.overlay_filesystem'
-ARGUMENTS = ('xml', 'filesystem', 'filesystems', 'state', 'on_drift', 'create_dirs')
+ARGUMENTS = ('xml', 'filesystem', 'filesystems', 'state', 'on_drift', 'create_dirs', 'on_volatile_marker')
 
 
 def module_playbook(hosts):

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import parse_filesystems, to_yaml
+
 
 def overlay(target, lower, upper=None, work=None, **extra):
     """An overlay node in the YAML form; upper and work only when given."""
@@ -15,3 +17,8 @@ def overlay(target, lower, upper=None, work=None, **extra):
         raw.update(upper=upper, work=work)
     raw.update(extra)
     return raw
+
+
+def canonical(raw):
+    """What the module returns for a tree: its canonical YAML form."""
+    return to_yaml(parse_filesystems([raw])[0])

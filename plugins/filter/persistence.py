@@ -3,19 +3,44 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The overlay_persistence filter: systemd units and fstab lines for filesystem trees (see overlay_persistence.yml)."""
+"""The overlay_persistence filter: every file that brings filesystem trees back at boot (see overlay_persistence.yml)."""
 
 from __future__ import annotations
 
+import os
+
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence import PersistenceError, render
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+    NBD_DEVICE,
+    PersistenceError,
+    render,
+)
 
 
-def overlay_persistence(trees, persistence=None, nofail=None):
-    """Render the persistence of trees; ``persistence`` and ``nofail`` are the defaults of items that do not say."""
+def helper_sources():
+    """The source of the boot helper's modules, from this collection: the renderer installs them on the target."""
+    directory = os.path.dirname(os.path.abspath(boot.__file__))
+    sources = {}
+    for name in boot.BUNDLE:
+        with open(os.path.join(directory, name + '.py'), encoding='utf-8') as handle:
+            sources[name] = handle.read()
+    return sources
+
+
+def nbd_devices(mounts):
+    """{target: /dev/nbdN} of the mounts (the module's ``mounts`` result) on an nbd device."""
+    return dict((mount['target'], mount['source']) for mount in mounts or []
+                if isinstance(mount, dict) and NBD_DEVICE.match(str(mount.get('source'))))
+
+
+def overlay_persistence(items, mounts=None, on_volatile_marker=None, python=None, nbd_options=None):
+    """Render the persistence of the role's items (see plugin_utils/persistence.py)."""
+    settings = {'on_volatile_marker': on_volatile_marker, 'python': python, 'nbd_options': nbd_options,
+                'helper_sources': helper_sources()}
     try:
-        return render(trees, {'persistence': persistence, 'nofail': nofail})
+        return render(items, nbd_devices(mounts), settings)
     except PersistenceError as error:
         raise AnsibleFilterError('overlay_persistence: %s' % error)
 

@@ -26,21 +26,6 @@ def overlay_trees(value):
     return [to_yaml(root) for root in sorted(roots, key=lambda root: root.position)]
 
 
-def image_drivers(trees):
-    """The drivers of every image layer in canonical trees (to know whether qemu-nbd is needed)."""
-    drivers = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get('type') == 'file':
-                drivers.add(node['driver'])
-            for lower in node.get('lower', []):
-                walk(lower)
-    for tree in trees:
-        walk(tree)
-    return sorted(drivers)
-
-
 class FilterModule(object):
     def filters(self):
-        return {'overlay_trees': overlay_trees, 'overlay_image_drivers': image_drivers}
+        return {'overlay_trees': overlay_trees}

@@ -38,7 +38,8 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
     with HostLock(lock_path):
         observed = observe(roots)
         try:
-            steps = plan(roots, observed, params['state'], params['on_drift'], params['create_dirs'])
+            steps = plan(roots, observed, params['state'], params['on_drift'], params['create_dirs'],
+                         params['on_volatile_marker'])
         except PlanError as error:
             raise ConvergeError(str(error), filesystems=canonical, mounts=mount_table(roots, observed))
         before = mount_state(roots, observed)

@@ -7,6 +7,7 @@
 
 Small functions, one command each. ``run`` is AnsibleModule.run_command-like: argv in, (rc, out, err) out.
 Image formats are always given explicitly: nothing here lets qemu probe a format (CVE-2013-4297).
+Standard library only: the boot helper (boot.py) starts FUSE exports with it, outside Ansible.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import time
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import SYS_BLOCK, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import SYS_BLOCK, process_alive
 
 READY_TIMEOUT = 15.0  # seconds for a device or export to come up
 POLL = 0.1

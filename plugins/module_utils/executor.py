@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, syscalls
 
 LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
 
@@ -90,6 +90,10 @@ class Executor(object):
             _remove_all_if_empty(created)
             raise
         return lambda: _remove_all_if_empty(created)
+
+    def _discard_volatile_marker(self, step):
+        hostfs.discard_volatile_marker(step['path'])
+        return lambda: hostfs.restore_volatile_marker(step['path'])
 
     def _attach_loop(self, step):
         return self._attached(step, devices.attach_loop(self.run_command, step['image'], step['readonly']),

@@ -12,10 +12,7 @@ the executor records the device it got under that name, and the mount step that 
 
 from __future__ import annotations
 
-import hashlib
-import os
-
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import EXPORT_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
 
 
 DEVICE_OF = {
@@ -23,13 +20,6 @@ DEVICE_OF = {
     'nbd': 'the nbd device serving %s',
     'fuse': 'the loop device on the FUSE export of %s',
 }
-
-
-def export_files(image, image_format):
-    """The export file, pid file and metadata file of the FUSE export of an image in a format."""
-    digest = hashlib.sha256(('%s\0%s' % (image, image_format)).encode('utf-8', 'surrogateescape')).hexdigest()
-    base = os.path.join(EXPORT_DIR, digest[:16])
-    return base + '.img', base + '.pid', base + '.json'
 
 
 class ImagePlanner(object):
@@ -58,7 +48,7 @@ class ImagePlanner(object):
         if node.driver == 'loop' and loop is not None:
             return 'match' if loop.backing_file == self.image(node) else 'drift'
         if node.driver == 'fuse' and loop is not None:
-            export_path = export_files(self.image(node), node.image_format)[0]
+            export_path = export_files(node.source, node.image_format)[0]
             if loop.backing_file != export_path:
                 return 'drift'
             export = self.observed.export_at(export_path)
@@ -106,7 +96,7 @@ class ImagePlanner(object):
 
     def _attach_fuse(self, node, readonly):
         image = self.image(node)
-        export_path, pidfile, metafile = export_files(image, node.image_format)
+        export_path, pidfile, metafile = export_files(node.source, node.image_format)
         export = self.observed.export_at(export_path)
         steps = []
         if export_path in self.exports_started:
@@ -157,12 +147,12 @@ class ImagePlanner(object):
     def leftovers(self, node):
         """Devices and exports serving this node's image that nothing mounts (an interrupted run's)."""
         image = self.image(node)
-        readonly = node.readonly or node.is_layer
+        readonly = node.mounted_readonly
         if node.driver == 'nbd':
             return [self._detach_nbd_step(node, nbd) for nbd in self.observed.nbds
                     if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
                     and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
-        backing = image if node.driver == 'loop' else export_files(image, node.image_format)[0]
+        backing = image if node.driver == 'loop' else export_files(node.source, node.image_format)[0]
         steps = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)
                  if loop.device not in self.loops_detached]
         export = self.observed.export_at(backing)

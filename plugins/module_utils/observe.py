@@ -16,14 +16,16 @@ import json
 import os
 import stat
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+    EXPORT_DIR,
+    SYS_BLOCK,
+    SYS_MODULE,
+    process_alive,
+    read_text,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import volatile_marker
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import is_within
-
-SYS_BLOCK = '/sys/block'
-SYS_MODULE = '/sys/module'
-# Where FUSE exports of images live (the nbd-free attach method): IMAGE.img is the export, .pid its daemon,
-# .json what it serves.
-EXPORT_DIR = '/run/containerhost-overlayfs/exports'
 
 
 class ImageServer(object):
@@ -91,7 +93,7 @@ class PathFacts(object):
         self.rdev = (os.major(info.st_rdev), os.minor(info.st_rdev)) if self.is_block else None
         self.entries = _entries(path) if list_entries and self.is_dir else []
         # A volatile overlay leaves this in its work dir; the kernel refuses to mount on it again.
-        self.volatile_leftover = self.is_dir and os.path.isdir(os.path.join(path, 'work', 'incompat', 'volatile'))
+        self.volatile_leftover = self.is_dir and os.path.isdir(volatile_marker(path))
 
 
 class Observed(object):
@@ -178,8 +180,8 @@ def read_loop_devices(sys_block=SYS_BLOCK):
     for backing in sorted(glob.glob(os.path.join(sys_block, 'loop*', 'loop', 'backing_file'))):
         base = os.path.dirname(os.path.dirname(backing))
         name = os.path.basename(base)
-        major, minor = _read(os.path.join(base, 'dev')).split(':')
-        backing_file = _read(backing)
+        major, minor = read_text(os.path.join(base, 'dev')).split(':')
+        backing_file = read_text(backing)
         if backing_file.endswith(' (deleted)'):
             backing_file = backing_file[:-len(' (deleted)')]
         loops.append(LoopDevice(
@@ -187,7 +189,7 @@ def read_loop_devices(sys_block=SYS_BLOCK):
             major=int(major),
             minor=int(minor),
             backing_file=backing_file,
-            readonly=_read(os.path.join(base, 'ro')) == '1',
+            readonly=read_text(os.path.join(base, 'ro')) == '1',
             holders=os.listdir(os.path.join(base, 'holders')),
         ))
     return loops
@@ -196,10 +198,10 @@ def read_loop_devices(sys_block=SYS_BLOCK):
 def read_nbd_devices(sys_block=SYS_BLOCK):
     devices = []
     for base in sorted(glob.glob(os.path.join(sys_block, 'nbd*')), key=_device_number_order):
-        major, minor = _read(os.path.join(base, 'dev')).split(':')
+        major, minor = read_text(os.path.join(base, 'dev')).split(':')
         pid_file = os.path.join(base, 'pid')
-        pid = int(_read(pid_file)) if os.path.exists(pid_file) else None
-        size = int(_read(os.path.join(base, 'size')))
+        pid = int(read_text(pid_file)) if os.path.exists(pid_file) else None
+        size = int(read_text(os.path.join(base, 'size')))
         server = qemu_nbd_server(pid)
         devices.append(NbdDevice(device='/dev/' + os.path.basename(base), major=int(major), minor=int(minor),
                                  connected=pid is not None or size > 0, server=server,
@@ -244,7 +246,7 @@ def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
         try:
             with open(metafile) as handle:
                 meta = json.load(handle)
-            alive = process_alive(int(_read(pidfile)))
+            alive = process_alive(int(read_text(pidfile)))
         except (OSError, ValueError):
             alive = False
         if alive and any(entry.mountpoint == path and entry.fstype.startswith('fuse') for entry in mounts):
@@ -258,20 +260,6 @@ def _entries(path):
         return sorted(os.listdir(path))
     except OSError:
         return []
-
-
-def process_alive(pid):
-    """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
-    try:
-        stat_line = _read('/proc/%d/stat' % pid)
-    except OSError:
-        return False
-    return stat_line.rsplit(')', 1)[-1].split()[0] != 'Z'
-
-
-def _read(path):
-    with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
-        return handle.read().rstrip('\n')
 
 
 def observe(roots):

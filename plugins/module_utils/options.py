@@ -40,6 +40,11 @@ EQUIVALENT_WITHOUT_UPPER = {
     ('redirect_dir', 'follow'): ('on',),
 }
 
+# A volatile overlay leaves this directory in its work dir, and the kernel refuses to mount on the work dir
+# again while it is there (fs/overlayfs/util.c, ovl_check_incompat): even after a clean reboot.
+VOLATILE_MARKER = ('work', 'incompat', 'volatile')
+ON_VOLATILE_MARKER = ('fail', 'discard')  # what a run (and the boot) does when it finds one
+
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated
 FSCONFIG_STRING_LIMIT = 256  # fsconfig(2) string values, NUL included
 
@@ -112,6 +117,20 @@ def check_conflicts(options, has_upper, where):
             raise OptionError('%s.options: conflicting options userxattr and metacopy=on' % where)
         if verity:
             raise OptionError('%s.options: conflicting options userxattr and verity=%s' % (where, options['verity']))
+
+
+def volatile_marker(work):
+    """The marker a volatile overlay leaves under its work dir."""
+    return '/'.join((work.rstrip('/'),) + VOLATILE_MARKER)
+
+
+def volatile_marker_refusal(work):
+    """Why an overlay is not mounted on a work dir with the volatile marker, and the choice the user has."""
+    return ('work dir %s holds %s, the mark a volatile overlay leaves (it was mounted with volatile there): the '
+            'kernel refuses to mount on it again, even after a clean reboot, because after a crash the upper dir '
+            'may be incomplete. Recreate upper and work, or choose on_volatile_marker: discard (the role\'s '
+            'overlay_mounts_on_volatile_marker) to remove the mark and mount the upper dir as it is'
+            % (work, '/'.join(VOLATILE_MARKER)))
 
 
 def escape_path(path):

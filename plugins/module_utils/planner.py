@@ -22,6 +22,8 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
     fits_mount_data,
     options_match,
     overlay_mount_data,
+    volatile_marker,
+    volatile_marker_refusal,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, is_within
 
@@ -34,8 +36,8 @@ class PlanError(ValueError):
     pass
 
 
-def plan(roots, observed, state, on_drift='fail', create_dirs=True):
-    planner = _Planner(roots, observed, on_drift, create_dirs)
+def plan(roots, observed, state, on_drift='fail', create_dirs=True, on_volatile_marker='fail'):
+    planner = _Planner(roots, observed, on_drift, create_dirs, on_volatile_marker)
     if state == 'mounted':
         return planner.mounted()
     return planner.unmounted()
@@ -47,11 +49,12 @@ def describe_mount(entry):
 
 
 class _Planner(object):
-    def __init__(self, roots, observed, on_drift, create_dirs):
+    def __init__(self, roots, observed, on_drift, create_dirs, on_volatile_marker):
         self.roots = roots
         self.observed = observed
         self.on_drift = on_drift
         self.create_dirs = create_dirs
+        self.on_volatile_marker = on_volatile_marker
         self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
         self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
@@ -100,7 +103,7 @@ class _Planner(object):
                         % (node.describe(), describe_mount(current), self._describe_wanted(node)))
 
     def _describe_wanted(self, node):
-        readonly = 'read-only ' if self._mount_readonly(node) else ''
+        readonly = 'read-only ' if node.mounted_readonly else ''
         if node.kind == 'overlay':
             return '%soverlay (%s)' % (readonly, overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options))
         return '%s%s %s' % (readonly, node.kind, node.source)
@@ -110,7 +113,7 @@ class _Planner(object):
     def _match(self, node, current):
         if current is None:
             return 'absent'
-        readonly = self._mount_readonly(node)
+        readonly = node.mounted_readonly
         if current.readonly != readonly:
             return 'drift'
         if node.kind == 'file':
@@ -134,10 +137,6 @@ class _Planner(object):
         source = self.observed.facts(node.source).identity
         return source is not None and source == self.observed.facts(node.target).identity
 
-    def _mount_readonly(self, node):
-        """Image and block layers under an overlay are mounted read-only; otherwise as asked."""
-        return node.readonly or (node.is_layer and node.kind in ('file', 'block'))
-
     # --- building steps -----------------------------------------------------------------------
 
     def _mount_steps(self, node):
@@ -150,6 +149,7 @@ class _Planner(object):
         if node.upper:
             steps += self._dir_steps(node, 'upper', node.upper) + self._dir_steps(node, 'work', node.work)
             self._check_upper_and_work(node)
+            steps += self._volatile_marker_steps(node)
         self._check_stacking_depth(node)
         lowers = node.layer_paths()
         if not fits_mount_data(lowers, node.upper, node.work, node.options) and \
@@ -161,16 +161,20 @@ class _Planner(object):
         steps.append(dict(
             action='mount', kind='overlay', node=node.label, target=node.target, data=data,
             lowers=lowers, upper=node.upper, work=node.work, options=dict(node.options),
-            readonly=self._mount_readonly(node),
+            readonly=node.mounted_readonly,
             description='mount overlay on %s (%s)%s'
                         % (node.target, _shown_mount_data(node, data), ' read-only' if node.readonly else ''),
         ))
         return steps
 
     def _mount_file(self, node):
-        if not self.observed.facts(node.source).is_file:
+        facts = self.observed.facts(node.source)
+        if not facts.exists:
+            raise PlanError('%s: image %s does not exist (the tree is not mounted until it does)'
+                            % (node.describe(), node.source))
+        if not facts.is_file:
             raise PlanError('%s: image %s is not a regular file' % (node.describe(), node.source))
-        readonly = self._mount_readonly(node)
+        readonly = node.mounted_readonly
         if node.driver == 'fuse' and not readonly:
             raise PlanError('%s: driver fuse serves images read-only; add readonly (an image used as a lower '
                             'layer is read-only anyway)' % node.describe())
@@ -179,7 +183,7 @@ class _Planner(object):
     def _mount_block(self, node):
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
-        readonly = self._mount_readonly(node)
+        readonly = node.mounted_readonly
         return [dict(action='mount', kind='device', node=node.label, target=node.target, device=node.source,
                      ref=None, readonly=readonly,
                      description='mount %s on %s%s' % (node.source, node.target, ' read-only' if readonly else ''))]
@@ -240,16 +244,21 @@ class _Planner(object):
         if leftovers:
             raise PlanError('%s: work dir %s must be empty, it holds %s'
                             % (node.describe(), node.work, ', '.join(leftovers[:5])))
-        if self.observed.facts(node.work).volatile_leftover:
-            raise PlanError('%s: work dir %s holds work/incompat/volatile, the mark of a volatile overlay (mounted '
-                            'there now, or since); the kernel refuses to mount on it again. After a crash the upper '
-                            'dir may be inconsistent: recreate upper and work, or remove that directory if you know '
-                            'the data is good' % (node.describe(), node.work))
         for role, path in (('upper', node.upper), ('work', node.work)):
             for entry in self.observed.overlays_using(path):
                 if entry.mountpoint != self.observed.facts(node.target).realpath:
                     raise PlanError('%s: %s %s is already in use by the overlay mounted at %s'
                                     % (node.describe(), role, path, entry.mountpoint))
+
+    def _volatile_marker_steps(self, node):
+        if not self.observed.facts(node.work).volatile_leftover:
+            return []
+        if self.on_volatile_marker != 'discard':
+            raise PlanError('%s: %s' % (node.describe(), volatile_marker_refusal(node.work)))
+        marker = volatile_marker(node.work)
+        return [dict(action='discard_volatile_marker', node=node.label, path=marker,
+                     description='discard the volatile marker %s (on_volatile_marker=discard: the upper dir is '
+                                 'mounted as it is)' % marker)]
 
     def _stack_depth(self, node):
         """How many stacked filesystems this node's mount would sit on, as far as can be seen."""

@@ -65,6 +65,11 @@ class Node(object):
         self.position = 0  # place in the input batch (roots are applied in dependency order)
 
     @property
+    def mounted_readonly(self):
+        """How the node is mounted: image and block layers under an overlay read-only, everything else as asked."""
+        return self.readonly or (self.is_layer and self.kind in ('file', 'block'))
+
+    @property
     def is_mounted_node(self):
         """Dir lowers are used in place; every other node is mounted at its target."""
         return self.kind != 'dir'

@@ -51,6 +51,19 @@ options:
       - Create missing targets, upper dirs and work dirs (mode 0755). Lower dirs are never created.
     type: bool
     default: true
+  on_volatile_marker:
+    description:
+      - What to do when the work dir of an overlay to mount holds C(work/incompat/volatile). An overlay
+        mounted with the C(volatile) option leaves that mark, and the kernel refuses to mount on the work dir
+        again while it is there, even after a clean reboot, because after a crash the upper dir may be
+        incomplete.
+      - V(fail) stops before any change, with a message that says so.
+      - V(discard) removes the mark and mounts the upper dir as it is. Its contents may be incomplete after a
+        crash, which is what C(volatile) means. The role M(containerhost.overlayfs.overlay_mounts) writes the
+        same choice into the persistence, so the boot follows it too.
+    type: str
+    choices: [fail, discard]
+    default: fail
 attributes:
   check_mode:
     support: full
@@ -215,6 +228,7 @@ def main():
             state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
             on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
             create_dirs=dict(type='bool', default=True),
+            on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
         ),
         mutually_exclusive=[('xml', 'filesystem', 'filesystems')],
         required_one_of=[('xml', 'filesystem', 'filesystems')],

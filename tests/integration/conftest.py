@@ -26,10 +26,13 @@ import pytest
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.devices import stop_export
 from module_playbook import MODULE, module_playbook
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import EXPORT_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import EXPORT_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'vm'))
+
+from vm import RELEASES, ensure_image  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def pytest_sessionstart(session):
@@ -168,3 +171,71 @@ def seed_examples():
 def relocate(xml, root):
     """Move every absolute path of an example under root: dir='/x' -> dir='ROOT/x'."""
     return re.sub(r"(dir|file|dev)='/", lambda match: "%s='%s/" % (match.group(1), root), xml)
+
+
+class ReleaseRoot(object):
+    """A Debian release's userland (its test VM image) as a throwaway chroot on this machine's kernel: its
+    systemd-analyze, systemd-fstab-generator, systemctl, mount(8) and Python, with /srv a scratch tmpfs.
+
+    The image is mounted read-only once per session; every test gets a fresh tmpfs overlay over it.
+    """
+
+    def __init__(self, release, root):
+        self.release = release
+        self.root = root
+
+    def path(self, path):
+        """The host path of a path inside the root."""
+        return self.root + path
+
+    def run(self, argv, **env):
+        """Run a command inside the root, with a clean environment; output captured."""
+        environment = ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL=C.UTF-8'] + ['%s=%s' % pair for pair in env.items()]
+        return subprocess.run(['chroot', self.root, 'env', '-i'] + environment + list(argv), capture_output=True,
+                              text=True, check=False)
+
+    def check(self, argv, **env):
+        completed = self.run(argv, **env)
+        assert completed.returncode == 0, '%s in %s exited %d\n%s%s' % (
+            argv, self.release, completed.returncode, completed.stdout, completed.stderr)
+        return completed.stdout
+
+    def systemctl(self, argv):
+        """A persistence_files systemctl runner: the release's own systemctl, offline in the root."""
+        completed = self.run([arg for arg in argv if not arg.startswith('--root=')])
+        return completed.returncode, completed.stdout, completed.stderr
+
+
+@pytest.fixture(scope='session', params=RELEASES)
+def release_image(request):
+    """A release's VM image (built first when the cache is not current), mounted read-only."""
+    image = os.path.join(ensure_image(request.param), 'base.img')
+    lower = tempfile.mkdtemp(prefix='ovlfs-release-%s-' % request.param)
+    subprocess.run(['mount', '-o', 'ro,loop', image, lower], check=True, capture_output=True)
+    yield request.param, lower
+    subprocess.run(['umount', lower], check=False)
+    os.rmdir(lower)
+
+
+@pytest.fixture
+def release_root(release_image):
+    release, lower = release_image
+    scratch = tempfile.mkdtemp(prefix='ovlfs-release-root-')
+    subprocess.run(['mount', '-t', 'tmpfs', 'release-root', scratch], check=True)
+    try:
+        for name in ('upper', 'work', 'root'):
+            os.mkdir(os.path.join(scratch, name))
+        root = os.path.join(scratch, 'root')
+        subprocess.run(['mount', '-t', 'overlay', '-o', 'lowerdir=%s,upperdir=%s/upper,workdir=%s/work' % (
+            lower, scratch, scratch), 'release-root', root], check=True, capture_output=True)
+        for argv in (['mount', '-t', 'proc', 'proc', root + '/proc'], ['mount', '--rbind', '/dev', root + '/dev'],
+                     ['mount', '-t', 'tmpfs', 'run', root + '/run'], ['mount', '-t', 'tmpfs', 'tmp', root + '/tmp'],
+                     ['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'srv', root + '/srv']):
+            subprocess.run(argv, check=True, capture_output=True)
+        yield ReleaseRoot(release, root)
+    finally:
+        stop_exports_of_images_under(scratch)
+        for device in loops_backed_under(scratch):
+            subprocess.run(['losetup', '--detach', device], check=False)
+        subprocess.run(['umount', '--recursive', '--lazy', scratch], check=False)
+        os.rmdir(scratch)

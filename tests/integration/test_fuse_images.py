@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import export_files
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+    EXPORT_DIR,
+    export_files,
+    process_alive,
+)
 from conftest import loops_backed_under, mounts_under
 from test_overlay_filesystem import converge_twice, make_ext4_image
-
-EXPORT_DIR = '/run/containerhost-overlayfs/exports'
 
 
 def make_qcow2(host, name, files):

@@ -398,3 +398,22 @@ def test_replacing_an_image_layer_detaches_the_old_loop_device(host):
     assert new in devices and old not in devices
     with open(host.path('merged/version')) as handle:
         assert handle.read() == 'new'
+
+
+def test_a_volatile_overlay_is_not_mounted_again_unless_its_mark_is_discarded(host):
+    """The kernel's own mark (the dir work/work/incompat/volatile with an empty file dirty), left by a real
+    volatile mount."""
+    host.make_dirs('l1', 'l2', 'u', 'w')
+    tree = {'upper': host.path('u'), 'work': host.path('w'), 'lower': [host.path('l1'), host.path('l2')],
+            'target': host.path('m'), 'options': {'volatile': True}}
+    converge_twice(host, filesystem=tree)
+    host.write('m/written', 'kept')
+    assert host.play(filesystem=tree, state='unmounted')['changed']
+    assert os.path.isfile(host.path('w/work/incompat/volatile/dirty'))
+    refused = host.play(filesystem=tree)
+    assert refused['failed'] and 'holds work/incompat/volatile' in refused['msg']
+    assert 'on_volatile_marker: discard' in refused['msg'] and not mounts_under(host.root)
+    first = converge_twice(host, filesystem=tree, on_volatile_marker='discard')
+    assert [step['action'] for step in first['steps']] == ['discard_volatile_marker', 'mount']
+    with open(host.path('m/written')) as handle:
+        assert handle.read() == 'kept'

@@ -3,17 +3,20 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The rendered persistence against the programs that read it: systemd-analyze verify (and the unit dump it prints
-at debug level), systemctl --root enable, systemd-fstab-generator, findmnt --verify, mount -a and sh.
+"""The rendered persistence against the programs of Debian 12 and 13 that read it, each release's own (the
+userland of its test VM image, as a chroot on this machine's kernel; see release_root in conftest.py):
+systemd-analyze verify (and the unit dump it prints at debug level), systemctl enable, systemd-fstab-generator,
+findmnt --verify and mount(8), which runs the collection's mount helper for the overlays.
 
-systemd is not PID 1 here: systemd-analyze verify loads unit files without it (with the directory of the files
-given first in the unit path) and, with SYSTEMD_LOG_LEVEL=debug, prints every loaded unit's settings as systemd
-parsed them. That dump is how these tests read what systemd makes of What=, Where=, Options= and
-RequiresMountsFor=. mount -a runs in the session's private mount namespace on the host fixture's tmpfs.
+systemd is not PID 1 here: systemd-analyze verify loads unit files without it and, with SYSTEMD_LOG_LEVEL=debug,
+prints every loaded unit's settings as systemd parsed them. That dump is how these tests read what systemd makes of
+What=, Where=, Type= and RequiresMountsFor=. A unit is mounted the way systemd mounts it: ``mount WHAT WHERE -t TYPE
+-o OPTIONS``. The VM tests (tests/vm/test_persistence_in_vm.py) do the same with systemd itself, through reboots.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,61 +24,55 @@ import subprocess
 
 import pytest
 
-from conftest import mounts_under
-
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence import (
+from ansible_collections.containerhost.overlayfs.plugins.filter.persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import options_match, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import (
     MARKER,
-    NBD_TEMPLATE,
-    QEMU_NBD,
     SYSTEMD_UNIT_DIR,
+    apply,
+)
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+    NBD_TEMPLATE,
+    PersistenceError,
+    fstab_field,
     render,
+    spec_file,
     unit_name_for_path,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import parse_filesystems, to_yaml
-from tree_builders import overlay
+from tree_builders import canonical, overlay
 
-GENERATOR = '/lib/systemd/system-generators/systemd-fstab-generator'
+GENERATOR = '/usr/lib/systemd/system-generators/systemd-fstab-generator'
 _ORIGIN = re.compile(r' \((?:origin|destination)-[a-z-]+(?: (?:origin|destination)-[a-z-]+)*\)$')
+SETTINGS = {'helper_sources': helper_sources()}
 
 
-def require(*programs):
-    missing = [program for program in programs if not (shutil.which(program) or os.access(program, os.X_OK))]
-    if missing:
-        pytest.skip('not installed: %s' % ', '.join(missing))
+def rendered(items, **kwargs):
+    return render(items, settings=dict(SETTINGS, **kwargs.pop('settings', {})), **kwargs)
 
 
-def canonical(raw):
-    return to_yaml(parse_filesystems([raw])[0])
+def install(rr, result):
+    """Write the persistence into the release root as the role does, with the release's own systemctl."""
+    return apply(result, rr.root, systemctl=rr.systemctl)
 
 
-def write_units(directory, result):
-    """The units, and the drop-ins among the files, as the role lays them out in /etc/systemd/system."""
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for name, text in result['units'].items():
-        paths.append(os.path.join(directory, name))
-        with open(paths[-1], 'w') as handle:
-            handle.write(text)
-    for path, text in result['files'].items():
-        if path.startswith(SYSTEMD_UNIT_DIR + '/'):
-            dest = os.path.join(directory, path[len(SYSTEMD_UNIT_DIR) + 1:])
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, 'w') as handle:
-                handle.write(text)
-    return paths
+def item(tree, **settings):
+    result = {'filesystem': canonical(tree), 'nofail': False}
+    result.update(settings)
+    return result
 
 
-def verify(paths, debug=False):
-    env = dict(os.environ, SYSTEMD_LOG_LEVEL='debug' if debug else 'notice', SYSTEMD_LOG_COLOR='0')
-    return subprocess.run(['systemd-analyze', 'verify', '--man=no'] + list(paths),
-                          capture_output=True, text=True, env=env, check=False)
+def verify(rr, units, debug=False):
+    return rr.run(['systemd-analyze', 'verify', '--man=no'] + [SYSTEMD_UNIT_DIR + '/' + name for name in units],
+                  SYSTEMD_LOG_LEVEL='debug' if debug else 'notice', SYSTEMD_LOG_COLOR='0')
 
 
 def parse_dump(text):
     """{unit: {setting: [values]}} from the unit dump systemd-analyze verify prints at debug level."""
     units, current = {}, None
     for line in text.splitlines():
-        match = re.match(r'^\t-> Unit (.+):$', line)
+        match = re.match(r'^\t(?:->|\u2192) Unit (.+):$', line)
         if match:
             current = units[match.group(1)] = {}
         elif current is not None and line.startswith('\t\t') and not line.startswith('\t\t\t') and ': ' in line:
@@ -86,331 +83,383 @@ def parse_dump(text):
     return units
 
 
-def assert_verify_clean(paths, names):
+def assert_verify_clean(rr, units):
     """verify exits 0 and says nothing about our units: no parse warning, no ordering cycle, no name mismatch."""
-    completed = verify(paths)
+    completed = verify(rr, units)
     output = completed.stdout + completed.stderr
-    noise = [line for line in output.splitlines()
-             if 'cycle' in line or any(name in line for name in names) or any(os.path.dirname(p) in line for p in paths)]
+    noise = [line for line in output.splitlines() if 'cycle' in line or any(name in line for name in units)]
     assert completed.returncode == 0 and not noise, output
 
 
-def dump_of(paths):
-    completed = verify(paths, debug=True)
+def dump_of(rr, units):
+    completed = verify(rr, units, debug=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return parse_dump(completed.stdout)
 
 
-def systemd_escape(path):
-    return subprocess.run(['systemd-escape', '--path', '--suffix=mount', '--', path],
-                          capture_output=True, text=True, check=True).stdout.rstrip('\n')
+def mount_as_systemd_does(rr, seen):
+    """What systemd runs to start a mount unit, from the unit's settings as it parsed them."""
+    argv = ['mount', seen['What'][0], seen['Where'][0]]
+    if seen.get('File System Type', ['n/a'])[0] != 'n/a':
+        argv += ['-t', seen['File System Type'][0]]
+    options = [option for option in seen.get('Options', ['n/a'])[0].split(',') if option not in ('n/a', 'nofail')]
+    return rr.check(argv + (['-o', ','.join(options)] if options else []))
 
 
-def unescape_specifiers(value):
-    return value.replace('%%', '%')
+def mounts_in(rr):
+    """The mounts under the root's /srv, with paths as the chroot sees them."""
+    return dict((entry.mountpoint[len(rr.root):], entry) for entry in read_mountinfo()
+                if entry.mountpoint.startswith(rr.path('/srv/')))
 
 
-def setting(text, key):
-    return [line.split('=', 1)[1] for line in text.splitlines() if line.startswith(key + '=')]
+def make_dirs(rr, *paths):
+    for path in paths:
+        os.makedirs(rr.path(path), exist_ok=True)
 
 
-# --- systemd units --------------------------------------------------------------------------------------
-
-# Paths the renderer carries (none it refuses): spaces, tabs, '%', quotes, '#', ';', '=', colons in layers,
-# commas and backslashes outside option strings, UTF-8.
-HOSTILE = {
-    'target': 'merged 100% #1;"q"',
-    'lower': 'lo:wer \u00e9\tx',
-    'bind_source': "src,with\\comma 'q'",
-    'image': 'images/tools 50%.raw',
-}
+def mark(rr, path, text):
+    make_dirs(rr, os.path.dirname(path))
+    with open(rr.path(path), 'w', encoding='utf-8') as handle:
+        handle.write(text)
 
 
-def systemd_trees(root):
-    def path(name):
-        return os.path.join(root, name)
-    inner = overlay(path('inner'), [path(HOSTILE['lower']), path('i2')], path('iu'), path('iw'))
-    loop_layer = {'type': 'file', 'source': path(HOSTILE['image']), 'format': 'raw', 'target': path('tools')}
-    nbd_layer = {'type': 'file', 'source': path('images/base "x" $y `z` \\w.qcow2'), 'driver': 'nbd', 'format': 'qcow2',
-                 'target': path('base')}
-    bind_layer = {'type': 'mount', 'source': path(HOSTILE['bind_source']), 'target': path('bound')}
-    block_layer = {'type': 'block', 'source': '/dev/vdz', 'target': path('blk')}
-    top = overlay(path(HOSTILE['target']), [inner, loop_layer, nbd_layer, bind_layer, block_layer, path('plain')],
-                  path('u'), path('w'), options={'index': 'off', 'xino': 'auto'})
-    nofail = overlay(path('optional'), [path('o1'), path('o2')], readonly=True)
-    devices = {path('base'): '/dev/nbd7'}
-    return [{'tree': canonical(top), 'devices': devices}, {'tree': canonical(nofail), 'nofail': True}]
+# --- trees the renderer carries, with the paths that broke persistence before --------------------------
+
+AWKWARD = ['/srv/sp ace', '/srv/com,ma', '/srv/co:lon', '/srv/back\\slash', '/srv/per%cent', '/srv/eq=ual',
+           '/srv/\u00e9t\u00e9-\u4e2d']
+STORAGE = '/srv/var/lib/containers/storage/overlay/%064d/diff'  # container-storage layer paths, 96 bytes each
 
 
-def test_units_pass_systemd_analyze_verify_and_systemd_reads_them_as_meant(host):
-    require('systemd-analyze', 'systemd-escape', QEMU_NBD)
-    trees = systemd_trees(host.root)
-    result = render(trees)
-    names = list(result['units'])
-    paths = write_units(host.path('units'), result)
-    instance = os.path.join(host.path('units'), 'containerhost-overlayfs-nbd@nbd7.service')
-    assert_verify_clean(paths + [instance], names + ['containerhost-overlayfs-nbd@nbd7.service'])
-    dump = dump_of([p for p in paths if not p.endswith('@.service')] + [instance])
+def systemd_trees():
+    """Trees the module mounts that systemd persistence must bring back: awkward paths everywhere, a lowerdir well
+    past 255 bytes, a nested overlay, a raw image on loop, a bind layer, a read-only tree, options."""
+    inner = overlay('/srv/inner', AWKWARD[:3], '/srv/iu', '/srv/iw')
+    loop = {'type': 'file', 'source': '/srv/images/tools 50%.raw', 'format': 'raw', 'target': '/srv/tools'}
+    bind = {'type': 'mount', 'source': '/srv/src,with\\comma', 'target': '/srv/bound'}
+    awkward = overlay('/srv/merged 100% #1=\u00e9', [inner, loop, bind] + AWKWARD[3:], '/srv/u p', '/srv/w,k',
+                      options={'index': 'off', 'redirect_dir': 'nofollow', 'xino': 'auto'})
+    storage = overlay('/srv/storage/merged', [STORAGE % number for number in range(1, 6)], '/srv/storage/u',
+                      '/srv/storage/w')
+    readonly = overlay('/srv/ro', ['/srv/ro1', '/srv/ro2'], readonly=True)
+    return [awkward, storage, readonly]
 
-    mounts = [name for name in names if name.endswith('.mount')]
-    assert len(mounts) == 7
-    for name in mounts:
-        text = result['units'][name]
+
+def prepare_layers(rr, trees):
+    """Every dir the trees name, with a file in each lower dir, and the loop images."""
+    for tree in trees:
+        for node in _walk(canonical(tree)):
+            if isinstance(node, str):
+                mark(rr, node + '/' + marker_name(node), node)
+            elif node.get('type') == 'overlay':
+                make_dirs(rr, node['target'], *[node[key] for key in ('upper', 'work') if key in node])
+            elif node.get('type') == 'file':
+                make_dirs(rr, node['target'], node['source'] + '.d')
+                mark(rr, node['source'] + '.d/from-image', 'image')
+                subprocess.run(['mkfs.ext4', '-q', '-d', rr.path(node['source'] + '.d'), rr.path(node['source']), '8M'],
+                               check=True, capture_output=True)
+            else:
+                make_dirs(rr, node['target'])
+                mark(rr, node['source'] + '/from-bind', 'bind')
+
+
+def marker_name(layer):
+    """The file prepare_layers puts in a lower dir: named after the whole path, so no two layers share it."""
+    return 'in' + layer.replace('/', '_')
+
+
+def _walk(node):
+    yield node
+    if isinstance(node, dict):
+        for lower in node.get('lower', []):
+            yield from _walk(lower)
+
+
+def assert_mounted_as_the_trees_say(rr, trees):
+    mounts = mounts_in(rr)
+    for tree in trees:
+        for node in _walk(canonical(tree)):
+            if isinstance(node, str):
+                continue
+            entry = mounts[node['target']]
+            if node['type'] == 'overlay':
+                lowers = [lower if isinstance(lower, str) else lower['target'] for lower in node['lower']]
+                # the layers as the helper gave them, inside the root
+                assert entry.overlay_layers() == (lowers, node.get('upper'), node.get('work'))
+                assert options_match(node.get('options', {}), entry.super_options, 'upper' in node), entry.super_options
+                assert entry.readonly == bool(node.get('readonly'))
+            for lower in node.get('lower', []):
+                if isinstance(lower, str):
+                    with open(rr.path(node['target'] + '/' + marker_name(lower)), encoding='utf-8') as handle:
+                        assert handle.read() == lower
+
+
+# --- systemd units ----------------------------------------------------------------------------------------
+
+def test_units_pass_verify_and_systemd_reads_them_as_meant(release_root):
+    rr = release_root
+    nbd = {'type': 'file', 'source': '/srv/images/base "x" $y.qcow2', 'driver': 'nbd', 'format': 'qcow2',
+           'target': '/srv/base'}
+    fuse = {'type': 'file', 'source': '/srv/images/f,1.qcow2', 'driver': 'fuse', 'format': 'qcow2', 'target': '/srv/fused'}
+    with_images = overlay('/srv/ct1/rootfs', [nbd, fuse, '/srv/plain'], '/srv/ct1/u', '/srv/ct1/w')
+    trees = systemd_trees() + [with_images]
+    result = rendered([item(tree) for tree in trees] + [item(overlay('/srv/optional', ['/srv/o1', '/srv/o2']), nofail=True)],
+                      devices={'/srv/base': '/dev/nbd7'})
+    install(rr, result)
+    nbd_service, = [name for name in os.listdir(rr.path(SYSTEMD_UNIT_DIR)) if name.startswith('containerhost-overlayfs-nbd@')
+                    and name.endswith('.d')]
+    nbd_service = nbd_service[:-2]
+    os.symlink(NBD_TEMPLATE, rr.path(SYSTEMD_UNIT_DIR + '/' + nbd_service))  # an instance, as systemd loads it
+    export_service = [name[:-2] for name in os.listdir(rr.path(SYSTEMD_UNIT_DIR))
+                      if name.startswith('containerhost-overlayfs-export@') and name.endswith('.d')][0]
+    os.symlink('containerhost-overlayfs-export@.service', rr.path(SYSTEMD_UNIT_DIR + '/' + export_service))
+    units = result['units'] + [nbd_service, export_service]
+    assert_verify_clean(rr, units)
+    dump = dump_of(rr, units)
+
+    for name in result['units']:
         seen = dump[name]
-        where = unescape_specifiers(setting(text, 'Where')[0])
-        # The name systemd wants for this Where= (it refuses a unit whose name does not match).
-        assert name == systemd_escape(where) == unit_name_for_path(where, 'mount')
-        assert seen['Where'] == [where]
-        assert seen['What'] == [unescape_specifiers(setting(text, 'What')[0])]
-        assert seen['Options'] == [unescape_specifiers(setting(text, 'Options')[0])]
         assert seen['Unit Load State'] == ['loaded']
-    top_name = unit_name_for_path(host.path(HOSTILE['target']), 'mount')
-    top = dump[top_name]
-    layers = [host.path('inner'), host.path('tools'), host.path('base'), host.path('bound'), host.path('blk'),
-              host.path('plain'), host.path('u'), host.path('w')]
+        # The name systemd wants for this Where= (it refuses a unit whose name does not match).
+        assert rr.check(['systemd-escape', '--path', '--suffix=mount', '--', seen['Where'][0]]).strip() == name
+        assert name == unit_name_for_path(seen['Where'][0], 'mount')
+    top = dump[unit_name_for_path('/srv/merged 100% #1=\u00e9', 'mount')]
+    assert top['What'] == [spec_file('/srv/merged 100% #1=\u00e9')]
+    assert top['File System Type'] == ['overlay.containerhost']
+    layers = ['/srv/inner', '/srv/tools', '/srv/bound'] + AWKWARD[3:] + ['/srv/u p', '/srv/w,k', boot.HELPER_LIB]
     assert set(layers) <= set(top['RequiresMountsFor'])
-    assert top['Options'] == ['lowerdir=%s,upperdir=%s,workdir=%s,index=off,xino=auto' % (
-        ':'.join(layers[:6]), host.path('u'), host.path('w'))]
-    # RequiresMountsFor= becomes Requires= and After= on the mount units of the layers this render mounts.
-    for layer in ('inner', 'tools', 'base', 'bound', 'blk'):
-        layer_unit = unit_name_for_path(host.path(layer), 'mount')
-        assert layer_unit in top['Requires'] and layer_unit in top['After']
-    inner = dump[unit_name_for_path(host.path('inner'), 'mount')]
-    assert host.path(HOSTILE['lower']) in inner['RequiresMountsFor']
-    assert inner['Options'] == ['lowerdir=%s:%s,upperdir=%s,workdir=%s' % (
-        host.path(HOSTILE['lower']).replace(':', '\\:'), host.path('i2'), host.path('iu'), host.path('iw'))]
-    tools = dump[unit_name_for_path(host.path('tools'), 'mount')]
-    assert tools['What'] == [host.path(HOSTILE['image'])] and tools['Options'] == ['loop,ro']
-    assert host.path(HOSTILE['image']) in tools['RequiresMountsFor']
-    bound = dump[unit_name_for_path(host.path('bound'), 'mount')]
-    assert bound['What'] == [host.path(HOSTILE['bind_source'])] and bound['Options'] == ['bind']
-    base = dump[unit_name_for_path(host.path('base'), 'mount')]
-    assert base['What'] == ['/dev/nbd7'] and base['Options'] == ['ro']
-    assert 'containerhost-overlayfs-nbd@nbd7.service' in base['Requires']
-    assert 'containerhost-overlayfs-nbd@nbd7.service' in base['After']
+    for layer in ('/srv/inner', '/srv/tools', '/srv/bound'):  # RequiresMountsFor= is Requires= and After= on these
+        assert unit_name_for_path(layer, 'mount') in top['Requires'] and unit_name_for_path(layer, 'mount') in top['After']
+    assert set(AWKWARD[:3]) <= set(dump[unit_name_for_path('/srv/inner', 'mount')]['RequiresMountsFor'])
+    tools = dump[unit_name_for_path('/srv/tools', 'mount')]
+    assert tools['What'] == ['/srv/images/tools 50%.raw'] and tools['Options'] == ['loop,ro']
+    assert dump[unit_name_for_path('/srv/bound', 'mount')]['What'] == ['/srv/src,with\\comma']
+    base = dump[unit_name_for_path('/srv/base', 'mount')]
+    assert base['What'] == ['/dev/nbd7'] and nbd_service in base['Requires'] and nbd_service in base['After']
     assert 'dev-nbd7.device' in base['After']  # systemd waits for the device (udev: ready once connected)
-    # A nofail mount is not ordered before local-fs.target (and [Install] only wants it: see the enable test).
-    optional = dump[unit_name_for_path(host.path('optional'), 'mount')]
-    assert optional['Options'] == ['lowerdir=%s:%s,ro,nofail' % (host.path('o1'), host.path('o2'))]
-    assert 'local-fs.target' not in optional.get('Before', [])
+    fused = dump[unit_name_for_path('/srv/fused', 'mount')]
+    assert fused['Options'] == ['loop,ro'] and export_service in fused['Requires']
+    # A nofail mount is not ordered before local-fs.target.
+    assert 'local-fs.target' not in dump[unit_name_for_path('/srv/optional', 'mount')].get('Before', [])
     assert 'local-fs.target' in top['Before']
 
-    service = dump['containerhost-overlayfs-nbd@nbd7.service']
-    image = host.path('images/base "x" $y `z` \\w.qcow2')
-    assert image in service['RequiresMountsFor']  # from the drop-in
-    assert service['Type'] == ['forking']
-    assert service['PIDFile'] == ['/run/containerhost-overlayfs-nbd7.pid']
-    assert service['EnvironmentFile'] == ['/etc/containerhost-overlayfs/nbd/nbd7.env']
-    assert service['Command Line'] == [
-        '%s "--format=\\${FORMAT}" "\\$READONLY" --connect=/dev/nbd7 --pid-file=/run/containerhost-overlayfs-nbd7.pid '
-        '-- "\\${IMAGE}"' % QEMU_NBD,
-        '%s --disconnect /dev/nbd7' % QEMU_NBD]
-    assert 'modprobe@nbd.service' in service['Requires'] and 'modprobe@nbd.service' in service['After']
-    assert 'sysinit.target' not in service.get('After', [])  # DefaultDependencies=no: see the cycle test
-    assert unit_name_for_path(host.path('base'), 'mount') in service['Before']
+    service = dump[nbd_service]
+    assert '/srv/images/base "x" $y.qcow2' in service['RequiresMountsFor']  # from the drop-in
+    assert service['Type'] == ['forking'] and service['PIDFile'] == ['/run/containerhost-overlayfs-nbd7.pid']
+    assert 'modprobe@nbd.service' in service['Requires'] and 'sysinit.target' not in service.get('After', [])
+    export = dump[export_service]
+    assert export['Type'] == ['oneshot'] and '/srv/images/f,1.qcow2' in export['RequiresMountsFor']
+    assert [line.split(' ', 2)[:2] for line in export['Command Line']] == [
+        [boot.EXPORT_HELPER, 'start'], [boot.EXPORT_HELPER, 'stop']]
+
+    # systemctl enable (done by persistence_files): required, or wanted when nofail.
+    assert os.path.islink(rr.path(SYSTEMD_UNIT_DIR + '/local-fs.target.requires/' + result['units'][0]))
+    assert os.path.islink(rr.path(SYSTEMD_UNIT_DIR + '/local-fs.target.wants/srv-optional.mount'))
 
 
-def test_verify_sees_the_cycle_default_dependencies_would_make(host):
+def test_units_mount_with_the_releases_mount_and_the_helper_and_not_twice(release_root):
+    """What systemd does at boot, unit by unit in their order: mount(8) runs the helper for the overlays. The
+    overlays' layers include a lowerdir of 485 bytes, which mount(8) of Debian 13 cannot pass as an option."""
+    rr = release_root
+    trees = systemd_trees()
+    prepare_layers(rr, trees)
+    result = rendered([item(tree) for tree in trees])
+    install(rr, result)
+    dump = dump_of(rr, result['units'])
+    for name in result['units']:
+        mount_as_systemd_does(rr, dump[name])
+    assert_mounted_as_the_trees_say(rr, trees)
+    assert sorted(os.listdir(rr.path('/srv/merged 100% #1=\u00e9'))) == sorted(
+        ['from-bind', 'from-image', 'lost+found'] + [marker_name(path) for path in AWKWARD])
+    before = sorted((entry.mount_id, path) for path, entry in mounts_in(rr).items())
+    for name in result['units']:  # started again (mount -a, a restart): nothing is stacked
+        if dump[name]['File System Type'] == ['overlay.containerhost']:
+            mount_as_systemd_does(rr, dump[name])
+    assert sorted((entry.mount_id, path) for path, entry in mounts_in(rr).items()) == before
+    if rr.release == 'trixie':
+        storage = ':'.join(STORAGE % number for number in range(1, 6))
+        refused = rr.run(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s,upperdir=/srv/storage/u,workdir='
+                          '/srv/storage/w' % storage, '/srv/inner'])
+        assert refused.returncode == 32, refused.stderr  # why the helper: fsconfig(2) stops at 255 bytes
+
+
+def test_five_hundred_layers_past_a_page_come_back_through_the_helper(release_root):
+    rr = release_root
+    lowers = ['/srv/layers/%03d-%s' % (number, 'x' * 20) for number in range(500)]
+    for path in lowers:
+        make_dirs(rr, path)
+    mark(rr, lowers[499] + '/bottom', 'bottom')
+    make_dirs(rr, '/srv/many', '/srv/mu', '/srv/mw')
+    result = rendered([item(overlay('/srv/many', lowers, '/srv/mu', '/srv/mw'))])
+    install(rr, result)
+    mount_as_systemd_does(rr, dump_of(rr, result['units'])['srv-many.mount'])
+    entry = mounts_in(rr)['/srv/many']
+    assert entry.overlay_layers()[0] == lowers
+    assert 'lowerdir+' in entry.super_options  # fsconfig(2), one layer at a time
+    with open(rr.path('/srv/many/bottom')) as handle:
+        assert handle.read() == 'bottom'
+
+
+@pytest.mark.parametrize('policy', ['fail', 'discard'])
+def test_the_helper_follows_the_volatile_choice(release_root, policy):
+    rr = release_root
+    make_dirs(rr, '/srv/v/l1', '/srv/v/l2', '/srv/v/u', volatile_marker('/srv/v/w'), '/srv/v/m')
+    mark(rr, volatile_marker('/srv/v/w') + '/dirty', '')  # as the kernel leaves it
+    result = rendered([item(overlay('/srv/v/m', ['/srv/v/l1', '/srv/v/l2'], '/srv/v/u', '/srv/v/w',
+                                    options={'volatile': True}))], settings={'on_volatile_marker': policy})
+    install(rr, result)
+    completed = rr.run(['mount', spec_file('/srv/v/m'), '/srv/v/m', '-t', boot.FSTYPE])
+    if policy == 'fail':
+        assert completed.returncode == 32
+        assert 'not mounting /srv/v/m: work dir /srv/v/w holds work/incompat/volatile' in completed.stderr
+        assert 'even after a clean reboot' in completed.stderr
+        assert '/srv/v/m' not in mounts_in(rr)
+    else:
+        assert completed.returncode == 0, completed.stderr
+        assert 'discarded the volatile marker' in completed.stderr
+        assert mounts_in(rr)['/srv/v/m'].fstype == 'overlay'
+
+
+def test_verify_sees_the_cycle_default_dependencies_would_make(release_root):
     """Why the attach service has DefaultDependencies=no: without it, verify finds an ordering cycle."""
-    require('systemd-analyze', QEMU_NBD)
-    tree = overlay(host.path('merged'), [{'type': 'file', 'source': host.path('b.qcow2'), 'driver': 'nbd',
-                                          'format': 'qcow2', 'target': host.path('base')}, host.path('l2')])
-    result = render([{'tree': canonical(tree), 'devices': {host.path('base'): '/dev/nbd0'}}])
-    result['units'][NBD_TEMPLATE] = result['units'][NBD_TEMPLATE].replace('DefaultDependencies=no\n', '')
-    paths = write_units(host.path('units'), result)
-    completed = verify([p for p in paths if p.endswith('.mount')])
+    rr = release_root
+    tree = overlay('/srv/merged', [{'type': 'file', 'source': '/srv/b.qcow2', 'driver': 'nbd', 'format': 'qcow2',
+                                    'target': '/srv/base'}, '/srv/l2'])
+    result = rendered([item(tree)], devices={'/srv/base': '/dev/nbd0'})
+    template = SYSTEMD_UNIT_DIR + '/' + NBD_TEMPLATE
+    result['files'][template] = result['files'][template].replace('DefaultDependencies=no\n', '')
+    install(rr, result)
+    completed = verify(rr, result['units'])
     assert 'Found ordering cycle' in completed.stderr and 'containerhost-overlayfs-nbd@nbd0.service' in completed.stderr
 
 
-def test_verify_refuses_a_unit_named_for_another_path(host):
+def test_verify_refuses_a_unit_named_for_another_path(release_root):
     """The oracle catches a wrong unit name (so the clean runs above mean the names are right)."""
-    require('systemd-analyze')
-    result = render([canonical(overlay(host.path('m x'), [host.path('a'), host.path('b')]))])
-    assert len(result['units']) == 1
-    name, text = next(iter(result['units'].items()))
-    wrong = os.path.join(host.path('units'), name.replace('\\x20', '-'))
-    os.makedirs(os.path.dirname(wrong))
-    with open(wrong, 'w') as handle:
-        handle.write(text)
-    completed = verify([wrong])
-    assert completed.returncode != 0
-    assert "Where= setting doesn't match unit name" in completed.stderr
+    rr = release_root
+    mark(rr, SYSTEMD_UNIT_DIR + '/srv-m-x.mount', '[Mount]\nWhat=/srv/a\nWhere=/srv/m x\nOptions=bind\n')
+    completed = verify(rr, ['srv-m-x.mount'])
+    assert completed.returncode != 0 and "Where= setting doesn't match unit name" in completed.stderr
 
 
-@pytest.mark.parametrize('target', ['m\rx', 'm\nx', 'm x '])
-def test_verify_breaks_on_the_paths_render_refuses(host, target):
+@pytest.mark.parametrize('target', ['/srv/m\rx', '/srv/m\nx', '/srv/m x '])
+def test_verify_breaks_on_the_targets_render_refuses(release_root, target):
     """Why a line break anywhere, or trailing whitespace, is refused: written into a unit, systemd misreads it."""
-    require('systemd-analyze')
-    where = host.path(target)
-    name = unit_name_for_path(where, 'mount')
-    host.write('units/' + name, '[Mount]\nWhat=/srv/x\nWhere=%s\nOptions=bind\n' % where)
-    completed = verify([host.path('units/' + name)])
-    assert completed.returncode != 0
-    assert "Where= setting doesn't match unit name" in completed.stderr
-    with pytest.raises(Exception, match=r'line break|ends in whitespace'):
-        render([{'type': 'bind', 'source': host.path('s'), 'target': where}])
+    rr = release_root
+    name = unit_name_for_path(target, 'mount')
+    mark(rr, SYSTEMD_UNIT_DIR + '/' + name, '[Mount]\nWhat=/srv/x\nWhere=%s\nOptions=bind\n' % target)
+    completed = verify(rr, [name])
+    assert completed.returncode != 0 and "Where= setting doesn't match unit name" in completed.stderr
+    with pytest.raises(PersistenceError, match=r'line break|ends in whitespace'):
+        rendered([{'filesystem': {'type': 'bind', 'source': '/srv/s', 'target': target}}])
 
 
-def test_systemctl_enable_links_nofail_mounts_as_wanted_and_others_as_required(host):
-    require('systemctl')
-    result = render([{'tree': canonical(overlay(host.path('req'), [host.path('a'), host.path('b')]))},
-                     {'tree': canonical(overlay(host.path('opt'), [host.path('c'), host.path('d')])), 'nofail': True}])
-    root = host.path('sysroot')
-    write_units(root + SYSTEMD_UNIT_DIR, result)
-    names = list(result['units'])
-    completed = subprocess.run(['systemctl', '--root=' + root, 'enable'] + names, capture_output=True, text=True, check=False)
-    assert completed.returncode == 0, completed.stderr
-    required, optional = names
-    assert os.path.islink(os.path.join(root + SYSTEMD_UNIT_DIR, 'local-fs.target.requires', required))
-    assert os.path.islink(os.path.join(root + SYSTEMD_UNIT_DIR, 'local-fs.target.wants', optional))
+# --- fstab ------------------------------------------------------------------------------------------------
+
+def generate(rr):
+    """Run the release's systemd-fstab-generator on the root's /etc/fstab; return its output dir (in the root)."""
+    os.makedirs(rr.path('/run/gen'))
+    rr.check([GENERATOR, '/run/gen', '/run/gen', '/run/gen'], SYSTEMD_FSTAB='/etc/fstab', SYSTEMD_PROC_CMDLINE='',
+             SYSTEMD_IN_INITRD='0', SYSTEMD_LOG_LEVEL='notice')
+    return '/run/gen'
 
 
-def test_nbd_environment_file_reads_back_exactly(host):
-    """The file is written in the double-quoted form whose escapes systemd's env file parser shares with sh."""
-    require('sh')
-    image = host.path('im ages/a "b" $HOME `id` \\n \\\\ \'c\' %i.qcow2')
-    tree = {'type': 'file', 'source': image, 'driver': 'nbd', 'format': 'vmdk', 'target': host.path('disk')}
-    result = render([{'tree': canonical(tree), 'devices': {host.path('disk'): '/dev/nbd12'}}])
-    text = result['files']['/etc/containerhost-overlayfs/nbd/nbd12.env']
-    assert text.startswith(MARKER + '\n')
-    host.write('nbd12.env', text)
-    completed = subprocess.run(['sh', '-c', 'set -a; . "$1"; printf "%s\\0" "$IMAGE" "$FORMAT" "$READONLY"', 'sh',
-                                host.path('nbd12.env')], capture_output=True, text=True, check=True)
-    assert completed.stdout.split('\0')[:3] == [image, 'vmdk', '']
+def fstab_trees():
+    """What fstab persistence carries: awkward paths in targets, sources and images, the ordering paths plain."""
+    inner = overlay('/srv/inner', ['/srv/c:d', '/srv/e%f', '/srv/\u00e9=1'], '/srv/iu', '/srv/iw')
+    loop = {'type': 'file', 'source': '/srv/img 1,\\x.raw', 'format': 'raw', 'target': '/srv/tools'}
+    top = overlay('/srv/merged two,%', [inner, loop, '/srv/plain'], '/srv/u', '/srv/w', options={'index': 'on'})
+    storage = overlay('/srv/storage/merged', [STORAGE % number for number in range(1, 6)], '/srv/storage/u',
+                      '/srv/storage/w')
+    bind = {'type': 'bind', 'source': '/srv/src 2', 'target': '/srv/bound%', 'readonly': True}
+    return [top, storage, bind]
 
 
-# --- fstab ----------------------------------------------------------------------------------------------
-
-def generate(host, lines):
-    """Run systemd-fstab-generator on the lines; return (output dir, its stderr)."""
-    fstab = host.path('gen/fstab')
-    host.write('gen/fstab', '\n'.join(lines) + '\n')
-    out = host.path('gen/out')
-    os.makedirs(out)
-    env = dict(os.environ, SYSTEMD_FSTAB=fstab, SYSTEMD_PROC_CMDLINE='', SYSTEMD_IN_INITRD='0', SYSTEMD_LOG_LEVEL='notice')
-    completed = subprocess.run([GENERATOR, out, out, out], capture_output=True, text=True, env=env, check=False)
-    assert completed.returncode == 0, completed.stderr
-    return out, completed.stderr
-
-
-def test_fstab_lines_through_systemd_fstab_generator_give_the_units_we_mean(host):
-    require(GENERATOR, 'systemd-analyze', QEMU_NBD)
-    path = host.path
-    inner = overlay(path('inner'), [path('c:d'), path('e%f')], path('iu'), path('iw'))
-    loop_layer = {'type': 'file', 'source': path('img 1.raw'), 'format': 'raw', 'target': path('tools')}
-    nbd_layer = {'type': 'file', 'source': path('b.qcow2'), 'driver': 'nbd', 'format': 'qcow2', 'target': path('base')}
-    top = overlay(path('merged two'), [inner, loop_layer, nbd_layer, path('plain')], path('u'), path('w'))
-    bind = {'type': 'bind', 'source': path('src 2'), 'target': path('bound%'), 'readonly': True}
-    result = render([{'tree': canonical(top), 'devices': {path('base'): '/dev/nbd2'}},
-                     {'tree': canonical(bind), 'nofail': True}], {'persistence': 'fstab'})
-    out, _stderr = generate(host, result['fstab'])
-    by_target = {}
-    for raw in [canonical(top), canonical(bind)]:
-        for node in parse_filesystems([raw])[0].walk():
-            if node.kind != 'dir':
-                by_target[node.target] = node
-    generated = sorted(name for name in os.listdir(out) if name.endswith('.mount'))
-    assert generated == sorted(unit_name_for_path(target, 'mount') for target in by_target)
-    # The attach service the fstab line requires is ours (a unit), with its drop-in.
-    write_units(out, {'units': result['units'], 'files': result['files']})
-    paths = [os.path.join(out, name) for name in generated]
-    assert_verify_clean(paths, generated)
-    dump = dump_of(paths)
-    merged = dump[unit_name_for_path(path('merged two'), 'mount')]
-    assert merged['Where'] == [path('merged two')]
-    layers = [path('inner'), path('tools'), path('base'), path('plain'), path('u'), path('w')]
-    assert set(layers) <= set(merged['RequiresMountsFor'])
-    assert merged['Options'][0].startswith('lowerdir=%s,upperdir=%s,workdir=%s,x-systemd.requires-mounts-for=' % (
-        ':'.join(layers[:4]), path('u'), path('w')))
-    for layer in ('inner', 'tools', 'base'):
-        assert unit_name_for_path(path(layer), 'mount') in merged['Requires']
-    inner_unit = dump[unit_name_for_path(path('inner'), 'mount')]
-    # The ':' escape survives libmount's unmangling and the generator's option filter; '%' is escaped by it.
-    assert inner_unit['Options'][0].startswith('lowerdir=%s:%s,' % (path('c:d').replace(':', '\\:'), path('e%f')))
-    assert {path('c:d'), path('e%f')} <= set(inner_unit['RequiresMountsFor'])
-    tools = dump[unit_name_for_path(path('tools'), 'mount')]
-    assert tools['What'] == [path('img 1.raw')] and tools['Options'] == ['loop,ro']
-    assert path('img 1.raw') in tools['RequiresMountsFor']  # systemd's own, from What=
-    base = dump[unit_name_for_path(path('base'), 'mount')]
-    assert base['What'] == ['/dev/nbd2']
-    assert 'containerhost-overlayfs-nbd@nbd2.service' in base['Requires']
-    assert 'containerhost-overlayfs-nbd@nbd2.service' in base['After']
-    bound_name = unit_name_for_path(path('bound%'), 'mount')
-    assert dump[bound_name]['What'] == [path('src 2')] and dump[bound_name]['Where'] == [path('bound%')]
-    # nofail: wanted by local-fs.target, not required (the same layout systemctl enable makes of our units).
-    assert os.path.islink(os.path.join(out, 'local-fs.target.wants', bound_name))
-    assert os.path.islink(os.path.join(out, 'local-fs.target.requires', unit_name_for_path(path('merged two'), 'mount')))
+def test_fstab_lines_through_the_generator_give_the_units_we_mean(release_root):
+    rr = release_root
+    nbd = {'type': 'file', 'source': '/srv/b.qcow2', 'driver': 'nbd', 'format': 'qcow2', 'target': '/srv/base'}
+    trees = fstab_trees() + [overlay('/srv/ct/rootfs', [nbd, '/srv/l'], '/srv/ct/u', '/srv/ct/w')]
+    result = rendered([item(tree, persistence='fstab') for tree in trees[:2]] +
+                      [item(trees[2], persistence='fstab', nofail=True), item(trees[3], persistence='fstab')],
+                      devices={'/srv/base': '/dev/nbd2'})
+    assert result['units'] == []
+    install(rr, result)
+    completed = rr.run(['findmnt', '--verify', '--verbose', '--tab-file', '/etc/fstab'])
+    assert '0 parse errors' in completed.stdout + completed.stderr, completed.stdout + completed.stderr
+    out = generate(rr)
+    generated = sorted(name for name in os.listdir(rr.path(out)) if name.endswith('.mount') and name != '-.mount')
+    targets = [node['target'] for tree in trees for node in _walk(canonical(tree)) if isinstance(node, dict)]
+    assert generated == sorted(unit_name_for_path(target, 'mount') for target in targets)
+    for name in generated:  # next to our attach service and its drop-in, as systemd would load them
+        shutil.move(rr.path(out + '/' + name), rr.path(SYSTEMD_UNIT_DIR + '/' + name))
+    assert_verify_clean(rr, generated)
+    dump = dump_of(rr, generated)
+    top = dump[unit_name_for_path('/srv/merged two,%', 'mount')]
+    assert top['Where'] == ['/srv/merged two,%'] and top['What'] == [spec_file('/srv/merged two,%')]
+    assert top['File System Type'] == ['overlay.containerhost']
+    assert {'/srv/inner', '/srv/tools', '/srv/plain', '/srv/u', '/srv/w', boot.HELPER_LIB} <= set(top['RequiresMountsFor'])
+    assert {'/srv/c:d', '/srv/e%f', '/srv/\u00e9=1'} <= set(dump[unit_name_for_path('/srv/inner', 'mount')]['RequiresMountsFor'])
+    for layer in ('/srv/inner', '/srv/tools'):
+        assert unit_name_for_path(layer, 'mount') in top['Requires']
+    tools = dump[unit_name_for_path('/srv/tools', 'mount')]
+    assert tools['What'] == ['/srv/img 1,\\x.raw'] and tools['Options'][0].startswith('loop,ro')
+    base = dump[unit_name_for_path('/srv/base', 'mount')]
+    assert base['What'] == ['/dev/nbd2'] and 'containerhost-overlayfs-nbd@nbd2.service' in base['Requires']
+    bound = dump[unit_name_for_path('/srv/bound%', 'mount')]
+    assert bound['What'] == ['/srv/src 2'] and bound['Where'] == ['/srv/bound%']
+    assert os.path.islink(rr.path(out + '/local-fs.target.wants/' + unit_name_for_path('/srv/bound%', 'mount')))
+    assert os.path.islink(rr.path(out + '/local-fs.target.requires/' + unit_name_for_path('/srv/merged two,%', 'mount')))
 
 
-def test_generator_splits_requires_mounts_for_paths_with_whitespace(host):
-    """Why fstab persistence refuses whitespace in layer paths: the generator writes them unquoted."""
-    require(GENERATOR)
-    out, _stderr = generate(host, ['overlay %s overlay lowerdir=%s:%s,x-systemd.requires-mounts-for=%s 0 0' % (
-        host.path('m'), host.path('a\\040b'), host.path('c'), host.path('a\\040b'))])
-    with open(os.path.join(out, unit_name_for_path(host.path('m'), 'mount'))) as handle:
-        text = handle.read()
-    assert 'RequiresMountsFor=%s\n' % host.path('a b') in text  # two words for systemd: the path and 'b'
-    with pytest.raises(Exception, match=r'holds whitespace'):
-        render([canonical(overlay(host.path('m'), [host.path('a b'), host.path('c')]))], {'persistence': 'fstab'})
-
-
-def test_generator_consumes_a_level_of_backslashes_in_options(host):
-    """Why layer paths with a backslash are refused: '\\\\' in an fstab option reaches the unit as '\\'."""
-    require(GENERATOR)
-    out, _stderr = generate(host, ['overlay %s overlay lowerdir=%s:%s 0 0' % (
-        host.path('m'), host.path('a\\134\\134b'), host.path('c'))])
-    with open(os.path.join(out, unit_name_for_path(host.path('m'), 'mount'))) as handle:
-        text = handle.read()
-    assert 'Options=lowerdir=%s:%s\n' % (host.path('a\\b'), host.path('c')) in text
-
-
-def make_image(host, name, files):
-    """A raw ext4 image holding files, made by mkfs.ext4 -d."""
-    content = host.path(name + '.d')
-    for relative, data in files.items():
-        host.write(os.path.join(name + '.d', relative), data)
-    subprocess.run(['mkfs.ext4', '-q', '-d', content, host.path(name), '8M'], check=True, capture_output=True)
-    return host.path(name)
-
-
-def test_fstab_lines_pass_findmnt_verify_and_mount_a_brings_the_trees_up_in_order(host):
-    require('findmnt', 'mount', 'mkfs.ext4')
-    path = host.path
-    host.make_dirs('iu', 'iw', 'u', 'w', 'u2', 'w2', 'inner', 'tools', 'merged 1', 'flat%', 'bound',
-                   **{'i:1/from-inner-lower': 'i1', 'i2/from-inner-lower2': 'i2', 'plain/from-plain': 'p',
-                      'l1/from-l1': 'l1', 'l2/from-l2': 'l2', 'src dir/from-bind': 'b'})
-    image = make_image(host, 'tools img.raw', {'from-image': 'img'})
-    inner = overlay(path('inner'), [path('i:1'), path('i2')], path('iu'), path('iw'))
-    loop_layer = {'type': 'file', 'source': image, 'format': 'raw', 'target': path('tools')}
-    nested = overlay(path('merged 1'), [inner, loop_layer, path('plain')], path('u'), path('w'))
-    flat = overlay(path('flat%'), [path('l1'), path('l2')], path('u2'), path('w2'), options={'index': 'on'})
-    bind = {'type': 'bind', 'source': path('src dir'), 'target': path('bound'), 'readonly': True}
-    result = render([{'tree': canonical(nested)}, {'tree': canonical(flat), 'nofail': True}, {'tree': canonical(bind)}],
-                    {'persistence': 'fstab'})
-    assert result['units'] == {} and result['files'] == {}
-    assert [line.split()[1] for line in result['fstab']] == [
-        path('inner'), path('tools'), path('merged\\0401'), path('flat%'), path('bound')]
-    host.write('fstab', '\n'.join(result['fstab']) + '\n')
-
-    completed = subprocess.run(['findmnt', '--verify', '--verbose', '--tab-file', path('fstab')],
-                               capture_output=True, text=True, check=False)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert '0 parse errors, 0 errors' in completed.stdout + completed.stderr
-
-    completed = subprocess.run(['mount', '-a', '-v', '-T', path('fstab')], capture_output=True, text=True, check=False)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    mounts = {entry.mountpoint: entry for entry in mounts_under(host.root)}
-    assert sorted(mounts) == sorted([path('inner'), path('tools'), path('merged 1'), path('flat%'), path('bound')])
-    assert mounts[path('inner')].overlay_layers() == ([path('i:1'), path('i2')], path('iu'), path('iw'))
-    assert mounts[path('tools')].fstype == 'ext4' and mounts[path('tools')].readonly
-    assert mounts[path('merged 1')].overlay_layers() == ([path('inner'), path('tools'), path('plain')], path('u'), path('w'))
-    assert mounts[path('flat%')].overlay_layers() == ([path('l1'), path('l2')], path('u2'), path('w2'))
-    assert mounts[path('flat%')].super_options.get('index') == 'on'
-    assert 'x-systemd.requires-mounts-for' not in str(mounts[path('flat%')].super_options)  # stripped by libmount
-    assert mounts[path('bound')].readonly
-    # In the order that works: what a tree stands on was mounted before it (mount ids grow).
-    order = [mounts[p].mount_id for p in (path('inner'), path('tools'), path('merged 1'))]
+def test_mount_a_brings_the_fstab_trees_up_in_order_and_only_once(release_root):
+    rr = release_root
+    trees = fstab_trees()
+    prepare_layers(rr, trees)
+    install(rr, rendered([item(tree, persistence='fstab') for tree in trees]))
+    for _attempt in range(2):
+        rr.check(['mount', '-a', '-v'])
+    assert_mounted_as_the_trees_say(rr, trees)
+    mounts = mounts_in(rr)
+    assert sorted(mounts) == sorted(['/srv/inner', '/srv/tools', '/srv/merged two,%', '/srv/storage/merged',
+                                     '/srv/bound%'])  # once each: the second mount -a stacked nothing
+    assert mounts['/srv/bound%'].readonly and mounts['/srv/tools'].readonly
+    assert 'x-systemd.requires-mounts-for' not in str(mounts['/srv/merged two,%'].super_options)
+    order = [mounts[path].mount_id for path in ('/srv/inner', '/srv/tools', '/srv/merged two,%')]
     assert order == sorted(order)
-    assert sorted(os.listdir(path('merged 1'))) == ['from-image', 'from-inner-lower', 'from-inner-lower2', 'from-plain',
-                                                    'lost+found']
-    assert os.listdir(path('bound')) == ['from-bind']
+
+
+@pytest.mark.parametrize('path, refusal', [
+    ('/srv/a b', r'holds whitespace'),  # two words for systemd, '/srv/a' and 'b' (which it drops)
+    ('/srv/a\\b', r'holds a backslash'),  # a level of backslashes consumed
+    ('/srv/"q"', r'holds a quote'),  # quotes taken as quoting
+])
+def test_why_fstab_cannot_order_on_some_paths(release_root, path, refusal):
+    """Written as the renderer writes any fstab option, the path is not the one systemd orders on."""
+    rr = release_root
+    mark(rr, '/etc/fstab', '/srv/s /srv/m none %s 0 0\n' % fstab_field('bind,x-systemd.requires-mounts-for=' + path))
+    out = generate(rr)
+    shutil.move(rr.path(out + '/srv-m.mount'), rr.path(SYSTEMD_UNIT_DIR + '/srv-m.mount'))
+    seen = dump_of(rr, ['srv-m.mount'])['srv-m.mount']['RequiresMountsFor']
+    assert path not in seen and '/srv/s' in seen, seen
+    with pytest.raises(PersistenceError, match=refusal):
+        rendered([item(overlay('/srv/merged', [path, '/srv/l2']), persistence='fstab')])
+
+
+def test_the_nbd_environment_file_reads_back_exactly(release_root):
+    """The file is written in the double-quoted form whose escapes systemd's env file parser shares with sh."""
+    rr = release_root
+    image = '/srv/im ages/a "b" $HOME `id` \\n \\\\ \'c\' %i.qcow2'
+    tree = {'type': 'file', 'source': image, 'driver': 'nbd', 'format': 'vmdk', 'target': '/srv/disk'}
+    result = rendered([{'filesystem': tree}], devices={'/srv/disk': '/dev/nbd12'})
+    install(rr, result)
+    out = rr.check(['sh', '-c', 'set -a; . /etc/containerhost-overlayfs/nbd/nbd12.env; '
+                    'printf "%s\\0" "$IMAGE" "$FORMAT" "$READONLY"'])
+    assert out.split('\0')[:3] == [image, 'vmdk', '']
+
+
+def test_the_spec_is_what_the_helper_reads(release_root):
+    rr = release_root
+    result = rendered([item(overlay('/srv/m', AWKWARD, '/srv/u', '/srv/w'))])
+    install(rr, result)
+    with open(rr.path(spec_file('/srv/m')), encoding='utf-8') as handle:
+        text = handle.read()
+    assert text.startswith(MARKER + '\n')
+    assert json.loads(text.split('\n', 2)[2])['lowers'] == AWKWARD

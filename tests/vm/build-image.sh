@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the cached base image of the Debian bookworm test VM (see docs/testing-vm.md).
+# Builds the cached base image of a Debian test VM (see docs/testing-vm.md): bookworm (Debian 12) or
+# trixie (Debian 13).
 #
-#   tests/vm/build-image.sh            build unless a complete image for this recipe is cached
-#   tests/vm/build-image.sh --force    rebuild even when it is
+#   tests/vm/build-image.sh [RELEASE]            build unless a complete image for this recipe is cached
+#   tests/vm/build-image.sh --force [RELEASE]    rebuild even when it is
 #
-# Result, in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/image/:
+# RELEASE is bookworm (the default) or trixie. Result, in
+# ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE/image/:
 #   base.img       sparse 4 GB raw disk, one ext4 filesystem (no partition table), the guest's /
 #   vmlinuz        the guest's kernel (linux-image-cloud-amd64), booted with qemu -kernel
 #   initrd.img     its initramfs (virtio_blk, ext4 etc. are modules in the cloud kernel)
@@ -12,34 +14,43 @@
 #   stamp          sha256 of this script: a changed recipe means a rebuild
 #
 # The image is built in a temporary directory next to image/ and renamed into place at the very end,
-# so an interrupted build never leaves something that looks complete. Runs as root; installs the host
-# packages it needs with apt-get. The Debian mirror is the one this machine's apt sources name
+# so an interrupted build never leaves something that looks complete. Builds of the two releases may run
+# at the same time (each has its own lock). Runs as root; installs the host packages it needs with
+# apt-get. The Debian mirror is the one this machine's apt sources name for its own release
 # (OVERLAYFS_VM_MIRROR overrides it).
 set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
-CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}
-IMAGE_DIR=$CACHE/image
-SUITE=bookworm
+RELEASES=(bookworm trixie)
 IMAGE_SIZE=4G
 HOST_PACKAGES=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux)
-# What the guest gets besides debootstrap's minbase. dbus: without it SSH sessions print "Failed to connect
+# What debootstrap gives the guest besides its minbase. dbus: without it SSH sessions print "Failed to connect
 # to bus"; openssh-sftp-server: ansible's and scp's file transfers; qemu-utils, fuse3, kmod: qcow2 over nbd;
 # zstd: a zstd-compressed initramfs (instead of gzip), quicker to unpack under TCG.
 GUEST_PACKAGES=(systemd-sysv udev kmod dbus python3 openssh-server openssh-sftp-server qemu-utils fuse3
   initramfs-tools zstd iproute2 procps netbase util-linux e2fsprogs)
+# Installed with apt in the chroot afterwards, with the kernel (their maintainer scripts need more than
+# debootstrap's second stage gives: polkitd, for one, fails there). qemu-system-common: qemu-storage-daemon,
+# for image layers through a FUSE export; libvirt-*, busybox-static: a libvirt LXC container on a tree.
+APT_PACKAGES=(qemu-system-common libvirt-daemon-system libvirt-daemon-driver-lxc libvirt-clients busybox-static)
 GUEST_KERNEL=linux-image-cloud-amd64
 
 log() { printf '%s build-image: %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 force=false
-case "${1:-}" in
-  '') ;;
-  --force) force=true ;;
-  -h|--help) sed -n '2,/^set -euo/p' "$SCRIPT" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown argument: $1 (try --help)" ;;
-esac
+SUITE=bookworm
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=true ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$SCRIPT" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option: $arg (try --help)" ;;
+    *) [[ " ${RELEASES[*]} " == *" $arg "* ]] || die "unknown release: $arg (known: ${RELEASES[*]})"
+       SUITE=$arg ;;
+  esac
+done
+CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/$SUITE
+IMAGE_DIR=$CACHE/image
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, apt-get)"
 
@@ -62,13 +73,15 @@ install_host_packages() {
   rm -f "$apt_log"
 }
 
-# The first URI of an enabled `deb` source for $SUITE in this machine's apt sources (deb822 *.sources
-# files first, then the one-line format).
+# The first URI of an enabled `deb` source for this machine's own release in its apt sources (deb822
+# *.sources files first, then the one-line format). The same mirror serves the other release.
 apt_mirror() {
-  local f uri
+  local f uri suite
+  suite=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release)
+  [ -n "$suite" ] || return 1
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -r "$f" ] || continue
-    uri=$(awk -v suite="$SUITE" '
+    uri=$(awk -v suite="$suite" '
       BEGIN { RS = ""; FS = "\n" }
       {
         delete v
@@ -90,7 +103,7 @@ apt_mirror() {
   done
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
     [ -r "$f" ] || continue
-    uri=$(awk -v suite="$SUITE" '
+    uri=$(awk -v suite="$suite" '
       $1 == "deb" {
         i = 2
         if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
@@ -122,13 +135,13 @@ configure_guest() {
   printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
   chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
 
-  log "installing $GUEST_KERNEL in the guest (builds the initramfs)"
+  log "installing $GUEST_KERNEL (builds the initramfs) and ${APT_PACKAGES[*]} in the guest"
   printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$rootfs/etc/apt/sources.list"
   if ! { in_chroot "$rootfs" apt-get update -qq && \
-         in_chroot "$rootfs" apt-get install -y -qq --no-install-recommends "$GUEST_KERNEL"; } \
+         in_chroot "$rootfs" apt-get install -y -qq --no-install-recommends "$GUEST_KERNEL" "${APT_PACKAGES[@]}"; } \
        >"$rootfs/../kernel-install.log" 2>&1; then
     tail -n 30 "$rootfs/../kernel-install.log" >&2
-    die "installing $GUEST_KERNEL in the guest failed (log above)"
+    die "installing $GUEST_KERNEL and ${APT_PACKAGES[*]} in the guest failed (log above)"
   fi
   in_chroot "$rootfs" apt-get clean
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs/usr/sbin/policy-rc.d"
@@ -153,9 +166,13 @@ DHCP=ipv4
 EOF
   echo 'nameserver 10.0.2.3' >"$rootfs/etc/resolv.conf"
   in_chroot "$rootfs" systemctl enable --quiet systemd-networkd.service
-  # Nothing that wakes up by itself during a test run.
+  # Nothing that wakes up by itself during a test run; libvirt-guests (suspending domains at shutdown) makes every
+  # reboot slower and no test needs it.
   in_chroot "$rootfs" systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    e2scrub_reap.service fstrim.timer
+    e2scrub_reap.service fstrim.timer libvirt-guests.service
+  # libvirt stays installed but does not start at boot (every boot is slower with it under TCG); the LXC test
+  # enables it. Its sockets stay, so virsh still starts it on demand.
+  in_chroot "$rootfs" systemctl disable --quiet libvirtd.service virtlogd.service
 
   # root logs in with the generated key only.
   install -d -m 0700 "$rootfs/root/.ssh"
@@ -173,7 +190,7 @@ build() {
 
   mirror=${OVERLAYFS_VM_MIRROR:-}
   if [ -z "$mirror" ]; then
-    mirror=$(apt_mirror) || die "no 'deb' source for $SUITE in /etc/apt/sources.list{,.d/*}; set OVERLAYFS_VM_MIRROR"
+    mirror=$(apt_mirror) || die "no 'deb' source for this machine's release in /etc/apt/sources.list{,.d/*}; set OVERLAYFS_VM_MIRROR"
   fi
   log "building the $SUITE image in $tmp (mirror $mirror)"
   rootfs=$tmp/rootfs

@@ -3,11 +3,12 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Fixtures for tests that run in the Debian test VM (see docs/testing-vm.md).
+"""Fixtures for tests that run in the Debian test VMs (see docs/testing-vm.md).
 
-``vm`` is one TestVM for the whole session: the image is built first when the cache is not current
-(tests/vm/build-image.sh), the VM boots once, and it is killed and its overlay removed when the session
-ends, whatever the tests did.
+``vm`` is one TestVM per release for the whole session: every test that asks for it runs once on each
+release that ``--vm-release`` names (default: bookworm and trixie, Debian 12 and 13), grouped so that each
+release boots once. The image is built first when the cache is not current (tests/vm/build-image.sh), and
+the VM is killed and its overlay removed when the session ends, whatever the tests did.
 """
 
 from __future__ import annotations
@@ -21,25 +22,59 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from vm import TestVM, ensure_image  # noqa: E402  pylint: disable=wrong-import-position
+from vm import RELEASES, TestVM, ensure_image  # noqa: E402  pylint: disable=wrong-import-position
 
 _TIMINGS = {}
+_FAILED_STEPS = {}  # (module, release) -> the step that failed
+
+
+def pytest_addoption(parser):
+    parser.addoption('--vm-release', action='append', choices=RELEASES, default=[],
+                     help='a Debian release to run the VM tests on (repeatable; default: %s)' % ', '.join(RELEASES))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'incremental: the tests of a module are steps; a failed step skips the rest '
+                                       '(per release)')
+
+
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is not None and call.when == 'call' and item.get_closest_marker('incremental'):
+        _FAILED_STEPS.setdefault(_steps_of(item), item.name)
+
+
+def pytest_runtest_setup(item):
+    failed = _FAILED_STEPS.get(_steps_of(item))
+    if failed and item.get_closest_marker('incremental'):
+        pytest.skip('an earlier step failed: %s' % failed)
+
+
+def _steps_of(item):
+    """The sequence a step belongs to: its module, on one release."""
+    callspec = getattr(item, 'callspec', None)
+    return item.module.__name__, callspec.params.get('vm_release') if callspec else None
+
+
+def pytest_generate_tests(metafunc):
+    if 'vm_release' in metafunc.fixturenames:
+        releases = metafunc.config.getoption('vm_release') or list(RELEASES)
+        metafunc.parametrize('vm_release', releases, scope='session')
 
 
 @pytest.fixture(scope='session')
-def vm():
-    """The session's VM (a TestVM): run(), copy_to(), reboot(), inventory()."""
+def vm(vm_release):
+    """The session's VM of one release (a TestVM): run(), copy_to(), reboot(), reset(), inventory()."""
     if os.geteuid() != 0:
         pytest.fail('the VM tests run as root (debootstrap, chroot, qemu); run `make vm-test` as root')
     started = time.monotonic()
-    ensure_image()
-    _TIMINGS['image check/build'] = time.monotonic() - started
+    ensure_image(vm_release)
+    _TIMINGS['%s: image check/build' % vm_release] = time.monotonic() - started
     started = time.monotonic()
-    with TestVM() as machine:
-        _TIMINGS['first boot to SSH'] = time.monotonic() - started
+    with TestVM(vm_release) as machine:
+        _TIMINGS['%s: first boot to SSH' % vm_release] = time.monotonic() - started
         yield machine
-        _TIMINGS['boots (qemu start to SSH, s)'] = machine.boot_seconds
-        _TIMINGS['reboot() calls (reboot to SSH, s)'] = machine.reboot_seconds
+        _TIMINGS['%s: boots (qemu start to SSH, s)' % vm_release] = machine.boot_seconds
+        _TIMINGS['%s: reboot() calls (reboot to SSH, s)' % vm_release] = machine.reboot_seconds
 
 
 @pytest.fixture(scope='session')

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """The overlay_mounts role's molecule scenario `vm` (extensions/molecule/vm), in the session's test VM:
-converge, idempotence, verify, reboot, verify, then removal and a last reboot."""
+converge, idempotence, verify, reboot, verify, then removal."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 
 """Smoke tests of the test VM: what the VM tests of the collection rely on.
 
-Runs in file order on one VM; the reboot tests come last.
+Runs in file order on one VM. Reboots, with vm.reboot() and ansible.builtin.reboot, are in the persistence
+tests and the role's molecule scenario.
 """
 
 from __future__ import annotations
@@ -89,25 +90,3 @@ def test_ansible_ping(vm, ansible_bin):
                             env=dict(os.environ, ANSIBLE_NOCOLOR='1'))
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"ping": "pong"' in result.stdout
-
-
-def test_reboot_keeps_disk_and_changes_boot_id(vm):
-    _check(vm, 'echo survives >/root/reboot-marker && sync')
-    before = vm.boot_id()
-    boots = vm.boots
-    after = vm.reboot()
-    assert after != before
-    assert vm.boots == boots + 1
-    assert _check(vm, 'cat /root/reboot-marker') == 'survives'
-    assert _check(vm, 'systemctl is-system-running --wait') in ('running', 'degraded')
-
-
-def test_ansible_reboot_module(vm, ansible_bin):
-    # ansible.builtin.reboot from the host: the guest's reboot ends qemu and TestVM starts it again.
-    before = vm.boot_id()
-    result = subprocess.run([ansible_bin, '-i', vm.inventory(), 'testvm', '-m', 'ansible.builtin.reboot',
-                             '-a', 'reboot_timeout=300'],
-                            capture_output=True, text=True, timeout=420, check=False,
-                            env=dict(os.environ, ANSIBLE_NOCOLOR='1'))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert vm.boot_id() != before

@@ -3,12 +3,13 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""A throwaway Debian bookworm VM under QEMU (TCG) for tests that need nbd, systemd as PID 1 or reboots.
+"""A throwaway Debian VM under QEMU (TCG) for tests that need nbd, systemd as PID 1 or reboots.
 
-The base image comes from ``tests/vm/build-image.sh`` (see docs/testing-vm.md). Every ``TestVM`` boots a
-fresh qcow2 overlay over it, so nothing a test does survives ``close()``::
+Two releases: bookworm (Debian 12) and trixie (Debian 13). The base image of each comes from
+``tests/vm/build-image.sh RELEASE`` (see docs/testing-vm.md). Every ``TestVM`` boots a fresh qcow2
+overlay over it, so nothing a test does survives ``close()``::
 
-    with TestVM() as vm:
+    with TestVM('trixie') as vm:
         vm.run('modprobe nbd max_part=8', check=True)
         vm.reboot()
         subprocess.run(['ansible', '-i', vm.inventory(), 'testvm', '-m', 'ansible.builtin.ping'], check=True)
@@ -17,7 +18,7 @@ The guest runs with ``-no-reboot``: a reboot inside the guest (``systemctl reboo
 makes qemu exit, and a supervisor thread starts qemu again on the same overlay. That takes ~15 s, against
 ~60 s for a reboot that qemu handles itself under TCG.
 
-Contributors' CLI (run as root from the repo root)::
+Contributors' CLI (run as root from the repo root; --release trixie for Debian 13)::
 
     python tests/vm/vm.py shell          boot a VM, open a root shell in it, throw it away on exit
     python tests/vm/vm.py run CMD...     boot, run one command, print its output, throw the VM away
@@ -44,6 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_SCRIPT = os.path.join(HERE, 'build-image.sh')
 DEFAULT_CACHE = '/var/cache/containerhost-overlayfs-vm'
+RELEASES = ('bookworm', 'trixie')  # Debian 12 and 13: what build-image.sh builds
 
 SSH_OPTIONS = (
     '-o', 'BatchMode=yes',
@@ -57,8 +59,9 @@ SSH_OPTIONS = (
 )
 
 KERNEL_CMDLINE = 'root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=1'
-# What the guest kernel prints on the serial console just before qemu (-no-reboot) exits.
-RESTART_MARKER = 'reboot: Restarting system'
+# What the guest kernel prints on the serial console just before qemu (-no-reboot) exits: a clean reboot,
+# or a reset without one (sysrq 'b', what reset() uses).
+RESTART_MARKERS = ('reboot: Restarting system', 'sysrq: Resetting')
 PANIC_MARKER = 'Kernel panic - not syncing'
 
 
@@ -82,16 +85,17 @@ def cache_dir():
     return os.environ.get('OVERLAYFS_VM_CACHE') or DEFAULT_CACHE
 
 
-def image_dir():
-    """Where build-image.sh puts the complete image."""
-    return os.path.join(cache_dir(), 'image')
+def image_dir(release):
+    """Where build-image.sh puts the complete image of a release."""
+    return os.path.join(cache_dir(), release, 'image')
 
 
-def ensure_image(force=False):
-    """Run build-image.sh: builds the base image unless the cached one matches the recipe. Returns its dir."""
-    cmd = ['bash', BUILD_SCRIPT] + (['--force'] if force else [])
+def ensure_image(release, force=False):
+    """Run build-image.sh: builds the release's base image unless the cached one matches the recipe.
+    Returns its dir."""
+    cmd = ['bash', BUILD_SCRIPT, release] + (['--force'] if force else [])
     subprocess.run(cmd, check=True)
-    return image_dir()
+    return image_dir(release)
 
 
 def free_port():
@@ -119,15 +123,20 @@ class TestVM:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, image=None, memory=2048, cpus=2, boot_timeout=120, keep_workdir=None, qemu='qemu-system-x86_64'):
-        self.image_dir = image or image_dir()
+    def __init__(self, release='bookworm', memory=2048, cpus=1, boot_timeout=120, keep_workdir=None,
+                 qemu='qemu-system-x86_64'):
+        if release not in RELEASES:
+            raise VMError('unknown release %r (known: %s)' % (release, ', '.join(RELEASES)))
+        self.release = release
+        self.image_dir = image_dir(release)
         self.base_image = os.path.join(self.image_dir, 'base.img')
         self.kernel = os.path.join(self.image_dir, 'vmlinuz')
         self.initrd = os.path.join(self.image_dir, 'initrd.img')
         self.key = os.path.join(self.image_dir, 'id_ed25519')
         for path in (self.base_image, self.kernel, self.initrd, self.key):
             if not os.path.exists(path):
-                raise VMError('%s is missing: build the image first (bash %s, or make vm-image)' % (path, BUILD_SCRIPT))
+                raise VMError('%s is missing: build the image first (bash %s %s, or make vm-image)'
+                              % (path, BUILD_SCRIPT, release))
         self.memory = memory
         self.cpus = cpus
         self.boot_timeout = boot_timeout
@@ -245,7 +254,7 @@ class TestVM:
 
     def qemu_command(self):
         return [
-            self.qemu, '-name', 'overlayfs-testvm',
+            self.qemu, '-name', 'overlayfs-testvm-%s' % self.release,
             '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', str(self.cpus), '-m', str(self.memory),
             '-nodefaults', '-display', 'none', '-no-reboot',
             '-kernel', self.kernel, '-initrd', self.initrd, '-append', KERNEL_CMDLINE,
@@ -291,7 +300,8 @@ class TestVM:
                 if self._closing:
                     return
                 output = self._console_since_boot()
-                if returncode == 0 and RESTART_MARKER in output and PANIC_MARKER not in output:
+                if returncode == 0 and any(marker in output for marker in RESTART_MARKERS) \
+                        and PANIC_MARKER not in output:
                     self._spawn()  # the guest rebooted: same overlay, same port
                     continue
                 if PANIC_MARKER in output:
@@ -416,6 +426,25 @@ class TestVM:
             raise VMError('boot id unchanged after reboot (%s)' % after)
         return after
 
+    def reset(self, timeout=240):
+        """Reset the guest without a clean shutdown (sysrq 'b': no sync, no unmount, like pressing reset) and
+        wait for SSH again; returns the new boot id."""
+        before = self.boot_id()
+        with self._cond:
+            boots = self.boots
+        # In the background, a second later, so that this SSH session has ended cleanly when the guest goes.
+        self.run("echo 1 > /proc/sys/kernel/sysrq; setsid -f sh -c 'sleep 1; echo b > /proc/sysrq-trigger' "
+                 ">/dev/null 2>&1 </dev/null", check=True, timeout=60)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.boots > boots or self._dead is not None, timeout=timeout):
+                raise VMError('the guest did not restart within %d s after the reset\n%s'
+                              % (timeout, self.console_tail()))
+        self.wait_for_ssh()
+        after = self.boot_id()
+        if after == before:
+            raise VMError('boot id unchanged after reset (%s)' % after)
+        return after
+
     # -- Ansible -----------------------------------------------------------------------------------------
 
     def inventory(self, path=None):
@@ -471,6 +500,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='python tests/vm/vm.py', description=__doc__.split('\n', 1)[0])
     parser.add_argument('--no-build', action='store_true', help='do not run build-image.sh first')
     parser.add_argument('--keep-workdir', action='store_true', help='keep console.log and qemu.log after exit')
+    parser.add_argument('--release', choices=RELEASES, default=RELEASES[0], help='the Debian release to boot')
     sub = parser.add_subparsers(dest='action', required=True)
     sub.add_parser('shell', help='boot a VM and open a root shell in it; the VM is thrown away on exit')
     run_parser = sub.add_parser('run', help='boot a VM, run one command in it, throw the VM away')
@@ -480,11 +510,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if not args.no_build or args.action == 'build':
-        ensure_image()
+        ensure_image(args.release)
     if args.action == 'build':
         return 0
     started = time.monotonic()
-    with TestVM(keep_workdir=args.keep_workdir or None) as vm:
+    with TestVM(args.release, keep_workdir=args.keep_workdir or None) as vm:
         sys.stderr.write('testvm: SSH up after %.1f s (port %d, console log %s)\n'
                          % (time.monotonic() - started, vm.port, vm.console_log))
         if args.action == 'shell':

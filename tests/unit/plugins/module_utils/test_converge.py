@@ -23,7 +23,7 @@ def params(tmp_path, **extra):
         (tmp_path / name).mkdir(exist_ok=True)
     tree = {'upper': str(tmp_path / 'upper'), 'work': str(tmp_path / 'work'),
             'lower': [str(tmp_path / 'l1'), str(tmp_path / 'l2') + '/'], 'target': str(tmp_path / 'merged')}
-    result = dict(filesystem=tree, filesystems=None, state='mounted', on_drift='fail', create_dirs=True)
+    result = dict(filesystem=tree, filesystems=None, state='mounted', on_drift='fail', create_dirs=True, on_volatile_marker='fail')
     result.update(extra)
     return result
 
@@ -69,6 +69,6 @@ def test_plan_errors_carry_the_canonical_trees(tmp_path):
 
 def test_batch_form_is_used_when_given(tmp_path):
     one = params(tmp_path)['filesystem']
-    batch = dict(filesystem=None, filesystems=[one], state='mounted', on_drift='fail', create_dirs=False)
+    batch = dict(filesystem=None, filesystems=[one], state='mounted', on_drift='fail', create_dirs=False, on_volatile_marker='fail')
     with pytest.raises(ConvergeError, match=r'filesystems\[0\] .*create_dirs is false'):
         converge(batch, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))

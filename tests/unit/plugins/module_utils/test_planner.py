@@ -13,7 +13,7 @@ import os
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import (
     FuseExport,
     ImageServer,
@@ -102,8 +102,8 @@ def roots_of(*trees):
 
 def summary(steps):
     """(action, what it acts on) for each step."""
-    subject = {'mkdir': 'path', 'attach_loop': 'image', 'detach_loop': 'device', 'detach_nbd': 'device',
-               'attach_nbd': 'image', 'load_module': 'module', 'start_export': 'image', 'stop_export': 'export'}
+    subject = {'mkdir': 'path', 'discard_volatile_marker': 'path', 'attach_loop': 'image', 'detach_loop': 'device',
+               'detach_nbd': 'device', 'attach_nbd': 'image', 'load_module': 'module', 'start_export': 'image', 'stop_export': 'export'}
     return [(step['action'], step[subject.get(step['action'], 'target')]) for step in steps]
 
 
@@ -437,9 +437,20 @@ def test_work_dir_with_only_kernel_leftovers_is_accepted():
     assert summary(steps) == [('mkdir', '/srv/s/m'), ('mount', '/srv/s/m')]
 
 
-def test_work_dir_with_a_volatile_leftover_is_refused():
-    with pytest.raises(PlanError, match='incompat/volatile'):
+def test_work_dir_with_a_volatile_leftover_is_refused_by_default_with_the_choice_named():
+    with pytest.raises(PlanError) as error:
         plan_simple(override={'/srv/s/work': facts('/srv/s/work', entries=['work'], volatile_leftover=True)})
+    message = str(error.value)
+    assert 'work dir /srv/s/work holds work/incompat/volatile' in message
+    assert 'even after a clean reboot' in message and 'on_volatile_marker: discard' in message
+
+
+def test_a_volatile_leftover_is_discarded_just_before_the_mount_when_asked():
+    steps = plan_simple(override={'/srv/s/work': facts('/srv/s/work', entries=['work'], volatile_leftover=True)},
+                        on_volatile_marker='discard')
+    assert summary(steps) == [('mkdir', '/srv/s/m'), ('discard_volatile_marker', '/srv/s/work/work/incompat/volatile'),
+                              ('mount', '/srv/s/m')]
+    assert 'the upper dir is mounted as it is' in steps[1]['description']
 
 
 def test_real_directories_work_dir_rules(tmp_path):
@@ -659,12 +670,15 @@ def test_a_writable_top_level_fuse_image_is_refused():
         plan(roots, observed(roots, missing=('/srv/s/img',)), 'mounted')
 
 
-def test_image_that_is_not_a_regular_file_is_refused():
+def test_an_image_that_is_missing_or_not_a_regular_file_is_refused_by_name():
     tree = {'upper': '/srv/s/upper', 'work': '/srv/s/work',
             'lower': [{'type': 'file', 'format': 'raw', 'source': '/srv/s/img.raw', 'target': '/srv/s/img'}],
             'target': '/srv/s/m'}
-    with pytest.raises(PlanError, match='not a regular file'):
+    with pytest.raises(PlanError, match=r'lower\[0\] \(file at /srv/s/img\): image /srv/s/img.raw does not exist'):
         plan_simple(tree=tree, missing=('/srv/s/m', '/srv/s/img', '/srv/s/img.raw'))
+    with pytest.raises(PlanError, match='image /srv/s/img.raw is not a regular file'):
+        plan_simple(tree=tree, missing=('/srv/s/m', '/srv/s/img'),
+                    override={'/srv/s/img.raw': facts('/srv/s/img.raw', kind='dir')})
 
 
 def test_block_source_that_is_not_a_block_device_is_refused():

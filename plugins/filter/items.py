@@ -1,0 +1,24 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The overlay_mounts_items filter: what the overlay_mounts role does with its items (see overlay_mounts_items.yml)."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import ItemError, role_work
+
+
+def overlay_mounts_items(items, persistence=None, nofail=None, service_mgr=None):
+    try:
+        return role_work(items, {'persistence': persistence, 'nofail': nofail}, service_mgr)
+    except ItemError as error:
+        raise AnsibleFilterError('overlay_mounts_items: %s' % error)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {'overlay_mounts_items': overlay_mounts_items}

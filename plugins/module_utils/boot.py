@@ -1,0 +1,202 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""What a target runs at boot for the trees the overlay_mounts role persists, outside Ansible.
+
+Two programs, both this module's ``main()`` behind a launcher that the role installs (``launcher()``):
+
+- ``mount.overlay.containerhost``, the mount(8) helper of the overlays the role persists. A ``.mount`` unit or
+  an fstab line of type ``overlay.containerhost`` names the overlay's spec file as its source, and mount(8)
+  runs ``mount.overlay.containerhost SPEC TARGET [-sfnv] [-o OPTIONS] ...``. The helper mounts what the spec
+  says the way the module does (``syscalls.mount_overlay``: mount(2) while the options fit one page,
+  fsconfig(2) with one ``lowerdir+`` per layer beyond), so no layer path ever passes through an option string
+  that systemd, libmount or mount(8) parse: util-linux 2.41 hands every option to fsconfig(2), whose values
+  stop at 255 bytes, and splits them on commas itself; 2.38 does neither. A Debian 12 host upgraded to 13
+  boots the same way.
+- ``containerhost-overlayfs-export start|stop IMAGE FORMAT``, the boot-time service of an image layer with
+  driver fuse: qemu-storage-daemon's read-only FUSE export, exactly as the module starts it.
+
+Standard library only, and only the modules in BUNDLE: the role copies these files to the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+    volatile_marker,
+    volatile_marker_refusal,
+)
+
+FSTYPE = 'overlay.containerhost'  # mount(8) runs /sbin/mount.overlay.containerhost for this type
+MOUNT_HELPER = '/sbin/mount.' + FSTYPE
+HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE, in their package layout
+EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
+SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
+PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
+BUNDLE = ('boot', 'devices', 'hostfs', 'mountinfo', 'options', 'syscalls')  # this module's import closure
+SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker')
+
+EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
+EX_FAIL = 32  # mount failure
+
+
+class HelperError(Exception):
+    def __init__(self, message, code=EX_FAIL):
+        super(HelperError, self).__init__(message)
+        self.code = code
+
+
+# --- the spec file ----------------------------------------------------------------------------------------
+
+def spec_text(marker, spec):
+    """The spec file of one overlay: comment lines (the marker first), then one JSON object."""
+    unknown = set(spec) ^ set(SPEC_KEYS)
+    if unknown:
+        raise ValueError('spec keys differ from %s: %s' % (', '.join(SPEC_KEYS), ', '.join(sorted(unknown))))
+    return '%s\n# What %s mounts on this overlay\'s target.\n%s\n' % (
+        marker, MOUNT_HELPER, json.dumps(spec, sort_keys=True, ensure_ascii=False))
+
+
+def read_spec(path):
+    try:
+        with open(path, encoding='utf-8') as handle:
+            text = ''.join(line for line in handle if not line.startswith('#'))
+        spec = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise HelperError('cannot read the overlay spec %s: %s' % (path, error))
+    if not isinstance(spec, dict) or sorted(spec) != sorted(SPEC_KEYS):
+        raise HelperError('%s is not an overlay spec (it needs exactly %s)' % (path, ', '.join(SPEC_KEYS)))
+    return spec
+
+
+# --- mount.overlay.containerhost ----------------------------------------------------------------------------
+
+def parse_mount_arguments(argv):
+    """mount(8)'s helper calling convention: SPEC TARGET, then -s -f -n -v, -o OPTIONS, -t TYPE, -N NS."""
+    positional, flags, options = [], set(), []
+    args = iter(argv)
+    for arg in args:
+        if arg in ('-o', '-t', '-N'):
+            value = next(args, None)
+            if value is None:
+                raise HelperError('%s needs a value' % arg, EX_USAGE)
+            if arg == '-o':
+                options.extend(value.split(','))
+            elif arg == '-N':
+                raise HelperError('-N (mounting in another namespace) is not supported', EX_USAGE)
+        elif arg in ('-s', '-f', '-n', '-v'):
+            flags.add(arg)
+        elif arg.startswith('-'):
+            raise HelperError('unknown option %s' % arg, EX_USAGE)
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise HelperError('usage: %s SPEC TARGET [-sfnv] [-o OPTIONS]' % os.path.basename(MOUNT_HELPER), EX_USAGE)
+    if 'remount' in options:
+        raise HelperError('remount is not supported: unmount the overlay and mount it again', EX_USAGE)
+    return positional[0], positional[1], flags
+
+
+def mounted_as_specified(spec, mounts):
+    """The top mount at the target is this overlay: mount -a (or a second start) must not stack a duplicate."""
+    target = os.path.realpath(spec['target'])
+    stacked = [entry for entry in mounts if entry.mountpoint == target]
+    return bool(stacked) and stacked[-1].overlay_layers() == (spec['lowers'], spec['upper'], spec['work'])
+
+
+def mount(spec_path, target):
+    """Mount the overlay a spec describes on target (which must be the spec's)."""
+    spec = read_spec(spec_path)
+    if os.path.realpath(target) != os.path.realpath(spec['target']):
+        raise HelperError('%s describes the overlay on %s, not on %s' % (spec_path, spec['target'], target), EX_USAGE)
+    if mounted_as_specified(spec, read_mountinfo()):
+        _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
+        return
+    marker = volatile_marker(spec['work']) if spec['upper'] else None
+    if marker and os.path.isdir(marker):
+        if spec['on_volatile_marker'] != 'discard':
+            raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
+        hostfs.discard_volatile_marker(marker)
+        _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
+             'as it is' % (marker, spec['target']))
+    try:
+        syscalls.mount_overlay(spec['target'], spec['lowers'], spec['upper'], spec['work'], spec['options'],
+                               spec['readonly'])
+    except syscalls.MountError as error:
+        raise HelperError(str(error))
+
+
+def mount_main(argv):
+    spec_path, target, flags = parse_mount_arguments(argv)
+    if '-f' in flags:  # mount -f: everything but the mount itself
+        read_spec(spec_path)
+        return
+    mount(spec_path, target)
+
+
+# --- containerhost-overlayfs-export ------------------------------------------------------------------------
+
+def export_main(argv):
+    if len(argv) != 3 or argv[0] not in ('start', 'stop'):
+        raise HelperError('usage: %s start|stop IMAGE FORMAT' % os.path.basename(EXPORT_HELPER), EX_USAGE)
+    action, image, image_format = argv
+    export, pidfile, metafile = hostfs.export_files(image, image_format)
+    try:
+        if action == 'start':
+            devices.start_export(_run, os.path.realpath(image), image_format, export, pidfile, metafile)
+        else:
+            devices.stop_export(export, pidfile, metafile)
+    except (OSError, devices.DeviceError, syscalls.MountError) as error:
+        raise HelperError('%s the FUSE export of %s (%s): %s' % (action, image, image_format, error))
+
+
+def _run(argv):
+    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return completed.returncode, completed.stdout, completed.stderr
+
+
+# --- entry point ----------------------------------------------------------------------------------------------
+
+PROGRAMS = {
+    os.path.basename(MOUNT_HELPER): mount_main,
+    os.path.basename(EXPORT_HELPER): export_main,
+}
+
+
+def main(argv):
+    """Run the program argv[0] names; return its exit code. Messages go to stderr (the journal, at boot)."""
+    name = os.path.basename(argv[0])
+    if name not in PROGRAMS:
+        _say('unknown program %s (known: %s)' % (name, ', '.join(sorted(PROGRAMS))), name='boot')
+        return EX_USAGE
+    try:
+        PROGRAMS[name](argv[1:])
+    except HelperError as error:
+        _say(str(error), name=name)
+        return error.code
+    return 0
+
+
+def launcher(marker, python):
+    """The executable the role installs for each of PROGRAMS: it imports this module from HELPER_LIB."""
+    return '\n'.join([
+        '#!%s -I' % python,
+        marker,
+        '"""%s: see %s in the containerhost.overlayfs collection."""' % (', '.join(sorted(PROGRAMS)), __name__),
+        'import sys',
+        'sys.path.insert(0, %r)' % HELPER_LIB,
+        'from %s.boot import main' % PACKAGE,
+        'sys.exit(main(sys.argv))',
+    ]) + '\n'
+
+
+def _say(message, name=os.path.basename(MOUNT_HELPER)):
+    sys.stderr.write('%s: %s\n' % (name, message))

@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The kernel's text files (/proc, /sys) and the collection's runtime files on a host.
+
+Standard library only: the boot helper (boot.py) runs it outside Ansible.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+SYS_BLOCK = '/sys/block'
+SYS_MODULE = '/sys/module'
+# Where FUSE exports of images live (the nbd-free attach method): NAME.img is the export, NAME.pid its daemon,
+# NAME.json what it serves.
+EXPORT_DIR = '/run/containerhost-overlayfs/exports'
+
+
+def read_text(path):
+    """A kernel text file, without its trailing newline; undecodable bytes kept as surrogates."""
+    with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+        return handle.read().rstrip('\n')
+
+
+def process_alive(pid):
+    """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
+    try:
+        stat_line = read_text('/proc/%d/stat' % pid)
+    except OSError:
+        return False
+    return stat_line.rsplit(')', 1)[-1].split()[0] != 'Z'
+
+
+def export_files(image, image_format):
+    """The export file, pid file and metadata file of the FUSE export of an image in a format.
+
+    Named after the image path as the tree gives it (not resolved): the boot-time service the role renders on
+    the controller, which cannot resolve the target's symlinks, finds the same files as the module.
+    """
+    digest = hashlib.sha256(('%s\0%s' % (image, image_format)).encode('utf-8', 'surrogateescape')).hexdigest()
+    base = os.path.join(EXPORT_DIR, digest[:16])
+    return base + '.img', base + '.pid', base + '.json'
+
+
+def discard_volatile_marker(marker):
+    """Remove the marker a volatile overlay leaves: the kernel makes it as the dir volatile with an empty file dirty."""
+    dirty = os.path.join(marker, 'dirty')
+    foreign = [name for name in os.listdir(marker) if name != 'dirty']
+    kernels = not os.path.lexists(dirty) or (os.path.isfile(dirty) and not os.path.islink(dirty)
+                                             and os.path.getsize(dirty) == 0)
+    if foreign or not kernels:
+        raise OSError(errno.ENOTEMPTY, '%s holds more than the kernel leaves there (%s); it is left as it is'
+                      % (marker, ', '.join(foreign) or 'dirty'))
+    if os.path.lexists(dirty):
+        os.unlink(dirty)
+    os.rmdir(marker)
+
+
+def restore_volatile_marker(marker):
+    """Put a discarded marker back (a run that is undone leaves the work dir as it found it)."""
+    os.makedirs(marker)
+    with open(os.path.join(marker, 'dirty'), 'w'):
+        pass

@@ -1,0 +1,501 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Render the persistence of filesystem trees: every file that brings them back at boot, in order.
+
+Pure functions, on the controller. ``render()`` takes the role's items (role_items.py) and returns the text of
+every file, in the order the filesystems must come up (image attach, lower mounts, nested overlays, the top
+overlay); the persistence_files module writes them.
+
+How each node comes back (docs/persistence.md says why):
+
+- an overlay: a mount of type ``overlay.containerhost`` whose source is the overlay's spec file. mount(8) runs
+  the collection's helper for that type (boot.py), which mounts the overlay as the module does. No layer path is
+  in an option string, so whatever a path holds and however long the layer list is, the target's systemd,
+  libmount and mount(8) never parse it (util-linux 2.41 passes every option through fsconfig(2), whose values
+  stop at 255 bytes, and splits them on commas itself).
+- a raw image with driver loop: mount(8) with ``loop,ro``; a block device or a bind mount: mount(8).
+- an image with driver nbd: the mount of its pinned /dev/nbdN, which requires an instance of the qemu-nbd attach
+  service; with driver fuse: a ``loop,ro`` mount of the image's FUSE export, which requires an instance of the
+  export service (boot.py's ``containerhost-overlayfs-export``).
+
+What a path may hold is decided by the programs that read these files, each checked against the real ones of
+Debian 12 and 13 in tests/integration/test_persistence_oracles.py:
+
+- Unit files are line based: a value cannot hold a newline or a carriage return (both end a line); the parser
+  strips trailing whitespace and joins a line that ends in a backslash with the next. What=, Where=,
+  Description= and RequiresMountsFor= expand specifiers, so '%' is written '%%'. RequiresMountsFor= is split on
+  whitespace and unquoted: paths that need it are double-quoted with backslash escapes.
+- fstab fields are whitespace separated, with octal escapes (\\040 space, \\011 tab, \\012 newline, \\134
+  backslash). systemd-fstab-generator copies What= and Where= into units as they are (so no newline, no trailing
+  whitespace or backslash there either) and writes x-systemd.requires-mounts-for= paths space-separated and
+  unquoted into RequiresMountsFor=, after libmount and systemd have split the options on commas and consumed a
+  level of backslashes: fstab persistence cannot order on a path with whitespace, a comma or a backslash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import ON_VOLATILE_MARKER
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import (
+    CONFIG_DIR,
+    DROPIN,
+    MARKER,
+    SYSTEMD_UNIT_DIR,
+)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import (
+    TreeError,
+    order_by_dependency,
+    parse_filesystem,
+)
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import ItemError, normalize_items
+
+NBD_ENV_DIR = CONFIG_DIR + '/nbd'
+EXPORT_ENV_DIR = CONFIG_DIR + '/exports'
+NBD_TEMPLATE = 'containerhost-overlayfs-nbd@.service'
+EXPORT_TEMPLATE = 'containerhost-overlayfs-export@.service'
+NBD_MODULES_LOAD = '/etc/modules-load.d/containerhost-overlayfs-nbd.conf'
+NBD_MODPROBE = '/etc/modprobe.d/containerhost-overlayfs-nbd.conf'
+QEMU_NBD = '/usr/bin/qemu-nbd'
+NBD_DEVICE = re.compile(r'\A/dev/nbd[0-9]+\Z')
+SETTINGS = {'on_volatile_marker': 'fail', 'python': '/usr/bin/python3', 'nbd_options': {}, 'helper_sources': {}}
+# systemd's limits (src/basic/unit-name.h, linux/limits.h): a unit name is shorter than UNIT_NAME_MAX; a path
+# component is at most NAME_MAX bytes and a path shorter than PATH_MAX.
+UNIT_NAME_MAX = 256
+NAME_MAX = 255
+PATH_MAX = 4096
+_UNIT_NAME_CHARS = frozenset(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.')
+_WHITESPACE = ' \t\n\r\v\f'
+
+# The attach services of image layers, one instance per device or export.
+# - DefaultDependencies=no: a default service is ordered after sysinit.target, which is after local-fs.target,
+#   which is after every mount unit that is not nofail; the mount on the device needs this service first:
+#   an ordering cycle (systemd-analyze verify reports it). So the service orders itself like a mount does.
+# - What an instance serves comes from its environment file (IMAGE, FORMAT, READONLY). The image's own
+#   filesystem must be mounted first, and RequiresMountsFor= cannot be templated on an instance name, so each
+#   instance gets a drop-in with RequiresMountsFor= its image.
+# - $READONLY unbraced: an empty value expands to no argument at all; ${IMAGE} is always exactly one argument.
+# - qemu-nbd: Type=forking with PIDFile=, qemu-nbd --connect daemonizes once the device is connected.
+# - the export: oneshot with RemainAfterExit=, the helper returns once qemu-storage-daemon (which stays in the
+#   service's cgroup) serves the export, and finds its pid file itself (named after the image, as the module's).
+SERVICE_UNIT_SECTION = '''{marker}
+[Unit]
+Description={description} (containerhost.overlayfs)
+Documentation={documentation}
+DefaultDependencies=no
+Requires=modprobe@{module}.service
+After=modprobe@{module}.service local-fs-pre.target
+Before=shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+'''
+NBD_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
+    marker=MARKER, description='qemu-nbd serving an image on /dev/%i', documentation='man:qemu-nbd(8)', module='nbd',
+) + '''Type=forking
+EnvironmentFile={env_dir}/%i.env
+PIDFile=/run/containerhost-overlayfs-%i.pid
+ExecStart={qemu_nbd} --format=${{FORMAT}} $READONLY --connect=/dev/%i --pid-file=/run/containerhost-overlayfs-%i.pid -- ${{IMAGE}}
+ExecStop={qemu_nbd} --disconnect /dev/%i
+'''.format(env_dir=NBD_ENV_DIR, qemu_nbd=QEMU_NBD)
+EXPORT_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
+    marker=MARKER, description='read-only FUSE export %i of an image', documentation='man:qemu-storage-daemon(1)',
+    module='fuse',
+) + '''Type=oneshot
+RemainAfterExit=yes
+EnvironmentFile={env_dir}/%i.env
+ExecStart={helper} start ${{IMAGE}} ${{FORMAT}}
+ExecStop={helper} stop ${{IMAGE}} ${{FORMAT}}
+'''.format(env_dir=EXPORT_ENV_DIR, helper=boot.EXPORT_HELPER)
+
+
+class PersistenceError(ValueError):
+    pass
+
+
+# --- names ------------------------------------------------------------------------------------------------
+
+def unit_name_escape(text):
+    """systemd's unit_name_escape(): '/' -> '-', a leading '.' and every byte outside [A-Za-z0-9:_.] -> \\xNN."""
+    out = []
+    for index, byte in enumerate(text.encode('utf-8', 'surrogateescape')):
+        if byte == ord('/'):
+            out.append('-')
+        elif byte in _UNIT_NAME_CHARS and not (index == 0 and byte == ord('.')):
+            out.append(chr(byte))
+        else:
+            out.append('\\x%02x' % byte)
+    return ''.join(out)
+
+
+def _simplify(path):
+    """systemd's path_simplify(): drop '.' components, repeated and trailing slashes (not '..')."""
+    if not path:
+        return path
+    components = [part for part in path.split('/') if part not in ('', '.')]
+    for part in components:
+        if len(part.encode('utf-8', 'surrogateescape')) > NAME_MAX:
+            raise ValueError('%r: a path component is longer than %d bytes' % (path, NAME_MAX))
+    simplified = ('/' if path.startswith('/') else '') + '/'.join(components)
+    return simplified or '.'
+
+
+def unit_name_for_path(path, suffix=None):
+    """What ``systemd-escape --path [--suffix=SUFFIX] PATH`` prints (unit_name_path_escape()); ValueError where it fails.
+
+    Like systemd-escape, a relative path is escaped too; the name a mount unit needs is that of its absolute Where=.
+    """
+    if not isinstance(path, str) or '\0' in path:
+        raise ValueError('%r is not a path' % (path,))
+    simplified = _simplify(path)
+    if simplified in ('', '/'):
+        name = '-'
+    else:
+        if simplified == '.' or '..' in simplified.split('/'):
+            raise ValueError('%r is not a normalized path' % path)
+        if len(simplified.encode('utf-8', 'surrogateescape')) >= PATH_MAX:
+            raise ValueError('%r is longer than %d bytes' % (path, PATH_MAX - 1))
+        name = unit_name_escape(simplified.strip('/'))
+    return '%s.%s' % (name, suffix) if suffix else name
+
+
+def spec_file(target):
+    """The spec file of the overlay on a target: named like its mount unit, but where that name has escapes
+    (which fstab would escape again) or is long, with them made '_', shortened and a hash of the target added."""
+    name = unit_name_for_path(target)
+    if '\\' in name or len(name) > 200:
+        digest = hashlib.sha256(target.encode('utf-8', 'surrogateescape')).hexdigest()[:16]
+        name = '%s-%s' % (name.replace('\\', '_')[:180], digest)
+    return '%s/%s.conf' % (boot.SPEC_DIR, name)
+
+
+def instance_of(template, instance):
+    """containerhost-overlayfs-nbd@.service, nbd0 -> containerhost-overlayfs-nbd@nbd0.service."""
+    return template.replace('@', '@' + instance)
+
+
+def nbd_service_name(device):
+    """The attach service instance of an nbd device: /dev/nbd0 -> containerhost-overlayfs-nbd@nbd0.service."""
+    return instance_of(NBD_TEMPLATE, device.rsplit('/', 1)[-1])
+
+
+def export_instance(image, image_format):
+    """The export service instance of an image in a format: the name its export files have."""
+    return export_files(image, image_format)[0].rsplit('/', 1)[-1][:-len('.img')]
+
+
+def dropin_file(unit):
+    return '%s/%s.d/%s' % (SYSTEMD_UNIT_DIR, unit, DROPIN)
+
+
+# --- quoting ----------------------------------------------------------------------------------------------
+
+def unit_value(text):
+    """A value for a unit file setting that expands specifiers (What=, Where=, Options=, Description=)."""
+    return text.replace('%', '%%')
+
+
+def unit_word(path):
+    """One word of a whitespace-separated, unquoted list setting (RequiresMountsFor=)."""
+    text = path.replace('%', '%%')
+    if any(char in text for char in _WHITESPACE + '"\'\\'):
+        return '"%s"' % text.replace('\\', '\\\\').replace('"', '\\"')
+    return text
+
+
+def fstab_field(text):
+    """An fstab field: the octal escapes libmount's unmangle() decodes."""
+    return (text.replace('\\', '\\134').replace(' ', '\\040').replace('\t', '\\011').replace('\n', '\\012'))
+
+
+def env_value(text):
+    """A value for an EnvironmentFile=: double quotes, with the escapes systemd (like sh) takes there."""
+    return '"%s"' % re.sub(r'([\\"$`])', r'\\\1', text)
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+def render(items, devices=None, settings=None):
+    """Render the persistence of the role's items (role_items.normalize_items, in either form; persistence
+    auto is systemd here).
+
+    ``devices`` pins the nbd device of each nbd image layer, by the layer's target: ``{target: '/dev/nbdN'}``
+    (entries for other targets are ignored, so one map serves every item). ``settings``: see SETTINGS; an item
+    in state absent or with persistence none is left out.
+
+    Returns ``{'files': {absolute path: text}, 'executables': [path, ...], 'fstab': [line, ...],
+    'units': [mount unit to enable, ...]}``, each in the order the filesystems come up. Every file starts with
+    MARKER (the executables on their second line).
+    """
+    options = _settings(settings)
+    devices = devices or {}
+    if not isinstance(devices, dict):
+        raise PersistenceError('devices must be a mapping of image layer targets to nbd devices')
+    try:
+        normalized = normalize_items(items, service_mgr='systemd')
+    except ItemError as error:
+        raise PersistenceError(str(error))
+    roots, item_of = [], {}
+    for item in normalized:
+        if item['state'] == 'absent' or item['persistence'] == 'none':
+            continue
+        for number, tree in enumerate(item['trees']):
+            root = parse_filesystem(tree, item['name'] if len(item['trees']) == 1 else '%s[%d]' % (item['name'], number))
+            root.position = len(roots)
+            roots.append(root)
+            item_of[id(root)] = item
+    try:
+        ordered = order_by_dependency(roots)
+    except TreeError as error:
+        raise PersistenceError(str(error))
+    renderer = _Renderer(devices, options)
+    for root in ordered:
+        renderer.tree(root, item_of[id(root)])
+    return renderer.result()
+
+
+def _settings(settings):
+    result = dict(SETTINGS)
+    unknown = sorted(set(settings or {}) - set(SETTINGS))
+    if unknown:
+        raise PersistenceError('unknown setting %s (known: %s)' % (', '.join(unknown), ', '.join(sorted(SETTINGS))))
+    result.update((key, value) for key, value in (settings or {}).items() if value is not None)
+    if result['on_volatile_marker'] not in ON_VOLATILE_MARKER:
+        raise PersistenceError('on_volatile_marker: %r is not one of %s'
+                               % (result['on_volatile_marker'], ', '.join(ON_VOLATILE_MARKER)))
+    if not isinstance(result['nbd_options'], dict):
+        raise PersistenceError('nbd_options must be a mapping of nbd module options')
+    return result
+
+
+class _Renderer(object):
+
+    def __init__(self, devices, settings):
+        self.devices = devices
+        self.settings = settings
+        self.files = {}
+        self.executables = []
+        self.fstab = []
+        self.units = []
+        self.nbd_devices = {}  # device -> the layer on it
+        self.reserved = set(device for device in devices.values())  # an unpinned layer takes none of these
+        self.dependents = {}  # (unit, 'Requires' or 'Wants') -> the mount units of the trees it names
+        self.needs_helper = False  # an overlay or a FUSE export comes back through boot.py
+
+    def result(self):
+        if self.needs_helper:
+            self._helpers()
+        for (unit, kind), mounts in sorted(self.dependents.items()):
+            lines = [MARKER, '[Unit]'] + ['%s=%s' % (key, ' '.join(mounts)) for key in (kind, 'After')]
+            self.files[dropin_file(unit)] = '\n'.join(lines) + '\n'
+        return {'files': self.files, 'executables': self.executables, 'fstab': self.fstab, 'units': self.units}
+
+    def tree(self, root, item):
+        self.node(root, item)
+        top = unit_name_for_path(root.target, 'mount')
+        for key, kind in (('required_by', 'Requires'), ('wanted_by', 'Wants')):
+            for unit in item[key]:
+                self.dependents.setdefault((unit, kind), []).append(top)
+
+    def node(self, node, item):
+        """Post-order: a node's lowers (and whatever they stand on) come up before it."""
+        for lower in node.lowers:
+            self.node(lower, item)
+        render_kind = {
+            'overlay': self._overlay,
+            'mount': self._bind,
+            'bind': self._bind,
+            'block': self._block,
+            'file': self._file,
+        }
+        if node.kind != 'dir':  # a dir is used in place: it shows up in its overlay's RequiresMountsFor=
+            render_kind[node.kind](node, item)
+
+    # --- node kinds -------------------------------------------------------------------------------------
+
+    def _overlay(self, node, item):
+        self.needs_helper = True
+        spec = spec_file(node.target)
+        layers = node.layer_paths() + ([node.upper, node.work] if node.upper else [])
+        self.files[spec] = boot.spec_text(MARKER, {
+            'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
+            'options': dict(node.options), 'readonly': node.readonly,
+            'on_volatile_marker': self.settings['on_volatile_marker'],
+        })
+        self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
+                    requires_mounts_for=layers + [boot.HELPER_LIB],
+                    description='Overlay filesystem %s' % node.target)
+
+    def _bind(self, node, item):
+        options = ['bind'] + (['ro'] if node.readonly else [])
+        self._mount(node, item, what=node.source, fstype='none', options=options,
+                    description='Bind mount of %s on %s' % (node.source, node.target))
+
+    def _block(self, node, item):
+        self._mount(node, item, what=node.source, fstype='auto', options=[_ro_rw(node)],
+                    description='%s on %s' % (node.source, node.target))
+
+    def _file(self, node, item):
+        attach = {'loop': self._file_loop, 'nbd': self._file_nbd, 'fuse': self._file_fuse}
+        attach[node.driver](node, item)
+
+    def _file_loop(self, node, item):
+        # systemd orders a mount after the mounts of its What= path by itself (RequiresMountsFor= What for
+        # non-network mounts, fstab ones included); the unit says it too.
+        self._mount(node, item, what=node.source, fstype='auto', options=['loop', _ro_rw(node)],
+                    requires_mounts_for=[node.source], unit_only_requires_mounts_for=True,
+                    description='Image %s on %s' % (node.source, node.target))
+
+    def _file_nbd(self, node, item):
+        device = self.devices.get(node.target) or self._unpinned_device()
+        if not isinstance(device, str) or not NBD_DEVICE.match(device):
+            raise PersistenceError('%s: %r is not an nbd device (/dev/nbdN)' % (node.describe(), device))
+        if device in self.nbd_devices:
+            raise PersistenceError('%s: nbd device %s is also given to %s; each image layer needs its own device'
+                                   % (node.describe(), device, self.nbd_devices[device]))
+        self.nbd_devices[device] = node.describe()
+        instance = device.rsplit('/', 1)[-1]
+        self._attach_service(node, NBD_TEMPLATE, NBD_TEMPLATE_TEXT, NBD_ENV_DIR, instance, [
+            'IMAGE=%s' % env_value(node.source),
+            'FORMAT=%s' % node.image_format,
+            'READONLY=%s' % ('--read-only' if node.mounted_readonly else ''),
+        ])
+        self.files[NBD_MODULES_LOAD] = '%s\nnbd\n' % MARKER
+        options = ' '.join('%s=%s' % pair for pair in sorted(self.settings['nbd_options'].items()))
+        self.files[NBD_MODPROBE] = '%s\n%s' % (MARKER, 'options nbd %s\n' % options if options else '')
+        self._mount(node, item, what=device, fstype='auto', options=[_ro_rw(node)],
+                    requires_units=[nbd_service_name(device)],
+                    description='Image %s (%s) on %s' % (node.source, node.image_format, node.target))
+
+    def _file_fuse(self, node, item):
+        self.needs_helper = True
+        instance = export_instance(node.source, node.image_format)
+        self._attach_service(node, EXPORT_TEMPLATE, EXPORT_TEMPLATE_TEXT, EXPORT_ENV_DIR, instance, [
+            'IMAGE=%s' % env_value(node.source),
+            'FORMAT=%s' % node.image_format,
+        ])
+        self._mount(node, item, what=export_files(node.source, node.image_format)[0], fstype='auto',
+                    options=['loop', 'ro'], requires_units=[instance_of(EXPORT_TEMPLATE, instance)],
+                    description='Image %s (%s, FUSE export) on %s' % (node.source, node.image_format, node.target))
+
+    def _attach_service(self, node, template, template_text, env_dir, instance, environment):
+        """An instance of an attach service: its template, environment file and drop-in (RequiresMountsFor= the
+        image). Layers that share an instance (one FUSE export) write the same files."""
+        self._check_word(node, 'source', node.source)
+        service = instance_of(template, instance)
+        self.files[SYSTEMD_UNIT_DIR + '/' + template] = template_text
+        self.files['%s/%s.env' % (env_dir, instance)] = '\n'.join(
+            [MARKER, '# What %s serves' % service] + environment) + '\n'
+        self.files[dropin_file(service)] = '\n'.join(
+            [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(node.source)]) + '\n'
+
+    def _unpinned_device(self):
+        """For a layer not on a device now (its tree is unmounted): the lowest nbd device nothing else pins.
+        Deterministic, so a second run renders the same; at boot every nbd device is this role's to give."""
+        number = 0
+        while '/dev/nbd%d' % number in self.reserved or '/dev/nbd%d' % number in self.nbd_devices:
+            number += 1
+        self.reserved.add('/dev/nbd%d' % number)
+        return '/dev/nbd%d' % number
+
+    def _helpers(self):
+        """The boot helper (boot.py and what it imports, in their package layout) and its two launchers."""
+        sources = self.settings['helper_sources']
+        missing = sorted(set(boot.BUNDLE) - set(sources))
+        if missing:
+            raise PersistenceError('the boot helper needs the sources of %s' % ', '.join(missing))
+        package = boot.PACKAGE.split('.')
+        for depth in range(1, len(package) + 1):
+            self.files['%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(package[:depth]))] = MARKER + '\n'
+        for name in boot.BUNDLE:
+            self.files['%s/%s/%s.py' % (boot.HELPER_LIB, '/'.join(package), name)] = MARKER + '\n' + sources[name]
+        for program in (boot.MOUNT_HELPER, boot.EXPORT_HELPER):
+            self.files[program] = boot.launcher(MARKER, self.settings['python'])
+            self.executables.append(program)
+
+    # --- output -----------------------------------------------------------------------------------------
+
+    def _mount(self, node, item, what, fstype, options, description, requires_mounts_for=(), requires_units=(),
+               unit_only_requires_mounts_for=False):
+        self._check_line_value(node, 'target', node.target)
+        self._check_line_value(node, 'source', what)
+        for path in requires_mounts_for:
+            self._check_word(node, 'layer', path)
+        options = list(options) + (['nofail'] if item['nofail'] else [])
+        if item['persistence'] == 'systemd':
+            self._unit(node, item, what, fstype, options, description, requires_mounts_for, requires_units)
+            return
+        if not unit_only_requires_mounts_for:
+            for path in requires_mounts_for:
+                self._check_fstab_option_path(node, path)
+            options += ['x-systemd.requires-mounts-for=%s' % path for path in requires_mounts_for]
+        # x-systemd.requires= implies After= (systemd-fstab-generator writes both).
+        options += ['x-systemd.requires=%s' % unit for unit in requires_units]
+        self.fstab.append(' '.join([fstab_field(what), fstab_field(node.target), fstype,
+                                    fstab_field(','.join(options) or 'defaults'), '0', '0']))
+
+    def _unit(self, node, item, what, fstype, options, description, requires_mounts_for, requires_units):
+        name = unit_name_for_path(node.target, 'mount')
+        if len(name) >= UNIT_NAME_MAX:
+            raise PersistenceError('%s: the mount unit name for target %r would be %d characters; systemd takes at most %d '
+                                   '(it gives such mounts hashed names itself): use persistence fstab for this tree'
+                                   % (node.describe(), node.target, len(name), UNIT_NAME_MAX - 1))
+        lines = [MARKER, '[Unit]', 'Description=%s (containerhost.overlayfs)' % unit_value(description)]
+        if requires_mounts_for:
+            lines.append('RequiresMountsFor=%s' % ' '.join(unit_word(path) for path in requires_mounts_for))
+        for unit in requires_units:
+            lines += ['Requires=%s' % unit, 'After=%s' % unit]
+        lines += ['', '[Mount]', 'What=%s' % unit_value(what), 'Where=%s' % unit_value(node.target)]
+        if fstype not in ('auto', 'none'):
+            lines.append('Type=%s' % fstype)
+        if options:
+            lines.append('Options=%s' % unit_value(','.join(options)))
+        # Like systemd-fstab-generator: a nofail mount is wanted by local-fs.target (and, nofail in Options=,
+        # not ordered before it), any other one required.
+        lines += ['', '[Install]', '%s=local-fs.target' % ('WantedBy' if item['nofail'] else 'RequiredBy')]
+        self.files['%s/%s' % (SYSTEMD_UNIT_DIR, name)] = '\n'.join(lines) + '\n'
+        self.units.append(name)
+
+    # --- what the files can carry -----------------------------------------------------------------------
+
+    def _check_word(self, node, role, path):
+        """A path in a unit file (RequiresMountsFor=, a quoted word): any text but a line break."""
+        try:
+            path.encode('utf-8')
+        except UnicodeEncodeError:
+            raise PersistenceError('%s: %s %r is not valid UTF-8; unit files and fstab are text' % (node.describe(), role, path))
+        if '\n' in path or '\r' in path:
+            raise PersistenceError('%s: %s %r holds a line break, which a line of a unit file cannot carry (and '
+                                   'systemd-fstab-generator copies fstab paths into units as they are)'
+                                   % (node.describe(), role, path))
+
+    def _check_line_value(self, node, role, path):
+        """A path that is the whole value of a unit file line (What=, Where=; fstab fields become those)."""
+        self._check_word(node, role, path)
+        if path[-1] in _WHITESPACE + '\\':
+            raise PersistenceError('%s: %s %r ends in %s, which the unit file parser drops (systemd-fstab-generator '
+                                   'copies fstab paths into units as they are)'
+                                   % (node.describe(), role, path, 'a backslash (joining the next line)'
+                                      if path[-1] == '\\' else 'whitespace'))
+
+    def _check_fstab_option_path(self, node, path):
+        """A path in an fstab option (x-systemd.requires-mounts-for=)."""
+        for chars, why in ((_WHITESPACE, 'whitespace: systemd-fstab-generator writes x-systemd.requires-mounts-for= '
+                                         'paths unquoted into RequiresMountsFor=, which splits them'),
+                           (',', "a ',': libmount and systemd split mount options on commas"),
+                           ('\\', 'a backslash: systemd-fstab-generator consumes a level of backslash escapes in '
+                                  'mount options'),
+                           ('"\'', 'a quote: systemd takes the quotes in RequiresMountsFor= as quoting')):
+            if any(char in path for char in chars):
+                raise PersistenceError('%s: layer %r holds %s; use persistence systemd for this tree'
+                                       % (node.describe(), path, why))
+
+
+def _ro_rw(node):
+    return 'ro' if node.mounted_readonly else 'rw'

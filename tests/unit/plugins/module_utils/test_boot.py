@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The boot helper without mounting (tests/integration/test_boot_helper.py mounts with it)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.filter.persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot, mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import MARKER
+
+SPEC = {'target': '/srv/m', 'lowers': ['/srv/a,b', '/srv/c:d', '/srv/\u00e9 x'], 'upper': '/srv/u', 'work': '/srv/w',
+        'options': {'index': 'off'}, 'readonly': False, 'on_volatile_marker': 'fail'}
+
+
+def test_a_spec_reads_back_exactly(tmp_path):
+    path = tmp_path / 'spec.conf'
+    path.write_text(boot.spec_text(MARKER, SPEC), encoding='utf-8')
+    assert path.read_text(encoding='utf-8').splitlines()[0] == MARKER
+    assert boot.read_spec(str(path)) == SPEC
+
+
+def test_spec_text_takes_exactly_the_spec_keys():
+    with pytest.raises(ValueError, match=r'spec keys differ'):
+        boot.spec_text(MARKER, dict(SPEC, extra=1))
+
+
+@pytest.mark.parametrize('text, message', [
+    ('# only comments\n', r'cannot read the overlay spec'),
+    ('{"target": "/srv/m"}', r'is not an overlay spec'),
+    ('[1, 2]', r'is not an overlay spec'),
+])
+def test_a_bad_spec_is_an_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / 'bad.conf'
+    path.write_text(text)
+    with pytest.raises(boot.HelperError, match=message) as error:
+        boot.read_spec(str(path))
+    assert error.value.code == boot.EX_FAIL and str(path) in str(error.value)
+
+
+def test_mount_arguments_as_mount8_passes_them():
+    assert boot.parse_mount_arguments(['/etc/x.conf', '/srv/m', '-n', '-o', 'rw,nofail']) == (
+        '/etc/x.conf', '/srv/m', {'-n'})
+    assert boot.parse_mount_arguments(['/etc/x.conf', '/srv/m', '-s', '-f', '-v', '-t', 'overlay.containerhost'])[2] == {
+        '-s', '-f', '-v'}
+
+
+@pytest.mark.parametrize('argv, message', [
+    ([], r'usage: mount.overlay.containerhost SPEC TARGET'),
+    (['/etc/x.conf'], r'usage:'),
+    (['/etc/x.conf', '/srv/m', '-o'], r'-o needs a value'),
+    (['/etc/x.conf', '/srv/m', '-x'], r'unknown option -x'),
+    (['/etc/x.conf', '/srv/m', '-N', '/proc/1/ns/mnt'], r'-N .* is not supported'),
+    (['/etc/x.conf', '/srv/m', '-o', 'remount,ro'], r'remount is not supported'),
+])
+def test_bad_mount_arguments_are_usage_errors(argv, message):
+    with pytest.raises(boot.HelperError, match=message) as error:
+        boot.parse_mount_arguments(argv)
+    assert error.value.code == boot.EX_USAGE
+
+
+def test_the_overlay_already_on_the_target_is_recognized():
+    lines = ['60 1 0:40 / /srv rw - tmpfs tmpfs rw',
+             '70 60 0:41 / /srv/m rw - overlay overlay rw,lowerdir=/srv/a\\054b:/srv/c\\:d:/srv/\u00e9\\040x,'
+             'upperdir=/srv/u,workdir=/srv/w,index=off']
+    mounts = mountinfo.parse('\n'.join(lines))
+    assert boot.mounted_as_specified(SPEC, mounts)
+    assert not boot.mounted_as_specified(dict(SPEC, lowers=['/srv/c:d']), mounts)
+    over = '80 70 0:42 / /srv/m rw - tmpfs tmpfs rw'
+    assert not boot.mounted_as_specified(SPEC, mounts + mountinfo.parse(over))  # something covers it
+
+
+def test_main_dispatches_on_the_program_name_and_returns_mount8_codes(capsys):
+    assert boot.main(['/sbin/mount.overlay.containerhost']) == boot.EX_USAGE
+    assert 'mount.overlay.containerhost: usage:' in capsys.readouterr().err
+    assert boot.main(['/x/containerhost-overlayfs-export', 'restart', 'i', 'raw']) == boot.EX_USAGE
+    assert boot.main(['/x/other']) == boot.EX_USAGE
+    assert 'unknown program other' in capsys.readouterr().err
+    assert boot.main(['/sbin/mount.overlay.containerhost', '/nonexistent.conf', '/srv/m']) == boot.EX_FAIL
+    assert 'cannot read the overlay spec /nonexistent.conf' in capsys.readouterr().err
+
+
+def _imports(source):
+    """The top-level modules a source imports, and the names it imports from this package."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == boot.PACKAGE:
+                found.update('%s.%s' % (node.module, alias.name) for alias in node.names)
+            else:
+                found.add(node.module)
+    return found
+
+
+def test_the_bundle_is_the_import_closure_of_the_helper_and_needs_only_the_standard_library():
+    sources = helper_sources()
+    package_modules = set()
+    for name in boot.BUNDLE:
+        for module in _imports(sources[name]):
+            if module.startswith(boot.PACKAGE + '.'):
+                package_modules.add(module.split('.')[-1])
+            else:
+                top = module.split('.')[0]
+                assert top == '__future__' or top in sys.stdlib_module_names, (name, module)
+    assert package_modules <= set(boot.BUNDLE)
+    assert set(boot.BUNDLE) - package_modules == {'boot'}  # what the launcher imports
+
+
+def test_the_launcher_runs_the_helper_from_the_bundle_alone(tmp_path):
+    """With only the installed files: -S keeps site-packages (and so ansible) off the path."""
+    package = tmp_path / 'lib' / boot.PACKAGE.replace('.', '/')
+    package.mkdir(parents=True)
+    for depth in range(len(boot.PACKAGE.split('.'))):
+        (tmp_path / 'lib' / '/'.join(boot.PACKAGE.split('.')[:depth + 1]) / '__init__.py').write_text('')
+    for name, source in helper_sources().items():
+        (package / (name + '.py')).write_text(source)
+    launcher = boot.launcher(MARKER, sys.executable).replace(repr(boot.HELPER_LIB), repr(str(tmp_path / 'lib')))
+    program = tmp_path / 'mount.overlay.containerhost'
+    program.write_text(launcher)
+    completed = subprocess.run([sys.executable, '-I', '-S', str(program), str(tmp_path / 'missing.conf'), '/srv/m'],
+                               capture_output=True, text=True, check=False, env={'PATH': os.environ['PATH']})
+    assert completed.returncode == boot.EX_FAIL, completed.stderr
+    assert completed.stderr.startswith('mount.overlay.containerhost: cannot read the overlay spec'), completed.stderr

@@ -1,0 +1,42 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+    EXPORT_DIR,
+    discard_volatile_marker,
+    export_files,
+    restore_volatile_marker,
+)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import volatile_marker
+
+
+def test_the_kernels_volatile_marker_is_discarded_and_restored(tmp_path):
+    marker = volatile_marker(str(tmp_path / 'work'))
+    restore_volatile_marker(marker)  # what the kernel leaves: volatile/ with an empty file dirty
+    assert os.listdir(marker) == ['dirty'] and os.path.getsize(os.path.join(marker, 'dirty')) == 0
+    discard_volatile_marker(marker)
+    assert os.listdir(os.path.dirname(marker)) == []
+
+
+def test_a_marker_holding_anything_else_is_not_discarded(tmp_path):
+    marker = volatile_marker(str(tmp_path / 'work'))
+    restore_volatile_marker(marker)
+    (tmp_path / 'work' / 'work' / 'incompat' / 'volatile' / 'mine').write_text('x')
+    with pytest.raises(OSError, match=r'holds more than the kernel leaves there \(mine\)'):
+        discard_volatile_marker(marker)
+    assert sorted(os.listdir(marker)) == ['dirty', 'mine']
+
+
+def test_export_files_are_named_after_the_image_path_as_given():
+    export, pidfile, metafile = export_files('/srv/images/a.qcow2', 'qcow2')
+    assert os.path.dirname(export) == EXPORT_DIR
+    assert (pidfile, metafile) == (export[:-4] + '.pid', export[:-4] + '.json')
+    assert export_files('/srv/images/a.qcow2', 'raw')[0] != export
