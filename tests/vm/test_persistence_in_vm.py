@@ -145,6 +145,17 @@ for path in json.load(sys.stdin):
         out[path] = None
 print(json.dumps(out))
 '''
+# Lists dirs; stdin: a JSON list of paths; stdout: {path: sorted names, or null}.
+LIST = r'''
+import json, os, sys
+out = {}
+for path in json.load(sys.stdin):
+    try:
+        out[path] = sorted(os.listdir(path))
+    except OSError:
+        out[path] = None
+print(json.dumps(out))
+'''
 # Writes files; stdin: {path: text}.
 WRITE = r'''
 import json, sys
@@ -235,6 +246,9 @@ class Host(object):
     def read(self, paths):
         return json.loads(self.python(READ, sorted(paths)))
 
+    def listings(self, paths):
+        return json.loads(self.python(LIST, paths))
+
     def write_through_every_view(self, label):
         """A file in each writable merged view; later steps check it is still there."""
         files = {}
@@ -259,28 +273,29 @@ def recap(stdout):
 def problems_with(host, trees, mounts):
     """What is not as the trees say: every node mounted with its layers, after what it stands on."""
     problems = []
-    for tree in trees:
-        for node in walk(tree):
-            if isinstance(node, str):
-                continue
-            entry = mounts.get(node['target'])
-            if entry is None:
-                problems.append('%s is not mounted' % node['target'])
-                continue
-            if node['type'] == 'overlay':
-                lowers = [lower if isinstance(lower, str) else lower['target'] for lower in node['lower']]
-                if entry.overlay_layers() != (lowers, node.get('upper'), node.get('work')):
-                    problems.append('%s has layers %s' % (node['target'], entry.overlay_layers()))
-                if not options_match(node.get('options', {}), entry.super_options, 'upper' in node):
-                    problems.append('%s has options %s' % (node['target'], entry.super_options))
-            elif entry.fstype != 'ext4' or not entry.readonly:
-                problems.append('%s is %s %s' % (node['target'], entry.fstype, entry.mount_options))
-            if entry.readonly != node.get('readonly', node['type'] == 'file'):
-                problems.append('%s is mounted %s' % (node['target'], 'ro' if entry.readonly else 'rw'))
-            for lower in node.get('lower', []):
-                if isinstance(lower, dict) and lower['target'] in mounts and \
-                        mounts[lower['target']].mount_id > entry.mount_id:
-                    problems.append('%s was mounted before its layer %s' % (node['target'], lower['target']))
+    nodes = [node for tree in trees for node in walk(tree) if isinstance(node, dict)]
+    listings = host.listings([node['target'] for node in nodes])
+    for node in nodes:
+        entry = mounts.get(node['target'])
+        if entry is None:
+            problems.append('%s is not mounted' % node['target'])
+            continue
+        if node['type'] == 'overlay':
+            lowers = [lower if isinstance(lower, str) else lower['target'] for lower in node['lower']]
+            if entry.overlay_layers() != (lowers, node.get('upper'), node.get('work')):
+                problems.append('%s has layers %s' % (node['target'], entry.overlay_layers()))
+            if not options_match(node.get('options', {}), entry.super_options, 'upper' in node):
+                problems.append('%s has options %s' % (node['target'], entry.super_options))
+        elif entry.fstype != 'ext4' or not entry.readonly:
+            problems.append('%s is %s %s' % (node['target'], entry.fstype, entry.mount_options))
+        if entry.readonly != node.get('readonly', node['type'] == 'file'):
+            problems.append('%s is mounted %s' % (node['target'], 'ro' if entry.readonly else 'rw'))
+        # Mount IDs are reused, so they cannot tell the order; a tree mounted before its layer shows the empty
+        # dir under the layer instead of the layer's files.
+        for layer in [lower['target'] for lower in node.get('lower', []) if isinstance(lower, dict)]:
+            if not listings[layer] or not set(listings[layer]) <= set(listings[node['target']] or ()):
+                problems.append('%s does not show the files of its layer %s: %s, %s'
+                                % (node['target'], layer, listings[node['target']], listings[layer]))
     return problems
 
 
