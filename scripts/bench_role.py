@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 COUNT = int(os.environ.get('BENCH_COUNT', '200'))
+ROUNDS = int(os.environ.get('BENCH_ROUNDS', '5'))
 PLAY = '- hosts: localhost\n  gather_facts: false\n'
 PLAYBOOKS = {
     'module': PLAY + '''  tasks:
@@ -71,16 +74,25 @@ def main():
     root = tempfile.mkdtemp(prefix='overlayfs-bench-role-')
     subprocess.run(['mount', '-t', 'tmpfs', 'bench', root], check=True)
     try:
-        empty, _tasks = run(root, 'empty', 'x')
-        noop3 = max(run(root, 'noop3', 'x')[0] - empty, 0.0)
-        module_cold, _tasks = run(root, 'module', 'module')
-        module_unchanged, _tasks = run(root, 'module', 'module')
-        role_cold, role_tasks = run(root, 'role', 'role')
-        role_unchanged, _tasks = run(root, 'role', 'role')
+        empty = statistics.median(run(root, 'empty', 'x')[0] for _round in range(ROUNDS))
+        noop3 = max(statistics.median(run(root, 'noop3', 'x')[0] for _round in range(ROUNDS)) - empty, 0.0)
+        times = dict((key, []) for key in ('module cold', 'module unchanged', 'role cold', 'role unchanged'))
+        for _round in range(ROUNDS):  # interleaved, so a noisy moment of the machine hits both
+            times['module cold'].append(run(root, 'module', 'module')[0])
+            times['module unchanged'].append(run(root, 'module', 'module')[0])
+            run(root, 'module', 'module', wanted='unmounted')  # a mount costs more in a fuller table: both cold
+            shutil.rmtree(root + '/persist-role', ignore_errors=True)  # runs start from the same one
+            seconds, role_tasks = run(root, 'role', 'role')
+            times['role cold'].append(seconds)
+            times['role unchanged'].append(run(root, 'role', 'role')[0])
+            run(root, 'module', 'role', wanted='unmounted')
         _seconds, one_tree_tasks = run(root, 'role', 'one', count=1)
-        print('%d trees (3 dir lowers each); seconds per ansible-playbook run, measured in this run' % COUNT)
+        median = dict((key, statistics.median(values)) for key, values in times.items())
+        print('%d trees (3 dir lowers each); seconds per ansible-playbook run, the median of %d rounds in this run'
+              % (COUNT, ROUNDS))
         print('empty play %.2f s; three no-op tasks add %.2f s' % (empty, noop3))
-        for label, role, module in (('cold', role_cold, module_cold), ('unchanged', role_unchanged, module_unchanged)):
+        for label in ('cold', 'unchanged'):
+            role, module = median['role ' + label], median['module ' + label]
             budget = 2 * module + noop3
             print('%-10s role %6.2f s   module batch %6.2f s   role / module %4.2f   role / (2 x module + 3 no-ops) %4.2f'
                   % (label, role, module, role / module, role / budget))

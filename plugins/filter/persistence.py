@@ -35,10 +35,11 @@ def nbd_devices(mounts):
                 if isinstance(mount, dict) and NBD_DEVICE.match(str(mount.get('source'))))
 
 
-def overlay_persistence(items, mounts=None, on_volatile_marker=None, python=None, nbd_options=None):
+def overlay_persistence(items, mounts=None, on_volatile_marker=None, python=None, nbd_options=None,
+                        service_mgr=None):
     """Render the persistence of the role's items (see plugin_utils/persistence.py)."""
     settings = {'on_volatile_marker': on_volatile_marker, 'python': python, 'nbd_options': nbd_options,
-                'helper_sources': helper_sources()}
+                'helper_sources': helper_sources(), 'service_mgr': service_mgr}
     try:
         return render(items, nbd_devices(mounts), settings)
     except PersistenceError as error:

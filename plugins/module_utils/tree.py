@@ -296,35 +296,48 @@ def check_unique_targets(roots):
 
 
 def order_by_dependency(roots):
-    """Order filesystems so one whose layers live under another's target comes after it; refuse cycles."""
-    targets = {}
+    """Order filesystems so one whose layers live under another's target comes after it; refuse cycles.
+
+    Linear in the paths: each path looks up its own ancestors among the targets, not every target."""
+    owner_of = {}
     for root in roots:
         for node in root.walk():
             if node.is_mounted_node:
-                targets[node.target] = root
+                owner_of[node.target] = root
+    position = dict((id(root), index) for index, root in enumerate(roots))
 
     def needs(root):
-        return set(owner for path in _paths_stood_on(root) for target, owner in targets.items()
-                   if owner is not root and is_within(path, target))
+        owners = set(owner_of.get(ancestor) for path in _paths_stood_on(root) for ancestor in path_and_ancestors(path))
+        return sorted((owner for owner in owners if owner is not None and owner is not root),
+                      key=lambda owner: position[id(owner)])
 
-    ordered, visiting = [], []
+    ordered, done, visiting = [], set(), []
 
     def visit(root):
-        if root in ordered:
+        if id(root) in done:
             return
         if root in visiting:
             cycle = visiting[visiting.index(root):] + [root]
             raise TreeError('filesystems depend on each other in a cycle: %s'
                             % ' -> '.join('%s (%s)' % (r.label, r.target) for r in cycle))
         visiting.append(root)
-        for dependency in sorted(needs(root), key=roots.index):
+        for dependency in needs(root):
             visit(dependency)
         visiting.pop()
+        done.add(id(root))
         ordered.append(root)
 
     for root in roots:
         visit(root)
     return ordered
+
+
+def path_and_ancestors(path):
+    """'/a/b' -> '/a/b', '/a', '/': every path a normalized path is_within."""
+    yield path
+    while path != '/':
+        path = path.rsplit('/', 1)[0] or '/'
+        yield path
 
 
 def to_yaml(node):

@@ -64,7 +64,8 @@ NBD_MODULES_LOAD = '/etc/modules-load.d/containerhost-overlayfs-nbd.conf'
 NBD_MODPROBE = '/etc/modprobe.d/containerhost-overlayfs-nbd.conf'
 QEMU_NBD = '/usr/bin/qemu-nbd'
 NBD_DEVICE = re.compile(r'\A/dev/nbd[0-9]+\Z')
-SETTINGS = {'on_volatile_marker': 'fail', 'python': '/usr/bin/python3', 'nbd_options': {}, 'helper_sources': {}}
+SETTINGS = {'on_volatile_marker': 'fail', 'python': '/usr/bin/python3', 'nbd_options': {}, 'helper_sources': {},
+            'service_mgr': 'systemd'}
 # systemd's limits (src/basic/unit-name.h, linux/limits.h): a unit name is shorter than UNIT_NAME_MAX; a path
 # component is at most NAME_MAX bytes and a path shorter than PATH_MAX.
 UNIT_NAME_MAX = 256
@@ -223,7 +224,7 @@ def env_value(text):
 
 def render(items, devices=None, settings=None):
     """Render the persistence of the role's items (role_items.normalize_items, in either form; persistence
-    auto is systemd here).
+    auto follows the service_mgr setting, systemd unless it says otherwise).
 
     ``devices`` pins the nbd device of each nbd image layer, by the layer's target: ``{target: '/dev/nbdN'}``
     (entries for other targets are ignored, so one map serves every item). ``settings``: see SETTINGS; an item
@@ -238,7 +239,7 @@ def render(items, devices=None, settings=None):
     if not isinstance(devices, dict):
         raise PersistenceError('devices must be a mapping of image layer targets to nbd devices')
     try:
-        normalized = normalize_items(items, service_mgr='systemd')
+        normalized = normalize_items(items, service_mgr=options['service_mgr'])
     except ItemError as error:
         raise PersistenceError(str(error))
     roots, item_of = [], {}

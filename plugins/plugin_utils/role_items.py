@@ -52,8 +52,8 @@ class ItemError(ValueError):
 def normalize_items(items, defaults=None, service_mgr=None):
     """Normalize a list of items; ``defaults`` for persistence, nofail and state of items that do not say.
 
-    Persistence ``auto`` is systemd where ``service_mgr`` is systemd, else fstab. Targets must be unique across
-    all items (two items cannot mount one path).
+    Persistence ``auto`` is systemd where ``service_mgr`` is systemd, else fstab; without ``service_mgr`` it stays
+    ``auto``. Targets must be unique across all items (two items cannot mount one path).
     """
     settings = dict(DEFAULTS, **dict((key, value) for key, value in (defaults or {}).items() if value is not None))
     unknown = sorted(set(settings) - set(DEFAULTS))
@@ -70,16 +70,18 @@ def normalize_items(items, defaults=None, service_mgr=None):
 
 
 def role_work(items, defaults=None, service_mgr=None):
-    """What the role does with its items: the trees to mount and to unmount, the items to persist, and the image
-    drivers of the trees that stay on the host (to know whether qemu-nbd or qemu-storage-daemon is needed)."""
+    """What the role does with its items: the trees to mount and to unmount, the items to persist (normalized), the
+    image drivers of the trees that stay on the host (to know whether qemu-nbd or qemu-storage-daemon is needed),
+    and whether the persistence waits on the service manager (an item's ``auto`` and no ``service_mgr`` given)."""
     normalized = normalize_items(items, defaults, service_mgr)
     kept = [item for item in normalized if item['state'] != 'absent']
+    persist = [item for item in kept if item['persistence'] != 'none']
     return {
-        'items': normalized,
         'mount': [tree for item in normalized if item['state'] == 'mounted' for tree in item['trees']],
         'unmount': [tree for item in normalized if item['state'] != 'mounted' for tree in item['trees']],
-        'persist': [item for item in kept if item['persistence'] != 'none'],
+        'persist': persist,
         'image_drivers': sorted(set(driver for item in kept for tree in item['trees'] for driver in _drivers(tree))),
+        'needs_service_mgr': any(item['persistence'] == 'auto' for item in persist),
     }
 
 
@@ -144,7 +146,7 @@ def _choice(raw, key, allowed, settings, label):
 
 def _persistence(raw, settings, service_mgr, label):
     value = _choice(raw, 'persistence', PERSISTENCE, settings, label)
-    if value == 'auto':
+    if value == 'auto' and service_mgr is not None:
         return 'systemd' if service_mgr == 'systemd' else 'fstab'
     return value
 

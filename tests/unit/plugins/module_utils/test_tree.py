@@ -13,7 +13,9 @@ import yaml
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import (
     MAX_LOWER_LAYERS,
     TreeError,
+    is_within,
     parse_filesystems,
+    path_and_ancestors,
     to_yaml,
 )
 from tree_builders import overlay
@@ -284,6 +286,15 @@ def test_layers_of_a_nested_overlay_are_checked_with_its_own_label():
 
 
 # --- ordering -----------------------------------------------------------------------------------------
+
+PATHS = ['/', '/a', '/a/b', '/a/bc', '/a/b/c', '/ab', '/a/b/c d', '/\u00e9/x']
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_the_ancestors_of_a_path_are_the_paths_it_is_within(path):
+    assert list(path_and_ancestors(path)) == [other for other in sorted(PATHS + ['/\u00e9'], key=len, reverse=True)
+                                              if is_within(path, other)]
+
 
 def test_a_tree_on_another_trees_target_comes_after_it_regardless_of_input_order():
     top = overlay('/ct/rootfs', ['/shared/merged', '/base'], '/ct/u', '/ct/w')

@@ -192,6 +192,13 @@ def test_defaults_persistence_systemd_and_nofail_true():
     assert setting(unit(result, 'srv-merged.mount'), 'WantedBy') == 'local-fs.target'
 
 
+def test_persistence_auto_follows_the_service_manager_setting():
+    other = dict(SETTINGS, service_mgr='openrc')
+    assert rendered(item(SIMPLE, persistence='auto'), settings=other)['units'] == []
+    assert len(rendered(item(SIMPLE, persistence='auto'), settings=other)['fstab']) == 1
+    assert rendered(item(SIMPLE, persistence='auto'))['units'] == ['srv-merged.mount']
+
+
 def test_absent_items_and_persistence_none_render_nothing():
     result = rendered(item(SIMPLE), item(overlay('/srv/other', ['/srv/o1', '/srv/o2']), persistence='none'),
                       item(overlay('/srv/gone', ['/srv/g1', '/srv/g2']), state='absent'))
