@@ -9,14 +9,24 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+    PersistenceError,
+    helper_sources,
+    render,
+)
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import ItemError, role_work
 
 
 def overlay_mounts_items(items, persistence=None, nofail=None, service_mgr=None):
     try:
-        return role_work(items, {'persistence': persistence, 'nofail': nofail}, service_mgr)
-    except ItemError as error:
+        work = role_work(items, {'persistence': persistence, 'nofail': nofail}, service_mgr)
+        # What the persistence files cannot carry is refused now, before the role mounts anything; an item whose
+        # persistence waits on the service manager is checked when the role renders it.
+        render([item for item in work['persist'] if item['persistence'] != 'auto'],
+               settings={'helper_sources': helper_sources()})
+    except (ItemError, PersistenceError) as error:
         raise AnsibleFilterError('overlay_mounts_items: %s' % error)
+    return work
 
 
 class FilterModule(object):

@@ -7,26 +7,14 @@
 
 from __future__ import annotations
 
-import os
-
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
     NBD_DEVICE,
     PersistenceError,
+    helper_sources,
     render,
 )
-
-
-def helper_sources():
-    """The source of the boot helper's modules, from this collection: the renderer installs them on the target."""
-    directory = os.path.dirname(os.path.abspath(boot.__file__))
-    sources = {}
-    for name in boot.BUNDLE:
-        with open(os.path.join(directory, name + '.py'), encoding='utf-8') as handle:
-            sources[name] = handle.read()
-    return sources
 
 
 def nbd_devices(mounts):

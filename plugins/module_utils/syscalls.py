@@ -13,7 +13,6 @@ mount(2) hands the data string to the kernel untouched.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -38,7 +37,9 @@ MOUNT_ATTR_RDONLY = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 
-_libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
+# The C library already loaded into this process (dlopen(NULL)): ctypes.util.find_library runs ldconfig -p, which
+# costs a boot-time helper a third of its start-up.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.syscall.restype = ctypes.c_long

@@ -38,6 +38,7 @@ Debian 12 and 13 in tests/integration/test_persistence_oracles.py:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
@@ -259,6 +260,16 @@ def render(items, devices=None, settings=None):
     for root in ordered:
         renderer.tree(root, item_of[id(root)])
     return renderer.result()
+
+
+def helper_sources():
+    """The source of the boot helper's modules, from this collection: the renderer installs them on the target."""
+    directory = os.path.dirname(os.path.abspath(boot.__file__))
+    sources = {}
+    for name in boot.BUNDLE:
+        with open(os.path.join(directory, name + '.py'), encoding='utf-8') as handle:
+            sources[name] = handle.read()
+    return sources
 
 
 def _settings(settings):

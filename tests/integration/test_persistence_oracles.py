@@ -24,7 +24,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.filter.persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import options_match, volatile_marker

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.filter.persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot, mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import MARKER
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.filter.persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (

@@ -121,3 +121,15 @@ def test_the_filter_plugin():
     assert work['persist'][0]['persistence'] == 'systemd' and work['persist'][0]['nofail'] is False
     with pytest.raises(AnsibleFilterError, match=r'overlay_mounts_items: filesystems\[0\]: give exactly one'):
         overlay_mounts_items([{}])
+
+
+def test_the_filter_refuses_what_the_persistence_cannot_carry_before_anything_is_mounted():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.containerhost.overlayfs.plugins.filter.items import FilterModule
+
+    overlay_mounts_items = FilterModule().filters()['overlay_mounts_items']
+    spaced = overlay('/srv/m', ['/srv/a b', '/srv/c'])
+    with pytest.raises(AnsibleFilterError, match=r"overlay_mounts_items: .*layer '/srv/a b' holds whitespace"):
+        overlay_mounts_items([{'name': 'odd', 'filesystem': spaced, 'persistence': 'fstab'}])
+    assert overlay_mounts_items([{'filesystem': spaced, 'persistence': 'systemd'}])['mount']
+    assert overlay_mounts_items([{'filesystem': spaced}])['needs_service_mgr']  # checked once it is known
