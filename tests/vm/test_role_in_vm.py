@@ -16,10 +16,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXTENSIONS = os.path.join(REPO, 'extensions')
 
 
-def test_the_role_scenario_survives_reboots_in_the_vm(vm):
+def test_the_role_scenario_survives_reboots_in_the_vm(vm, tmp_path):
     molecule = os.path.join(os.path.dirname(sys.executable), 'molecule')
-    env = dict(os.environ, OVERLAYFS_VM_INVENTORY=vm.inventory(), ANSIBLE_NOCOLOR='1', NO_COLOR='1')
-    subprocess.run([molecule, 'reset', '-s', 'vm'], cwd=EXTENSIONS, env=env, check=True, capture_output=True)
+    # Its own ephemeral directory (inventory, state): `make vm-test` runs this for both releases at once, and the
+    # default one is per scenario, so one release's run could take the other's inventory.
+    env = dict(os.environ, OVERLAYFS_VM_INVENTORY=vm.inventory(), ANSIBLE_NOCOLOR='1', NO_COLOR='1',
+               MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / 'molecule'))
+    reset = subprocess.run([molecule, 'reset', '-s', 'vm'], cwd=EXTENSIONS, env=env, capture_output=True, text=True,
+                           check=False)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
     completed = subprocess.run([molecule, 'test', '-s', 'vm'], cwd=EXTENSIONS, env=env, capture_output=True,
                                text=True, check=False)
     output = completed.stdout + completed.stderr
