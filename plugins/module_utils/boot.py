@@ -10,8 +10,8 @@ Two programs, both this module's ``main()`` behind a launcher that the role inst
 - ``mount.overlay.containerhost``, the mount(8) helper of the overlays the role persists. A ``.mount`` unit or
   an fstab line of type ``overlay.containerhost`` names the overlay's spec file as its source, and mount(8)
   runs ``mount.overlay.containerhost SPEC TARGET [-sfnv] [-o OPTIONS] ...``. The helper mounts what the spec
-  says the way the module does (``syscalls.mount_overlay``: mount(2) while the options fit one page,
-  fsconfig(2) with one ``lowerdir+`` per layer beyond), so no layer path ever passes through an option string
+  says the way the module does (``options.overlay_payload``, then ``syscalls.mount_overlay``: mount(2) while the
+  options fit one page, fsconfig(2) with one ``lowerdir+`` per layer beyond), so no layer path ever passes through an option string
   that systemd, libmount or mount(8) parse: util-linux 2.41 hands every option to fsconfig(2), whose values
   stop at 255 bytes, and splits them on commas itself; 2.38 does neither. A Debian 12 host upgraded to 13
   boots the same way.
@@ -31,6 +31,8 @@ import sys
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+    OptionError,
+    overlay_payload,
     volatile_marker,
     volatile_marker_refusal,
 )
@@ -128,9 +130,9 @@ def mount(spec_path, target):
         _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
              'as it is' % (marker, spec['target']))
     try:
-        syscalls.mount_overlay(spec['target'], spec['lowers'], spec['upper'], spec['work'], spec['options'],
-                               spec['readonly'])
-    except syscalls.MountError as error:
+        payload = overlay_payload(spec['lowers'], spec['upper'], spec['work'], spec['options'])
+        syscalls.mount_overlay(spec['target'], payload, spec['readonly'])
+    except (OptionError, syscalls.MountError) as error:
         raise HelperError(str(error))
 
 

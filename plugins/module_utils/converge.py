@@ -15,6 +15,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor i
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, describe_mount, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import MOUNT_STEPS, Unmount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
 
 
@@ -50,14 +51,14 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
             try:
                 Executor(run_command).apply(steps)
             except ApplyError as error:
-                raise ConvergeError(str(error), plan=describe(steps), steps=steps, filesystems=canonical,
+                raise ConvergeError(str(error), plan=describe(steps), steps=step_dicts(steps), filesystems=canonical,
                                     mounts=mount_table(roots, observe(roots)))
             final = observe(roots)
             after = mount_state(roots, final)
     return dict(
         changed=bool(steps),
         plan=describe(steps),
-        steps=steps,
+        steps=step_dicts(steps),
         filesystems=canonical,
         mounts=mount_table(roots, final),
         diff=dict(before=render_state(before), after=render_state(after)),
@@ -65,7 +66,11 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
 
 
 def describe(steps):
-    return [step['description'] for step in steps]
+    return [one.description for one in steps]
+
+
+def step_dicts(steps):
+    return [one.to_dict() for one in steps]
 
 
 def _mounted_nodes(roots):
@@ -87,8 +92,8 @@ def mount_state(roots, observed):
 
 def predicted_state(before, steps):
     """The state after a plan runs: what a check-mode diff shows."""
-    mounts = dict((step['target'], 'as planned: ' + step['description']) for step in steps if step['action'] == 'mount')
-    unmounts = set(step['target'] for step in steps if step['action'] == 'unmount')
+    mounts = dict((one.target, 'as planned: ' + one.description) for one in steps if isinstance(one, MOUNT_STEPS))
+    unmounts = set(one.target for one in steps if isinstance(one, Unmount))
     return [(target, mounts.get(target, 'not mounted' if target in unmounts else now)) for target, now in before]
 
 

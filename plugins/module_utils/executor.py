@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, steps as step, syscalls
 
 LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
 
@@ -49,15 +49,37 @@ class Executor(object):
     def __init__(self, run_command):
         self.run_command = run_command
         self.attached = {}  # ref (a node's label) -> the device an attach step of this run got
+        # Each handler runs its step and returns the step that reverses it (None: nothing to reverse).
+        self.handlers = {
+            step.Mkdir: self._mkdir,
+            step.RemoveEmptyDirs: self._remove_empty_dirs,
+            step.DiscardVolatileMarker: self._discard_volatile_marker,
+            step.RestoreVolatileMarker: self._restore_volatile_marker,
+            step.LoadModule: self._load_module,
+            step.AttachLoop: self._attach_loop,
+            step.DetachLoop: self._detach_loop,
+            step.AttachNbd: self._attach_nbd,
+            step.DetachNbd: self._detach_nbd,
+            step.StartExport: self._start_export,
+            step.StopExport: self._stop_export,
+            step.MountOverlay: self._mount_overlay,
+            step.MountDevice: self._mount_device,
+            step.MountBind: self._mount_bind,
+            step.Unmount: self._unmount,
+            step.CannotRestore: self._cannot_restore,
+        }
+
+    def run(self, one):
+        return self.handlers[type(one)](one)
 
     def apply(self, steps):
         undo = []
-        for number, step in enumerate(steps, 1):
+        for number, one in enumerate(steps, 1):
             try:
-                undo.append(getattr(self, '_' + step['action'])(step))
+                undo.append(self.run(one))
             except (OSError, ApplyError, devices.DeviceError) as error:
                 problems = self._undo(undo)
-                message = 'step %d of %d (%s) failed: %s' % (number, len(steps), step['description'], error)
+                message = 'step %d of %d (%s) failed: %s' % (number, len(steps), one.description, error)
                 if undo:
                     message += '. Undid the %d step(s) before it' % len(undo)
                 if problems:
@@ -66,18 +88,20 @@ class Executor(object):
 
     def _undo(self, undo):
         problems = []
-        for action in reversed(undo):
+        for reverse in reversed(undo):
+            if reverse is None:
+                continue
             try:
-                action()
+                self.run(reverse)
             except (OSError, ApplyError, devices.DeviceError) as error:
                 problems.append(str(error))
         return problems
 
-    # --- steps: each runs and returns the callable that reverses it ------------------------------
+    # --- directories and markers --------------------------------------------------------------------
 
-    def _mkdir(self, step):
+    def _mkdir(self, one):
         missing = []
-        path = step['path']
+        path = one.path
         while not os.path.isdir(path):
             missing.append(path)
             path = os.path.dirname(path)
@@ -89,79 +113,77 @@ class Executor(object):
         except OSError:
             _remove_all_if_empty(created)
             raise
-        return lambda: _remove_all_if_empty(created)
+        return step.remove_empty_dirs(one.node, created) if created else None
 
-    def _discard_volatile_marker(self, step):
-        hostfs.discard_volatile_marker(step['path'])
-        return lambda: hostfs.restore_volatile_marker(step['path'])
+    def _remove_empty_dirs(self, one):
+        _remove_all_if_empty(one.paths)
 
-    def _attach_loop(self, step):
-        return self._attached(step, devices.attach_loop(self.run_command, step['image'], step['readonly']),
-                              lambda device: devices.detach_loop(self.run_command, device))
+    def _discard_volatile_marker(self, one):
+        hostfs.discard_volatile_marker(one.path)
+        return step.restore_volatile_marker(one.node, one.path)
 
-    def _detach_loop(self, step):
-        devices.detach_loop(self.run_command, step['device'])
-        return lambda: self._attach_loop(step)
+    def _restore_volatile_marker(self, one):
+        hostfs.restore_volatile_marker(one.path)
 
-    def _load_module(self, step):
-        devices.load_module(self.run_command, step['module'], step['kernel'])
-        return _nothing  # a loaded module stays: unloading it could take devices from others
+    # --- devices ----------------------------------------------------------------------------------------
 
-    def _attach_nbd(self, step):
-        device = devices.attach_nbd(self.run_command, step['image'], step['format'], step['readonly'])
-        return self._attached(step, device, lambda device: devices.detach_nbd(self.run_command, device))
+    def _load_module(self, one):
+        devices.load_module(self.run_command, one.module, one.kernel)
+        # a loaded module stays: unloading it could take devices from others
 
-    def _detach_nbd(self, step):
-        devices.detach_nbd(self.run_command, step['device'])
-        if step['image'] is None:
-            return _nothing  # its server was gone: there is nothing to serve again
-        return lambda: self._attach_nbd(step)
+    def _attach_loop(self, one):
+        device = devices.attach_loop(self.run_command, one.image, one.readonly)
+        self.attached[one.ref] = device
+        return step.detach_loop(one.ref, device, one.image, one.readonly)
 
-    def _start_export(self, step):
-        devices.start_export(self.run_command, step['image'], step['format'], step['export'], step['pidfile'],
-                             step['metafile'])
-        return lambda: devices.stop_export(step['export'], step['pidfile'], step['metafile'])
+    def _detach_loop(self, one):
+        devices.detach_loop(self.run_command, one.device)
+        self.attached.pop(one.ref, None)
+        return step.attach_loop(one.ref, one.image, one.readonly)
 
-    def _stop_export(self, step):
-        devices.stop_export(step['export'], step['pidfile'], step['metafile'])
-        if step['image'] is None:
-            return _nothing
-        return lambda: self._start_export(step)
+    def _attach_nbd(self, one):
+        device = devices.attach_nbd(self.run_command, one.image, one.format, one.readonly)
+        self.attached[one.ref] = device
+        return step.detach_nbd(one.ref, device, one.image, one.format, one.readonly)
 
-    def _mount(self, step):
-        kind = step['kind']
-        if kind == 'overlay':
-            syscalls.mount_overlay(step['target'], step['lowers'], step['upper'], step['work'], step['options'],
-                                   step['readonly'])
-        elif kind == 'bind':
-            syscalls.bind_mount(step['source'], step['target'], step['readonly'])
-        else:
-            device = self.attached.get(step['ref']) or step['device']
-            syscalls.mount_device(device, step['target'], devices.filesystem_type(self.run_command, device),
-                                  step['readonly'])
-        return lambda: syscalls.unmount(step['target'])
+    def _detach_nbd(self, one):
+        devices.detach_nbd(self.run_command, one.device)
+        self.attached.pop(one.ref, None)
+        if one.image is None:
+            return None  # its server was gone: there is nothing to serve again
+        return step.attach_nbd(one.ref, one.image, one.format, one.readonly)
 
-    def _unmount(self, step):
-        syscalls.unmount(step['target'], lazy=step['lazy'])
-        restore = step.get('restore')
-        if not restore:
-            return _cannot_restore(step)
-        return lambda: self._mount(restore)
+    def _start_export(self, one):
+        devices.start_export(self.run_command, one.image, one.format, one.export, one.pidfile, one.metafile)
+        return step.stop_export(one.node, one.export, one.pidfile, one.metafile, one.image, one.format)
 
-    # --- helpers ----------------------------------------------------------------------------------
+    def _stop_export(self, one):
+        devices.stop_export(one.export, one.pidfile, one.metafile)
+        if one.image is None:
+            return None
+        return step.start_export(one.node, one.image, one.format, one.export, one.pidfile, one.metafile)
 
-    def _attached(self, step, device, detach):
-        """Record the device an attach step got, for the mount step that names the same ref."""
-        self.attached[step['ref']] = device
+    # --- mounts -------------------------------------------------------------------------------------------
 
-        def undo():
-            detach(device)
-            self.attached.pop(step['ref'], None)
-        return undo
+    def _mount_overlay(self, one):
+        syscalls.mount_overlay(one.target, one.payload, one.readonly)
+        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
 
+    def _mount_device(self, one):
+        device = self.attached.get(one.ref) or one.device
+        syscalls.mount_device(device, one.target, devices.filesystem_type(self.run_command, device), one.readonly)
+        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
 
-def _nothing():
-    pass
+    def _mount_bind(self, one):
+        syscalls.bind_mount(one.source, one.target, one.readonly)
+        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
+
+    def _unmount(self, one):
+        syscalls.unmount(one.target, lazy=one.lazy)
+        return one.restore
+
+    def _cannot_restore(self, one):
+        raise ApplyError('%s cannot be mounted again automatically' % one.target)
 
 
 def _remove_all_if_empty(paths):
@@ -176,9 +198,3 @@ def _remove_if_empty(path):
     except OSError as error:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise
-
-
-def _cannot_restore(step):
-    def fail():
-        raise ApplyError('%s cannot be mounted again automatically' % step['target'])
-    return fail

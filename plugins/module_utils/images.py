@@ -12,6 +12,7 @@ the executor records the device it got under that name, and the mount step that 
 
 from __future__ import annotations
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
 
 
@@ -31,6 +32,7 @@ class ImagePlanner(object):
         self.exports_started = set()
         self.exports_stopped = set()
         self.loops_detached = set()
+        self.attach_by_driver = {'loop': self._attach_loop, 'nbd': self._attach_nbd, 'fuse': self._attach_fuse}
 
     def image(self, node):
         return self.observed.facts(node.source).realpath
@@ -59,23 +61,16 @@ class ImagePlanner(object):
 
     def attach(self, node, readonly):
         """Steps that give the image a device (unless a free one already serves it), then mount it."""
-        device, steps = getattr(self, '_attach_' + node.driver)(node, readonly)
-        steps.append(dict(
-            action='mount', kind='device', node=node.label, target=node.target, device=device, ref=node.label,
-            readonly=readonly,
-            description='mount %s on %s%s' % (device or DEVICE_OF[node.driver] % node.source,
-                                              node.target, ' read-only' if readonly else '')))
+        device, steps = self.attach_by_driver[node.driver](node, readonly)
+        steps.append(step.mount_device(node.label, node.target, device, readonly, ref=node.label,
+                                       device_text=DEVICE_OF[node.driver] % node.source))
         return steps
 
     def _attach_loop(self, node, readonly):
         free = self._free_loops(self.image(node), readonly)
         if free:
             return free[0].device, []
-        return None, [self._attach_loop_step(node, node.source, readonly)]
-
-    def _attach_loop_step(self, node, backing, readonly):
-        return dict(action='attach_loop', node=node.label, ref=node.label, image=backing, readonly=readonly,
-                    description='attach %s to a free loop device%s' % (backing, ' read-only' if readonly else ''))
+        return None, [step.attach_loop(node.label, node.source, readonly)]
 
     def _attach_nbd(self, node, readonly):
         image = self.image(node)
@@ -86,12 +81,8 @@ class ImagePlanner(object):
             return free[0].device, []
         steps = []
         if not self.observed.nbd_loaded:
-            steps.append(dict(action='load_module', node=node.label, module='nbd', kernel=self.observed.kernel,
-                              description='load the nbd kernel module'))
-        steps.append(dict(action='attach_nbd', node=node.label, ref=node.label, image=node.source,
-                          format=node.image_format, readonly=readonly,
-                          description='serve %s (%s) with qemu-nbd on a free nbd device%s'
-                          % (node.source, node.image_format, ' read-only' if readonly else '')))
+            steps.append(step.load_module(node.label, 'nbd', self.observed.kernel))
+        steps.append(step.attach_nbd(node.label, node.source, node.image_format, readonly))
         return None, steps
 
     def _attach_fuse(self, node, readonly):
@@ -105,15 +96,12 @@ class ImagePlanner(object):
             if export is not None and export_path not in self.exports_stopped:
                 steps.append(self._stop_export_step(node, export))
             self.exports_started.add(export_path)
-            steps.append(dict(action='start_export', node=node.label, image=image, format=node.image_format,
-                              export=export_path, pidfile=pidfile, metafile=metafile,
-                              description='export %s (%s) read-only as a raw file %s with qemu-storage-daemon'
-                              % (node.source, node.image_format, export_path)))
+            steps.append(step.start_export(node.label, image, node.image_format, export_path, pidfile, metafile))
         else:
             free = self._free_loops(export_path, True)
             if free:
                 return free[0].device, []
-        steps.append(self._attach_loop_step(node, export_path, True))
+        steps.append(step.attach_loop(node.label, export_path, True))
         return None, steps
 
     def _free_loops(self, backing, readonly):
@@ -166,22 +154,18 @@ class ImagePlanner(object):
 
     def _detach_loop_step(self, node, loop):
         self.loops_detached.add(loop.device)
-        return dict(action='detach_loop', node=node.label, ref=node.label, device=loop.device,
-                    image=loop.backing_file, readonly=loop.readonly,
-                    description='detach %s (backing %s)' % (loop.device, loop.backing_file))
+        return step.detach_loop(node.label, loop.device, loop.backing_file, loop.readonly)
 
     def _detach_nbd_step(self, node, nbd):
         server = nbd.server
-        return dict(action='detach_nbd', node=node.label, ref=node.label, device=nbd.device,
-                    image=server.image if server else None, format=server.image_format if server else None,
-                    readonly=server.readonly if server else True,
-                    description='disconnect %s (%s)' % (nbd.device, 'serving %s' % server.image if server
-                                                        else 'its qemu-nbd is gone'))
+        if server is None:
+            return step.detach_nbd(node.label, nbd.device)
+        return step.detach_nbd(node.label, nbd.device, server.image, server.image_format, server.readonly)
 
     def _stop_export_step(self, node, export):
         self.exports_stopped.add(export.path)
         server = export.server
-        return dict(action='stop_export', node=node.label, export=export.path, pidfile=export.pidfile,
-                    metafile=export.metafile, image=server.image if server else None,
-                    format=server.image_format if server else None,
-                    description='stop the FUSE export %s' % export.path)
+        if server is None:
+            return step.stop_export(node.label, export.path, export.pidfile, export.metafile)
+        return step.stop_export(node.label, export.path, export.pidfile, export.metafile, server.image,
+                                server.image_format)

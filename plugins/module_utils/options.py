@@ -12,6 +12,9 @@ so nothing is mounted with options that cannot work.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional, Tuple
+
 ON_OFF = ('on', 'off')
 
 # name -> allowed values; None marks a flag (present or absent, no value).
@@ -187,15 +190,40 @@ def option_items(options):
             yield name, value
 
 
-def fits_mount_data(lowers, upper, work, options):
-    """Whether mount(2) can take this overlay; otherwise it needs fsconfig(2) with lowerdir+."""
-    return len(overlay_mount_data(lowers, upper, work, options).encode('utf-8', 'surrogateescape')) <= MOUNT_DATA_LIMIT
+@dataclasses.dataclass(frozen=True)
+class OverlayPayload(object):
+    """How an overlay is handed to the kernel, decided once, by overlay_payload: mount(2) with ``data``, or
+    fsopen(2) and fsconfig(2) with ``parameters`` in order (``(key, None)`` sets a flag), then fsmount(2)."""
+    api: str  # 'mount' or 'fsconfig'
+    data: Optional[str] = None
+    parameters: Tuple[Tuple[str, Optional[str]], ...] = ()
+
+    def summary(self):
+        """The data string, or for fsconfig what it gets, in short (500 layers make a long sentence)."""
+        if self.api == 'mount':
+            return self.data
+        lowers = [value for key, value in self.parameters if key == 'lowerdir+']
+        upper = [value for key, value in self.parameters if key == 'upperdir']
+        return 'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (
+            lowers[0], lowers[-1], len(lowers), ',upperdir=' + upper[0] if upper else '')
 
 
-def fits_fsconfig(lowers, upper, work):
-    """fsconfig(2) copies at most 255 bytes of a string parameter."""
-    return all(len(path.encode('utf-8', 'surrogateescape')) < FSCONFIG_STRING_LIMIT
-               for path in lowers + [escape_path(upper or ''), escape_path(work or '')])
+def overlay_payload(lowers, upper, work, options):
+    """mount(2) while the data fits in a page; beyond that fsconfig(2), one ``lowerdir+`` per layer (Linux 6.8),
+    which takes each path verbatim but at most 255 bytes of it. Raise OptionError when neither can carry it."""
+    data = overlay_mount_data(lowers, upper, work, options)
+    if len(data.encode('utf-8', 'surrogateescape')) <= MOUNT_DATA_LIMIT:
+        return OverlayPayload('mount', data=data)
+    parameters = [('source', 'overlay')] + [('lowerdir+', path) for path in lowers]
+    if upper:
+        parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work))]
+    parameters += list(option_items(options))
+    if any(len(value.encode('utf-8', 'surrogateescape')) >= FSCONFIG_STRING_LIMIT
+           for _key, value in parameters if value is not None):
+        raise OptionError('the layer paths are too long: mount(2) takes at most %d bytes of options in all, and '
+                          'fsconfig(2) (used beyond that) at most %d bytes a path. Use shorter paths.'
+                          % (MOUNT_DATA_LIMIT, FSCONFIG_STRING_LIMIT - 1))
+    return OverlayPayload('fsconfig', parameters=tuple(parameters))
 
 
 def _flag_shown(name, shown):

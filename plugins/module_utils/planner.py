@@ -12,24 +12,20 @@ can be checked before a change is checked here, so a plan that is returned can b
 
 from __future__ import annotations
 
-import posixpath
-
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
-    MOUNT_DATA_LIMIT,
-    fits_fsconfig,
-    fits_mount_data,
+    OptionError,
     options_match,
     overlay_mount_data,
+    overlay_payload,
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, fold_path, is_within
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
-# LXC's 'bind' (a path inside the container) is, on a host, a bind mount like 'mount'.
-BEHAVES_LIKE = {'bind': 'mount'}
 
 
 class PlanError(ValueError):
@@ -59,6 +55,11 @@ class _Planner(object):
         self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
         self.images = ImagePlanner(observed)
+        # by Node.mount_kind
+        self.matcher = {'overlay': self._matches_overlay, 'block': self._matches_block, 'mount': self._matches_mount,
+                        'file': self._matches_file}
+        self.mounter = {'overlay': self._mount_overlay, 'block': self._mount_block, 'mount': self._mount_mount,
+                        'file': self._mount_file}
 
     # --- state: mounted -------------------------------------------------------------------
 
@@ -116,33 +117,32 @@ class _Planner(object):
         readonly = node.mounted_readonly
         if current.readonly != readonly:
             return 'drift'
-        if node.kind == 'file':
-            return self.images.status(node, current, readonly)
-        matcher = getattr(self, '_matches_' + BEHAVES_LIKE.get(node.kind, node.kind))
-        return 'match' if matcher(node, current) else 'drift'
+        return self.matcher[node.mount_kind](node, current)
 
     def _matches_overlay(self, node, current):
         layers = current.overlay_layers()
         if layers is None:
-            return False
+            return 'drift'
         lowers, upper, work = layers
-        return ([_norm(p) for p in lowers] == node.layer_paths()
-                and _norm(upper) == node.upper and _norm(work) == node.work
+        same = ([_fold(p) for p in lowers] == node.layer_paths()
+                and _fold(upper) == node.upper and _fold(work) == node.work
                 and options_match(node.options, current.super_options, bool(node.upper)))
+        return 'match' if same else 'drift'
 
     def _matches_block(self, node, current):
-        return self.observed.facts(node.source).rdev == (current.major, current.minor)
+        return 'match' if self.observed.facts(node.source).rdev == (current.major, current.minor) else 'drift'
 
     def _matches_mount(self, node, current):
         source = self.observed.facts(node.source).identity
-        return source is not None and source == self.observed.facts(node.target).identity
+        return 'match' if source is not None and source == self.observed.facts(node.target).identity else 'drift'
+
+    def _matches_file(self, node, current):
+        return self.images.status(node, current, node.mounted_readonly)
 
     # --- building steps -----------------------------------------------------------------------
 
     def _mount_steps(self, node):
-        steps = self._dir_steps(node, 'target', node.target)
-        steps += getattr(self, '_mount_' + BEHAVES_LIKE.get(node.kind, node.kind))(node)
-        return steps
+        return self._dir_steps(node, 'target', node.target) + self.mounter[node.mount_kind](node)
 
     def _mount_overlay(self, node):
         steps = []
@@ -152,19 +152,12 @@ class _Planner(object):
             steps += self._volatile_marker_steps(node)
         self._check_stacking_depth(node)
         lowers = node.layer_paths()
-        if not fits_mount_data(lowers, node.upper, node.work, node.options) and \
-                not fits_fsconfig(lowers, node.upper, node.work):
-            raise PlanError('%s: the layer paths are too long: mount(2) takes at most %d bytes of options in all, '
-                            'and fsconfig(2) (used beyond that) at most 255 bytes a path. Use shorter paths.'
-                            % (node.describe(), MOUNT_DATA_LIMIT))
-        data = overlay_mount_data(lowers, node.upper, node.work, node.options)
-        steps.append(dict(
-            action='mount', kind='overlay', node=node.label, target=node.target, data=data,
-            lowers=lowers, upper=node.upper, work=node.work, options=dict(node.options),
-            readonly=node.mounted_readonly,
-            description='mount overlay on %s (%s)%s'
-                        % (node.target, _shown_mount_data(node, data), ' read-only' if node.readonly else ''),
-        ))
+        try:
+            payload = overlay_payload(lowers, node.upper, node.work, node.options)
+        except OptionError as error:
+            raise PlanError('%s: %s' % (node.describe(), error))
+        steps.append(step.mount_overlay(node.label, node.target, lowers, node.upper, node.work, node.options,
+                                        node.mounted_readonly, payload))
         return steps
 
     def _mount_file(self, node):
@@ -183,17 +176,12 @@ class _Planner(object):
     def _mount_block(self, node):
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
-        readonly = node.mounted_readonly
-        return [dict(action='mount', kind='device', node=node.label, target=node.target, device=node.source,
-                     ref=None, readonly=readonly,
-                     description='mount %s on %s%s' % (node.source, node.target, ' read-only' if readonly else ''))]
+        return [step.mount_device(node.label, node.target, node.source, node.mounted_readonly)]
 
     def _mount_mount(self, node):
         if not self.observed.facts(node.source).is_dir:
             raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
-        return [dict(action='mount', kind='bind', node=node.label, target=node.target, source=node.source,
-                     readonly=node.readonly,
-                     description='bind %s on %s%s' % (node.source, node.target, ' read-only' if node.readonly else ''))]
+        return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly)]
 
     def _dir_steps(self, node, role, path):
         facts = self.observed.facts(path)
@@ -213,7 +201,7 @@ class _Planner(object):
         if path in self.planned_dirs:
             return []
         self.planned_dirs.add(path)
-        return [dict(action='mkdir', node=node.label, path=path, description='create directory %s' % path)]
+        return [step.mkdir(node.label, path)]
 
     def _under_batch_target(self, path):
         return any(is_within(path, target) and path != target for target in self.batch_targets)
@@ -255,10 +243,7 @@ class _Planner(object):
             return []
         if self.on_volatile_marker != 'discard':
             raise PlanError('%s: %s' % (node.describe(), volatile_marker_refusal(node.work)))
-        marker = volatile_marker(node.work)
-        return [dict(action='discard_volatile_marker', node=node.label, path=marker,
-                     description='discard the volatile marker %s (on_volatile_marker=discard: the upper dir is '
-                                 'mounted as it is)' % marker)]
+        return [step.discard_volatile_marker(node.label, volatile_marker(node.work))]
 
     def _stack_depth(self, node):
         """How many stacked filesystems this node's mount would sit on, as far as can be seen."""
@@ -323,41 +308,29 @@ class _Planner(object):
         return self.images.release(node, current) if node.kind == 'file' else []
 
 
-def _shown_mount_data(node, data):
-    """The data string, or for one too long for mount(2) a summary of what fsconfig(2) gets."""
-    if fits_mount_data(node.layer_paths(), node.upper, node.work, node.options):
-        return data
-    lowers = node.layer_paths()
-    return 'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (
-        lowers[0], lowers[-1], len(lowers), ',upperdir=' + node.upper if node.upper else '')
-
-
 def _unmount_step(node, current, lazy=False):
-    """lazy (MNT_DETACH) for a filesystem whose device lost its server: a plain unmount could hang on I/O."""
-    return dict(action='unmount', node=node.label, target=node.target, lazy=lazy, restore=_restore(node, current),
-                description='%sunmount %s (%s)' % ('lazily ' if lazy else '', node.target, describe_mount(current)))
+    return step.unmount(node.label, node.target, _restore(node, current), lazy=lazy, shown=describe_mount(current))
 
 
 def _restore(node, current):
-    """How to mount again what an unmount step removes, should the run have to be undone."""
+    """How to mount again what an unmount step removes, should the run have to be undone: as it was."""
     layers = current.overlay_layers()
     if layers:
         lowers, upper, work = layers
         shown = dict((key, value) for key, value in current.super_options.items()
                      if key not in ('lowerdir', 'upperdir', 'workdir', 'lowerdir+', 'datadir+', 'rw', 'ro'))
-        return dict(kind='overlay', target=node.target, lowers=lowers, upper=upper, work=work, options=shown,
-                    readonly=current.readonly)
-    if node.kind in ('mount', 'bind'):
-        return dict(kind='bind', target=node.target, source=node.source, readonly=current.readonly)
+        try:
+            payload = overlay_payload(lowers, upper, work, shown)
+        except OptionError:
+            return step.cannot_restore(node.label, node.target)
+        return step.mount_overlay(node.label, node.target, lowers, upper, work, shown, current.readonly, payload)
+    if node.mount_kind == 'mount':
+        return step.mount_bind(node.label, node.target, node.source, current.readonly)
     if current.source.startswith('/dev/'):
-        return dict(kind='device', target=node.target, device=current.source,
-                    ref=node.label if node.kind == 'file' else None, readonly=current.readonly)
-    return None
+        return step.mount_device(node.label, node.target, current.source, current.readonly,
+                                 ref=node.label if node.kind == 'file' else None)
+    return step.cannot_restore(node.label, node.target)
 
 
-def _norm(path):
-    """Fold a path as tree.normalize_path does (posixpath keeps a leading '//', the tree does not)."""
-    if not path:
-        return path
-    folded = posixpath.normpath(path)
-    return '/' + folded.lstrip('/') if folded.startswith('/') else folded
+def _fold(path):
+    return fold_path(path) if path else path

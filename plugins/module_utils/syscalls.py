@@ -16,13 +16,6 @@ import ctypes
 import errno
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
-    escape_path,
-    fits_mount_data,
-    option_items,
-    overlay_mount_data,
-)
-
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
@@ -107,29 +100,26 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
             raise MountError(err, call, log.messages())
 
 
-def mount_overlay(target, lowers, upper, work, options, readonly):
-    """mount(2) while the data fits in a page; beyond that the new mount API, one lowerdir+ per layer."""
-    if fits_mount_data(lowers, upper, work, options):
+def mount_overlay(target, payload, readonly):
+    """Mount an overlay exactly as its payload (options.overlay_payload) says."""
+    if payload.api == 'mount':
         _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
-                    MS_RDONLY if readonly else 0, overlay_mount_data(lowers, upper, work, options))
-    else:
-        with KernelLog(('overlayfs',)) as log:
-            try:
-                _mount_overlay_fsconfig(target, lowers, upper, work, options, readonly)
-            except MountError as error:
-                error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
-                raise
+                    MS_RDONLY if readonly else 0, payload.data)
+        return
+    with KernelLog(('overlayfs',)) as log:
+        try:
+            _mount_overlay_fsconfig(target, payload.parameters, readonly)
+        except MountError as error:
+            error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
+            raise
 
 
-def _mount_overlay_fsconfig(target, lowers, upper, work, options, readonly):
-    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2; lowerdir+ needs 6.8). Errors come from the context log."""
+def _mount_overlay_fsconfig(target, parameters, readonly):
+    """fsopen/fsconfig/fsmount/move_mount (Linux 5.2). Errors come from the context log."""
     call = 'mount overlay on %s with fsconfig(2)' % target
     context = _syscall(call, SYS_FSOPEN, b'overlay', FSOPEN_CLOEXEC)
     try:
-        parameters = [('source', 'overlay')] + [('lowerdir+', path) for path in lowers]  # lowerdir+ is verbatim
-        if upper:
-            parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work))]
-        for key, value in parameters + list(option_items(options)):
+        for key, value in parameters:
             if value is None:
                 _fsconfig(call, context, FSCONFIG_SET_FLAG, key, None)
             else:

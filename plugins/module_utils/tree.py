@@ -70,6 +70,11 @@ class Node(object):
         return self.readonly or (self.is_layer and self.kind in ('file', 'block'))
 
     @property
+    def mount_kind(self):
+        """How the node is mounted on a host: LXC's 'bind' (a path inside the container) is a bind mount like 'mount'."""
+        return 'mount' if self.kind == 'bind' else self.kind
+
+    @property
     def is_mounted_node(self):
         """Dir lowers are used in place; every other node is mounted at its target."""
         return self.kind != 'dir'
@@ -220,8 +225,13 @@ def normalize_path(value, where):
         raise TreeError('%s: %r is not an absolute path' % (where, value))
     if '..' in value.split('/'):
         raise TreeError("%s: %r contains '..'; give the path without it" % (where, value))
-    normalized = posixpath.normpath(value)
-    return '/' + normalized.lstrip('/')
+    return fold_path(value)
+
+
+def fold_path(path):
+    """'//a/./b/' -> '/a/b': how the tree and mountinfo compare paths (posixpath keeps a leading '//')."""
+    folded = posixpath.normpath(path)
+    return '/' + folded.lstrip('/') if folded.startswith('/') else folded
 
 
 def _flag(raw, key, label):

@@ -168,7 +168,10 @@ plan:
     - create directory /srv/ct1/rootfs
     - mount overlay on /srv/ct1/rootfs (lowerdir=/srv/images/base,upperdir=/srv/ct1/upper,workdir=/srv/ct1/work)
 steps:
-  description: The same steps as RV(plan) with their data (action, node, target, mount data, device).
+  description:
+    - The same steps as RV(plan), each with its kind (C(action)), the tree node it serves (C(node)) and its data
+      (target, device, layers; for an overlay mount the C(payload) the kernel gets: the mount(2) data string, or
+      the fsconfig(2) parameters in order).
   returned: success, and on a failure while the steps ran
   type: list
   elements: dict

@@ -322,12 +322,11 @@ class _Renderer(object):
         render_kind = {
             'overlay': self._overlay,
             'mount': self._bind,
-            'bind': self._bind,
             'block': self._block,
             'file': self._file,
         }
-        if node.kind != 'dir':  # a dir is used in place: it shows up in its overlay's RequiresMountsFor=
-            render_kind[node.kind](node, item)
+        if node.is_mounted_node:  # a dir is used in place: it shows up in its overlay's RequiresMountsFor=
+            render_kind[node.mount_kind](node, item)
 
     # --- node kinds -------------------------------------------------------------------------------------
 
@@ -337,7 +336,7 @@ class _Renderer(object):
         layers = node.layer_paths() + ([node.upper, node.work] if node.upper else [])
         self.files[spec] = boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
-            'options': dict(node.options), 'readonly': node.readonly,
+            'options': dict(node.options), 'readonly': node.mounted_readonly,
             'on_volatile_marker': self.settings['on_volatile_marker'],
         })
         self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
@@ -345,7 +344,7 @@ class _Renderer(object):
                     description='Overlay filesystem %s' % node.target)
 
     def _bind(self, node, item):
-        options = ['bind'] + (['ro'] if node.readonly else [])
+        options = ['bind'] + (['ro'] if node.mounted_readonly else [])
         self._mount(node, item, what=node.source, fstype='none', options=options,
                     description='Bind mount of %s on %s' % (node.source, node.target))
 

@@ -394,7 +394,8 @@ def test_after_a_reset_a_discarded_volatile_tree_is_back_and_a_missing_image_kee
     host.converge(host.trees + [VOLATILE], **discard)
     assert path('vol', 'merged') in host.mounts()
     image = path('images', 'data.qcow2')
-    host.vm.run(['mv', image, image + '.away'], check=True)
+    # synced: a reset loses what the root filesystem has not committed, and the rename would be undone by it
+    host.vm.run(['sh', '-c', 'mv "$1" "$1.away" && sync', 'mv', image], check=True)
     host.vm.reset()
     host.wait_for_boot()  # nofail: the boot completes (degraded: the attach service failed)
     log = host.vm.run('journalctl -b -u srv-p-vol-merged.mount --no-pager -o cat', check=True).stdout

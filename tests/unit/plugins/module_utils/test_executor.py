@@ -14,8 +14,9 @@ import os
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import executor as executor_module
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps, syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor, HostLock
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import overlay_payload
 
 
 class FakeHost(object):
@@ -50,25 +51,29 @@ class FakeHost(object):
         return [event[0] if event[0] != 'run' else ' '.join(event[1][:2]) for event in self.events]
 
 
+IMAGE_NODE = 'filesystems[0].lower[1]'
+
+
 def mkdir_step(path):
-    return dict(action='mkdir', node='filesystems[0]', path=str(path), description='create directory %s' % path)
+    return steps.mkdir('filesystems[0]', str(path))
 
 
 def overlay_step(target, lowers=('/l1', '/l2'), upper='/u', work='/w', options=None):
-    return dict(action='mount', kind='overlay', node='filesystems[0]', target=str(target), data='(unused)',
-                lowers=list(lowers), upper=upper, work=work, options=options or {}, readonly=False,
-                description='mount overlay on %s' % target)
+    return steps.mount_overlay('filesystems[0]', str(target), lowers, upper, work, options or {}, False,
+                               overlay_payload(lowers, upper, work, options or {}))
+
+
+def payload(lowers, upper, work, options=None):
+    return overlay_payload(lowers, upper, work, options or {})
 
 
 def attach_step(image):
-    return dict(action='attach_loop', node='filesystems[0].lower[1]', ref='filesystems[0].lower[1]',
-                image=str(image), readonly=True,
-                description='attach %s to a free loop device read-only' % image)
+    return steps.attach_loop(IMAGE_NODE, str(image), True)
 
 
 def device_step(image, target, device=None):
-    return dict(action='mount', kind='device', node='filesystems[0].lower[1]', target=str(target), device=device,
-                ref='filesystems[0].lower[1]', readonly=True, description='mount the loop device of %s on %s' % (image, target))
+    return steps.mount_device(IMAGE_NODE, str(target), device, True, ref=IMAGE_NODE,
+                              device_text='the loop device of %s' % image)
 
 
 def kernel_refusal(target):
@@ -81,7 +86,7 @@ def test_failure_half_way_undoes_everything_in_reverse_and_names_the_step(tmp_pa
     (tmp_path / 'pre').mkdir()
     (tmp_path / 'pre' / 'keep.txt').write_text('data')
     image = tmp_path / 'img.raw'
-    steps = [
+    plan = [
         mkdir_step(tmp_path / 'new' / 'deep' / 'lower3'),
         mkdir_step(tmp_path / 'pre' / 'merged'),
         attach_step(image),
@@ -90,9 +95,10 @@ def test_failure_half_way_undoes_everything_in_reverse_and_names_the_step(tmp_pa
     ]
     host.fail['mount_overlay'] = kernel_refusal(tmp_path / 'pre' / 'merged')
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     message = str(error.value)
-    assert message.startswith('step 5 of 5 (mount overlay on %s) failed' % (tmp_path / 'pre' / 'merged'))
+    assert message.startswith('step 5 of 5 (mount overlay on %s (lowerdir=/l1:/l2,upperdir=/u,workdir=/w)) failed'
+                              % (tmp_path / 'pre' / 'merged'))
     assert 'Invalid argument' in message
     assert 'overlayfs: workdir and upperdir must reside under the same mount' in message
     assert 'Undid the 4 step(s) before it' in message
@@ -104,7 +110,7 @@ def test_failure_half_way_undoes_everything_in_reverse_and_names_the_step(tmp_pa
         ('run', ('losetup', '--find', '--show', '--read-only', '--', str(image))),
         ('run', ('blkid', '--probe', '--output', 'export', '--', '/dev/loop7')),
         ('mount_device', '/dev/loop7', str(tmp_path / 'new' / 'deep' / 'lower3'), 'ext4', True),
-        ('mount_overlay', str(tmp_path / 'pre' / 'merged'), ['/l1', '/l2'], '/u', '/w', {}, False),
+        ('mount_overlay', str(tmp_path / 'pre' / 'merged'), payload(['/l1', '/l2'], '/u', '/w'), False),
         ('unmount', str(tmp_path / 'new' / 'deep' / 'lower3')),
         ('run', ('losetup', '--detach', '/dev/loop7')),
     ]
@@ -118,14 +124,14 @@ def test_failure_half_way_undoes_everything_in_reverse_and_names_the_step(tmp_pa
 def test_a_directory_that_gained_content_is_not_removed_by_undo(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     target = tmp_path / 'made' / 'm'
-    steps = [mkdir_step(target), overlay_step(target)]
+    plan = [mkdir_step(target), overlay_step(target)]
 
     def mount_and_write(*args):
         (tmp_path / 'made' / 'someone-elses-file').write_text('x')
         raise kernel_refusal(target)
     monkeypatch.setattr(syscalls, 'mount_overlay', mount_and_write)
     with pytest.raises(ApplyError, match='step 2 of 2'):
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     assert not target.exists()
     assert (tmp_path / 'made' / 'someone-elses-file').exists()
 
@@ -135,7 +141,7 @@ def test_failing_first_step_has_nothing_to_undo(tmp_path, monkeypatch):
     host.fail['mount_overlay'] = kernel_refusal(tmp_path)
     with pytest.raises(ApplyError) as error:
         Executor(host.run_command).apply([overlay_step(tmp_path)])
-    assert str(error.value).startswith('step 1 of 1 (mount overlay on %s) failed: ' % tmp_path)
+    assert str(error.value).startswith('step 1 of 1 (mount overlay on %s (' % tmp_path)
     assert 'Undid' not in str(error.value)
     assert host.names() == ['mount_overlay']
 
@@ -143,10 +149,10 @@ def test_failing_first_step_has_nothing_to_undo(tmp_path, monkeypatch):
 def test_losetup_failure_is_reported_with_its_output(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     host.fail['losetup'] = (1, '', 'losetup: cannot find an unused loop device\n')
-    steps = [mkdir_step(tmp_path / 'l3'), attach_step(tmp_path / 'img.raw'), device_step(tmp_path / 'img.raw',
+    plan = [mkdir_step(tmp_path / 'l3'), attach_step(tmp_path / 'img.raw'), device_step(tmp_path / 'img.raw',
                                                                                          tmp_path / 'l3')]
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     message = str(error.value)
     assert 'step 2 of 3 (attach %s' % (tmp_path / 'img.raw') in message
     assert 'exited 1: losetup: cannot find an unused loop device' in message
@@ -155,53 +161,49 @@ def test_losetup_failure_is_reported_with_its_output(tmp_path, monkeypatch):
 
 def test_no_filesystem_on_the_device_detaches_it_again(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch, fstype='')
-    steps = [attach_step(tmp_path / 'img.raw'), device_step(tmp_path / 'img.raw', tmp_path)]
+    plan = [attach_step(tmp_path / 'img.raw'), device_step(tmp_path / 'img.raw', tmp_path)]
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     assert 'step 2 of 2' in str(error.value) and 'no filesystem found on /dev/loop7' in str(error.value)
     assert host.names() == ['losetup --find', 'blkid --probe', 'losetup --detach']
 
 
 def test_unmount_is_undone_by_mounting_what_was_there_again(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
-    restore = dict(kind='overlay', target='/srv/m', lowers=['/srv/old'], upper='/srv/u', work='/srv/w',
-                   options={'uuid': 'on'}, readonly=False)
-    steps = [
-        dict(action='unmount', node='filesystems[0]', target='/srv/m', lazy=False, restore=restore,
-             description='unmount /srv/m (overlay from overlay (...))'),
+    restore = overlay_step('/srv/m', lowers=['/srv/old'], upper='/srv/u', work='/srv/w', options={'uuid': 'on'})
+    plan = [
+        steps.unmount('filesystems[0]', '/srv/m', restore, shown='overlay from overlay (...)'),
         overlay_step('/srv/m', lowers=['/srv/new']),
     ]
     host.fail['mount_overlay'] = kernel_refusal('/srv/m')
     with pytest.raises(ApplyError, match='Undid the 1 step'):
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     assert host.events == [
         ('unmount', '/srv/m'),
-        ('mount_overlay', '/srv/m', ['/srv/new'], '/u', '/w', {}, False),
-        ('mount_overlay', '/srv/m', ['/srv/old'], '/srv/u', '/srv/w', {'uuid': 'on'}, False),
+        ('mount_overlay', '/srv/m', payload(['/srv/new'], '/u', '/w'), False),
+        ('mount_overlay', '/srv/m', payload(['/srv/old'], '/srv/u', '/srv/w', {'uuid': 'on'}), False),
     ]
 
 
 def test_unmount_without_restore_information_is_reported_as_not_undone(monkeypatch):
     host = FakeHost(monkeypatch)
-    steps = [dict(action='unmount', node='filesystems[0]', target='/srv/m', lazy=False, restore=None, description='unmount /srv/m'),
-             overlay_step('/srv/m')]
+    plan = [steps.unmount('filesystems[0]', '/srv/m', steps.cannot_restore('filesystems[0]', '/srv/m')),
+            overlay_step('/srv/m')]
     host.fail['mount_overlay'] = kernel_refusal('/srv/m')
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     assert 'could not undo: /srv/m cannot be mounted again automatically' in str(error.value)
 
 
 def test_detach_is_undone_by_attaching_again(monkeypatch):
     host = FakeHost(monkeypatch)
-    steps = [
-        dict(action='detach_loop', node='filesystems[0].lower[1]', ref='filesystems[0].lower[1]', device='/dev/loop3',
-             image='/srv/img.raw',
-             readonly=True, description='detach /dev/loop3 (backing /srv/img.raw)'),
-        dict(action='unmount', node='filesystems[0]', target='/srv/busy', lazy=False, restore=None, description='unmount /srv/busy'),
+    plan = [
+        steps.detach_loop(IMAGE_NODE, '/dev/loop3', '/srv/img.raw', True),
+        steps.unmount('filesystems[0]', '/srv/busy', steps.cannot_restore('filesystems[0]', '/srv/busy')),
     ]
     host.fail['unmount'] = syscalls.MountError(errno.EBUSY, 'unmount /srv/busy', [])
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     assert 'step 2 of 2 (unmount /srv/busy) failed: unmount /srv/busy: Device or resource busy' in str(error.value)
     assert host.events[-1] == ('run', ('losetup', '--find', '--show', '--read-only', '--', '/srv/img.raw'))
 
@@ -209,7 +211,7 @@ def test_detach_is_undone_by_attaching_again(monkeypatch):
 def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     first, second = tmp_path / 'a', tmp_path / 'b'
-    steps = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
+    plan = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
     calls = []
 
     def mount_overlay(target, *args):
@@ -217,12 +219,12 @@ def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monke
         if target == str(second):
             raise kernel_refusal(target)
 
-    def unmount(target):
+    def unmount(target, lazy=False):
         raise syscalls.MountError(errno.EBUSY, 'unmount %s' % target, [])
     monkeypatch.setattr(syscalls, 'mount_overlay', mount_overlay)
     monkeypatch.setattr(syscalls, 'unmount', unmount)
     with pytest.raises(ApplyError) as error:
-        Executor(host.run_command).apply(steps)
+        Executor(host.run_command).apply(plan)
     message = str(error.value)
     assert 'step 4 of 4' in message and 'Undid the 3 step(s) before it' in message
     assert 'could not undo: unmount %s: Device or resource busy' % first in message

@@ -16,6 +16,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
     normalize_options,
     options_match,
     overlay_mount_data,
+    overlay_payload,
     split_lowerdir,
     unescape_path,
 )
@@ -339,3 +340,25 @@ def test_uuid_auto_matches_what_the_kernel_resolves_it_to(shown):
 def test_every_flag_option_is_a_kernel_flag():
     flags = sorted(name for name, values in OVERLAY_OPTIONS.items() if values is None)
     assert flags == ['default_permissions', 'userxattr', 'volatile']
+
+
+def test_payload_is_the_mount2_data_string_while_it_fits_one_page():
+    payload = overlay_payload(['/l1', '/l2'], '/u', '/w', {'volatile': 'on'})
+    assert (payload.api, payload.data, payload.parameters) == ('mount', 'lowerdir=/l1:/l2,upperdir=/u,workdir=/w,volatile',
+                                                               ())
+    assert payload.summary() == payload.data
+
+
+def test_payload_beyond_a_page_is_one_verbatim_lowerdir_plus_per_layer_then_escaped_upper_and_options():
+    lowers = ['/srv/layer,%03d:%s' % (index, 'x' * 100) for index in range(40)]
+    payload = overlay_payload(lowers, '/srv/u,1', '/srv/w', {'index': 'off', 'volatile': 'on'})
+    assert payload.api == 'fsconfig' and payload.data is None
+    assert payload.parameters == (
+        (('source', 'overlay'),) + tuple(('lowerdir+', path) for path in lowers)
+        + (('upperdir', '/srv/u\\,1'), ('workdir', '/srv/w'), ('index', 'off'), ('volatile', None)))
+    assert payload.summary() == 'fsconfig(2): lowerdir+ %s ... %s (40 layers),upperdir=/srv/u\\,1' % (lowers[0], lowers[-1])
+
+
+def test_payload_that_neither_call_can_carry_is_refused_with_both_limits():
+    with pytest.raises(OptionError, match='at most 4095 bytes of options in all.*at most 255 bytes a path'):
+        overlay_payload(['/srv/' + 'y' * 300 + '/%02d' % index for index in range(16)], None, None, {})

@@ -24,10 +24,12 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe im
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     MOUNT_DATA_LIMIT,
+    OverlayPayload,
     overlay_mount_data,
     split_lowerdir,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import mount_device
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems
 
 ROOT_MOUNT = '1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw'
@@ -104,7 +106,7 @@ def summary(steps):
     """(action, what it acts on) for each step."""
     subject = {'mkdir': 'path', 'discard_volatile_marker': 'path', 'attach_loop': 'image', 'detach_loop': 'device',
                'detach_nbd': 'device', 'attach_nbd': 'image', 'load_module': 'module', 'start_export': 'image', 'stop_export': 'export'}
-    return [(step['action'], step[subject.get(step['action'], 'target')]) for step in steps]
+    return [(step.action, step.to_dict()[subject.get(step.action, 'target')]) for step in steps]
 
 
 def test_nothing_mounted_builds_bottom_up():
@@ -119,19 +121,19 @@ def test_nothing_mounted_builds_bottom_up():
         ('mkdir', '/srv/t/merged'),
         ('mount', '/srv/t/merged'),
     ]
-    nested, image, top = [step for step in steps if step['action'] == 'mount']
-    assert nested['kind'] == 'overlay' and top['kind'] == 'overlay'
+    nested, image, top = [step for step in steps if step.action == 'mount']
+    assert nested.kind == 'overlay' and top.kind == 'overlay'
     wanted_lowers = ['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2']
-    assert split_lowerdir(top['data'].split(',')[0][len('lowerdir='):]) == wanted_lowers
-    assert top['data'] == overlay_mount_data(['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2'],
+    assert split_lowerdir(top.payload.data.split(',')[0][len('lowerdir='):]) == wanted_lowers
+    assert top.payload.data == overlay_mount_data(['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2'],
                                              '/srv/t/upper', '/srv/t/work', {})
-    assert (image['kind'], image['ref'], image['device'], image['readonly']) == \
+    assert (image.kind, image.ref, image.device, image.readonly) == \
         ('device', 'filesystems[0].lower[1]', None, True)
-    assert steps[3]['ref'] == image['ref']  # the mount uses the device the attach step gets
+    assert steps[3].ref == image.ref  # the mount uses the device the attach step gets
     attach = steps[3]
-    assert attach['readonly'] is True  # image layers are attached read-only
+    assert attach.readonly is True  # image layers are attached read-only
     for step in steps:
-        assert step['description']
+        assert step.description
 
 
 def test_missing_upper_and_work_dirs_are_created_before_the_overlay():
@@ -148,9 +150,9 @@ def test_a_free_loop_device_of_the_image_is_reused():
     steps = plan(roots, observed(roots, [NESTED_MOUNTED, TOP_MOUNTED], loops=[LOOP0], missing=('/srv/t/lower3',),
                                  override={'/srv/t/work': facts('/srv/t/work', entries=KERNEL_WORKDIR)}),
                  'mounted', on_drift='replace')
-    assert 'attach_loop' not in [step['action'] for step in steps]
-    image = [step for step in steps if step['action'] == 'mount' and step['target'] == '/srv/t/lower3'][0]
-    assert image['device'] == '/dev/loop0'
+    assert 'attach_loop' not in [step.action for step in steps]
+    image = [step for step in steps if step.action == 'mount' and step.target == '/srv/t/lower3'][0]
+    assert image.device == '/dev/loop0'
 
 
 def test_everything_mounted_gives_an_empty_plan():
@@ -214,10 +216,10 @@ def test_drift_with_replace_unmounts_then_mounts():
                    override={'/srv/t/work': facts('/srv/t/work', entries=KERNEL_WORKDIR)})
     steps = plan(roots, obs, 'mounted', on_drift='replace')
     assert summary(steps) == [('unmount', '/srv/t/merged'), ('mount', '/srv/t/merged')]
-    restore = steps[0]['restore']
-    assert restore['kind'] == 'overlay' and restore['target'] == '/srv/t/merged'
-    assert restore['lowers'] == ['/srv/t/other', '/srv/t/lower2']
-    assert (restore['upper'], restore['work']) == ('/srv/t/upper', '/srv/t/work')
+    restore = steps[0].restore
+    assert restore.kind == 'overlay' and restore.target == '/srv/t/merged'
+    assert restore.lowers == ('/srv/t/other', '/srv/t/lower2')
+    assert (restore.upper, restore.work) == ('/srv/t/upper', '/srv/t/work')
 
 
 def test_drift_by_options_is_detected():
@@ -365,10 +367,10 @@ def test_unmounted_tears_down_top_down_then_detaches_the_loop():
     assert summary(steps) == [('unmount', '/srv/t/merged'), ('unmount', '/srv/t/b/merged'),
                               ('unmount', '/srv/t/lower3'), ('detach_loop', '/dev/loop0')]
     detach = steps[-1]
-    assert (detach['image'], detach['readonly']) == ('/srv/t/guest.img', True)
-    assert steps[0]['restore']['lowers'] == ['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2']
-    assert steps[2]['restore'] == {'kind': 'device', 'target': '/srv/t/lower3', 'device': '/dev/loop0',
-                                   'ref': 'filesystems[0].lower[1]', 'readonly': True}
+    assert (detach.image, detach.readonly) == ('/srv/t/guest.img', True)
+    assert steps[0].restore.lowers == ('/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2')
+    assert steps[2].restore == mount_device('filesystems[0].lower[1]', '/srv/t/lower3', '/dev/loop0', True,
+                                            ref='filesystems[0].lower[1]')
 
 
 def test_unmounted_when_nothing_is_mounted_is_empty():
@@ -410,7 +412,7 @@ def test_unmounted_batch_tears_down_dependents_first():
     obs = observed(roots, lines)
     assert summary(plan(roots, obs, 'unmounted')) == [('unmount', '/srv/c/rootfs'), ('unmount', '/srv/s/merged')]
     fresh = observed(roots, missing=('/srv/s/merged', '/srv/c/rootfs'))
-    mounts = [step['target'] for step in plan(roots, fresh, 'mounted') if step['action'] == 'mount']
+    mounts = [step.target for step in plan(roots, fresh, 'mounted') if step.action == 'mount']
     assert mounts == ['/srv/s/merged', '/srv/c/rootfs']
 
 
@@ -450,7 +452,7 @@ def test_a_volatile_leftover_is_discarded_just_before_the_mount_when_asked():
                         on_volatile_marker='discard')
     assert summary(steps) == [('mkdir', '/srv/s/m'), ('discard_volatile_marker', '/srv/s/work/work/incompat/volatile'),
                               ('mount', '/srv/s/m')]
-    assert 'the upper dir is mounted as it is' in steps[1]['description']
+    assert 'the upper dir is mounted as it is' in steps[1].description
 
 
 def test_real_directories_work_dir_rules(tmp_path):
@@ -546,7 +548,7 @@ def test_an_overlay_on_another_trees_one_deep_overlay_is_fine():
     ct = {'upper': '/c/u', 'work': '/c/w', 'lower': ['/s/merged'], 'target': '/c/m'}
     roots = roots_of(ct, shared)
     steps = plan(roots, observed(roots, missing=('/s/merged', '/c/m')), 'mounted')
-    assert [step['target'] for step in steps if step['action'] == 'mount'] == ['/s/merged', '/c/m']
+    assert [step.target for step in steps if step.action == 'mount'] == ['/s/merged', '/c/m']
 
 
 def _long_tree(count, length):
@@ -561,8 +563,8 @@ def test_mount_data_over_one_page_with_short_paths_goes_to_fsconfig():
     assert len(data) > MOUNT_DATA_LIMIT
     steps = plan_simple(tree=tree)
     mount = steps[-1]
-    assert mount['action'] == 'mount' and mount['lowers'] == tree['lower']
-    assert (mount['upper'], mount['work'], mount['options']) == ('/srv/s/upper', '/srv/s/work', {})
+    assert mount.payload.api == 'fsconfig' and list(mount.lowers) == tree['lower']
+    assert (mount.upper, mount.work, mount.options) == ('/srv/s/upper', '/srv/s/work', {})
 
 
 def test_mount_data_over_4095_bytes_with_a_long_path_is_refused():
@@ -590,7 +592,7 @@ def test_mount_data_of_exactly_4095_bytes_goes_through_mount2():
     assert len(data) == MOUNT_DATA_LIMIT
     assert len(lowers[-1]) > 255  # too long for fsconfig, so only mount(2) can take it
     tree = {'upper': '/srv/s/upper', 'work': '/srv/s/work', 'lower': lowers, 'target': '/srv/s/m'}
-    assert plan_simple(tree=tree)[-1]['data'] == data
+    assert plan_simple(tree=tree)[-1].payload == OverlayPayload('mount', data=data)
     lowers[-1] += 'c'
     with pytest.raises(PlanError, match='4095'):
         plan_simple(tree=dict(tree, lower=lowers))
@@ -618,19 +620,19 @@ def nbd_plan(lines=(), nbds=(), nbd_loaded=True, state='mounted', **kwargs):
 
 def test_a_qcow2_layer_loads_nbd_then_attaches_read_only_with_its_format():
     steps = nbd_plan(nbd_loaded=False)
-    actions = [step['action'] for step in steps]
+    actions = [step.action for step in steps]
     assert actions[:actions.index('mount')] == ['mkdir', 'load_module', 'attach_nbd']
     attach = steps[2]
-    assert (attach['image'], attach['format'], attach['readonly']) == ('/srv/s/guest.qcow2', 'qcow2', True)
-    assert steps[3]['ref'] == attach['ref'] and steps[3]['device'] is None
+    assert (attach.image, attach.format, attach.readonly) == ('/srv/s/guest.qcow2', 'qcow2', True)
+    assert steps[3].ref == attach.ref and steps[3].device is None
 
 
 def test_a_live_qemu_nbd_serving_the_image_is_matched_and_a_free_one_reused():
     serving = ImageServer('/srv/s/guest.qcow2', 'qcow2', True)
     assert nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(serving)]) == []
     reused = nbd_plan(nbds=[nbd0(serving)])
-    assert 'attach_nbd' not in [step['action'] for step in reused]
-    assert [step['device'] for step in reused if step['action'] == 'mount' and step['kind'] == 'device'] == \
+    assert 'attach_nbd' not in [step.action for step in reused]
+    assert [step.device for step in reused if step.action == 'mount' and step.kind == 'device'] == \
         ['/dev/nbd0']
 
 
@@ -643,8 +645,8 @@ def test_another_image_or_format_on_the_nbd_device_is_drift():
 def test_a_dead_qemu_nbd_is_repaired_without_asking_and_the_overlay_above_remounted():
     steps = nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(None)])
     assert summary(steps)[:3] == [('unmount', '/srv/s/m'), ('unmount', '/srv/s/img'), ('detach_nbd', '/dev/nbd0')]
-    assert steps[1]['lazy'] is True and steps[0]['lazy'] is False
-    assert [step['action'] for step in steps[3:]] == ['attach_nbd', 'mount', 'mount']
+    assert steps[1].lazy is True and steps[0].lazy is False
+    assert [step.action for step in steps[3:]] == ['attach_nbd', 'mount', 'mount']
 
 
 def test_unmounted_disconnects_the_nbd_device_last():
@@ -658,9 +660,9 @@ def test_a_fuse_layer_exports_the_image_then_loops_the_export():
     tree['lower'][0]['driver'] = 'fuse'
     roots = roots_of(tree)
     steps = plan(roots, observed(roots, missing=('/srv/s/m', '/srv/s/img')), 'mounted')
-    export, loop = [step for step in steps if step['action'] in ('start_export', 'attach_loop')]
-    assert export['export'] == export_files('/srv/s/guest.qcow2', 'qcow2')[0]
-    assert (export['format'], loop['image'], loop['readonly']) == ('qcow2', export['export'], True)
+    export, loop = [step for step in steps if step.action in ('start_export', 'attach_loop')]
+    assert export.export == export_files('/srv/s/guest.qcow2', 'qcow2')[0]
+    assert (export.format, loop.image, loop.readonly) == ('qcow2', export.export, True)
 
 
 def test_a_writable_top_level_fuse_image_is_refused():
@@ -733,8 +735,8 @@ def test_two_fuse_layers_of_one_image_share_one_export_started_once():
             'target': '/srv/s/m'}
     roots = roots_of(tree)
     steps = plan(roots, observed(roots, missing=('/srv/s/m', '/srv/s/one', '/srv/s/two')), 'mounted')
-    assert [step['action'] for step in steps].count('start_export') == 1
-    assert [step['action'] for step in steps].count('attach_loop') == 2
+    assert [step.action for step in steps].count('start_export') == 1
+    assert [step.action for step in steps].count('attach_loop') == 2
 
 
 def test_unmounting_one_tree_keeps_an_export_another_trees_loop_device_reads():
@@ -747,9 +749,9 @@ def test_unmounting_one_tree_keeps_an_export_another_trees_loop_device_reads():
     live = FuseExport(export, export[:-4] + '.pid', export[:-4] + '.json', ImageServer('/srv/s/guest.qcow2', 'qcow2', True))
     lines = ['70 1 7:0 / /srv/s/one ro,relatime - ext4 /dev/loop0 ro', '71 1 7:1 / /srv/x ro,relatime - ext4 /dev/loop1 ro']
     steps = plan(roots, observed(roots, lines, loops=[mine, theirs], exports=[live]), 'unmounted')
-    assert [step['action'] for step in steps] == ['unmount', 'detach_loop']
+    assert [step.action for step in steps] == ['unmount', 'detach_loop']
     alone = plan(roots, observed(roots, lines[:1], loops=[mine], exports=[live]), 'unmounted')
-    assert [step['action'] for step in alone] == ['unmount', 'detach_loop', 'stop_export']
+    assert [step.action for step in alone] == ['unmount', 'detach_loop', 'stop_export']
 
 
 def test_an_nbd_device_served_by_something_other_than_qemu_nbd_is_drift_not_ours_to_repair():

@@ -1,0 +1,274 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The plan's vocabulary: one typed record per step kind, and the constructors that make them.
+
+The planner (and images.py for the devices behind image layers) builds a plan only from the constructors
+here; the executor runs each record by its type (``executor.Executor.handlers``), and an undo is a step of
+the same vocabulary. ``to_dict()`` is what the module returns as ``steps``: ``action``, ``node`` (the label of
+the tree node it serves), ``description`` (one sentence, what ``plan`` shows), and the record's own fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Optional, Tuple
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import OverlayPayload
+
+
+@dataclasses.dataclass(frozen=True)
+class Step(object):
+    action: ClassVar[str] = ''
+    node: str
+    description: str
+
+    def to_dict(self):
+        return dict(dataclasses.asdict(self), action=self.action)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mkdir(Step):
+    action: ClassVar[str] = 'mkdir'
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveEmptyDirs(Step):
+    """Undo of Mkdir: the directories it made, newest last; each goes only while it is empty."""
+    action: ClassVar[str] = 'remove_empty_dirs'
+    paths: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscardVolatileMarker(Step):
+    action: ClassVar[str] = 'discard_volatile_marker'
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreVolatileMarker(Step):
+    action: ClassVar[str] = 'restore_volatile_marker'
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadModule(Step):
+    action: ClassVar[str] = 'load_module'
+    module: str
+    kernel: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachLoop(Step):
+    """``ref`` names the attach for the mount step that uses its device (known only when it runs)."""
+    action: ClassVar[str] = 'attach_loop'
+    ref: str
+    image: str
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DetachLoop(Step):
+    action: ClassVar[str] = 'detach_loop'
+    ref: str
+    device: str
+    image: str
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachNbd(Step):
+    action: ClassVar[str] = 'attach_nbd'
+    ref: str
+    image: str
+    format: str
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DetachNbd(Step):
+    """``image`` is None when the device's qemu-nbd is gone: there is nothing to serve again."""
+    action: ClassVar[str] = 'detach_nbd'
+    ref: str
+    device: str
+    image: Optional[str]
+    format: Optional[str]
+    readonly: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StartExport(Step):
+    action: ClassVar[str] = 'start_export'
+    image: str
+    format: str
+    export: str
+    pidfile: str
+    metafile: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StopExport(Step):
+    """``image`` is None when the export's daemon is gone."""
+    action: ClassVar[str] = 'stop_export'
+    export: str
+    pidfile: str
+    metafile: str
+    image: Optional[str]
+    format: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class MountOverlay(Step):
+    """What was asked (layers and options, to verify the mount against) and how it is made (``payload``)."""
+    action: ClassVar[str] = 'mount'
+    kind: ClassVar[str] = 'overlay'
+    target: str
+    lowers: Tuple[str, ...]
+    upper: Optional[str]
+    work: Optional[str]
+    options: dict
+    readonly: bool
+    payload: OverlayPayload
+
+    def to_dict(self):
+        return dict(Step.to_dict(self), kind=self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class MountDevice(Step):
+    """``device`` is None until the attach step named ``ref`` of the same run gives one."""
+    action: ClassVar[str] = 'mount'
+    kind: ClassVar[str] = 'device'
+    target: str
+    device: Optional[str]
+    ref: Optional[str]
+    readonly: bool
+
+    def to_dict(self):
+        return dict(Step.to_dict(self), kind=self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class MountBind(Step):
+    action: ClassVar[str] = 'mount'
+    kind: ClassVar[str] = 'bind'
+    target: str
+    source: str
+    readonly: bool
+
+    def to_dict(self):
+        return dict(Step.to_dict(self), kind=self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unmount(Step):
+    """``restore`` mounts again what this removes, should the run be undone (CannotRestore when that is not known).
+    ``lazy`` (MNT_DETACH) for a filesystem whose device lost its server: a plain unmount could hang on I/O."""
+    action: ClassVar[str] = 'unmount'
+    target: str
+    lazy: bool
+    restore: Step
+
+    def to_dict(self):
+        return dict(Step.to_dict(self), restore=self.restore.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class CannotRestore(Step):
+    """The restore of an Unmount whose mount cannot be made again (not an overlay, bind or device): it fails."""
+    action: ClassVar[str] = 'cannot_restore'
+    target: str
+
+
+MOUNT_STEPS = (MountOverlay, MountDevice, MountBind)
+
+
+def _ro(readonly):
+    return ' read-only' if readonly else ''
+
+
+# --- constructors ------------------------------------------------------------------------------------------
+
+def mkdir(node, path):
+    return Mkdir(node=node, path=path, description='create directory %s' % path)
+
+
+def remove_empty_dirs(node, paths):
+    return RemoveEmptyDirs(node=node, paths=tuple(paths),
+                           description='remove the empty directories %s' % ', '.join(paths))
+
+
+def discard_volatile_marker(node, path):
+    return DiscardVolatileMarker(node=node, path=path, description=(
+        'discard the volatile marker %s (on_volatile_marker=discard: the upper dir is mounted as it is)' % path))
+
+
+def restore_volatile_marker(node, path):
+    return RestoreVolatileMarker(node=node, path=path, description='put the volatile marker %s back' % path)
+
+
+def load_module(node, module, kernel):
+    return LoadModule(node=node, module=module, kernel=kernel, description='load the %s kernel module' % module)
+
+
+def attach_loop(node, image, readonly):
+    return AttachLoop(node=node, ref=node, image=image, readonly=readonly,
+                      description='attach %s to a free loop device%s' % (image, _ro(readonly)))
+
+
+def detach_loop(node, device, image, readonly):
+    return DetachLoop(node=node, ref=node, device=device, image=image, readonly=readonly,
+                      description='detach %s (backing %s)' % (device, image))
+
+
+def attach_nbd(node, image, image_format, readonly):
+    return AttachNbd(node=node, ref=node, image=image, format=image_format, readonly=readonly,
+                     description='serve %s (%s) with qemu-nbd on a free nbd device%s'
+                                 % (image, image_format, _ro(readonly)))
+
+
+def detach_nbd(node, device, image=None, image_format=None, readonly=True):
+    return DetachNbd(node=node, ref=node, device=device, image=image, format=image_format, readonly=readonly,
+                     description='disconnect %s (%s)' % (device, 'serving %s' % image if image
+                                                         else 'its qemu-nbd is gone'))
+
+
+def start_export(node, image, image_format, export, pidfile, metafile):
+    return StartExport(node=node, image=image, format=image_format, export=export, pidfile=pidfile,
+                       metafile=metafile, description='export %s (%s) read-only as a raw file %s with '
+                                                      'qemu-storage-daemon' % (image, image_format, export))
+
+
+def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
+    return StopExport(node=node, export=export, pidfile=pidfile, metafile=metafile, image=image,
+                      format=image_format, description='stop the FUSE export %s' % export)
+
+
+def mount_overlay(node, target, lowers, upper, work, options, readonly, payload):
+    return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
+                        options=dict(options), readonly=readonly, payload=payload,
+                        description='mount overlay on %s (%s)%s' % (target, payload.summary(), _ro(readonly)))
+
+
+def mount_device(node, target, device, readonly, ref=None, device_text=None):
+    """``device_text`` names the device in the description while it is not known yet."""
+    return MountDevice(node=node, target=target, device=device, ref=ref, readonly=readonly,
+                       description='mount %s on %s%s' % (device or device_text, target, _ro(readonly)))
+
+
+def mount_bind(node, target, source, readonly):
+    return MountBind(node=node, target=target, source=source, readonly=readonly,
+                     description='bind %s on %s%s' % (source, target, _ro(readonly)))
+
+
+def unmount(node, target, restore, lazy=False, shown=''):
+    """``shown`` describes what is mounted there now."""
+    return Unmount(node=node, target=target, lazy=lazy, restore=restore,
+                   description='%sunmount %s%s' % ('lazily ' if lazy else '', target, ' (%s)' % shown if shown else ''))
+
+
+def cannot_restore(node, target):
+    return CannotRestore(node=node, target=target, description='mount %s again' % target)
