@@ -7,16 +7,36 @@
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import (
-    LOCK_FILE,
-    ApplyError,
-    Executor,
-    HostLock,
-)
+import fcntl
+import os
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, describe_mount, plan
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import MOUNT_STEPS, Unmount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
+
+
+LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
+
+
+class HostLock(object):
+    """Serialize runs on one host: observe, plan and apply happen under one exclusive lock."""
+
+    def __init__(self, path=LOCK_FILE):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.handle = open(self.path, 'a')
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        return False
 
 
 class ConvergeError(Exception):

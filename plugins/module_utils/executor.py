@@ -12,35 +12,13 @@ they are still empty); upper and work dirs and their data are never touched othe
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, steps as step, syscalls
 
-LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
-
 
 class ApplyError(RuntimeError):
     pass
-
-
-class HostLock(object):
-    """Serialize runs on one host: observe, plan and apply happen under one exclusive lock."""
-
-    def __init__(self, path=LOCK_FILE):
-        self.path = path
-        self.handle = None
-
-    def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.handle = open(self.path, 'a')
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
-        return False
 
 
 class Executor(object):

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import stat
+from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
     EXPORT_DIR,
@@ -68,32 +69,43 @@ class LoopDevice(object):
         self.holders = holders
 
 
-class PathFacts(object):
-    """What a path is now: existence, kind, identity, and (for work dirs) its entries.
+class PathFacts(NamedTuple):
+    """What a path is now: existence, kind, identity, and (for work dirs) its entries. A plain record:
+    observe_path fills it from the host, tests fill it by hand.
 
     A path that cannot be read (EIO on a filesystem whose device lost its server) exists but is of no
     known kind: ``unreadable`` holds the error.
     """
+    path: str
+    realpath: str
+    exists: bool = False
+    is_dir: bool = False
+    is_file: bool = False
+    is_block: bool = False
+    identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino)
+    rdev: Optional[Tuple[int, int]] = None  # (major, minor) of a block device
+    entries: Tuple[str, ...] = ()
+    volatile_leftover: bool = False  # a volatile overlay left its marker in this work dir
+    unreadable: Optional[str] = None
 
-    def __init__(self, path, list_entries=False):
-        self.path = path
-        self.realpath = os.path.realpath(path)
-        self.unreadable = None
-        try:
-            info = os.stat(path)
-        except OSError as error:
-            info = None
-            if error.errno not in (errno.ENOENT, errno.ENOTDIR):
-                self.unreadable = error.strerror
-        self.exists = info is not None or self.unreadable is not None
-        self.is_dir = bool(info and stat.S_ISDIR(info.st_mode))
-        self.is_file = bool(info and stat.S_ISREG(info.st_mode))
-        self.is_block = bool(info and stat.S_ISBLK(info.st_mode))
-        self.identity = (info.st_dev, info.st_ino) if info else None
-        self.rdev = (os.major(info.st_rdev), os.minor(info.st_rdev)) if self.is_block else None
-        self.entries = _entries(path) if list_entries and self.is_dir else []
-        # A volatile overlay leaves this in its work dir; the kernel refuses to mount on it again.
-        self.volatile_leftover = self.is_dir and os.path.isdir(volatile_marker(path))
+
+def observe_path(path, list_entries=False):
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return PathFacts(path, os.path.realpath(path))
+        return PathFacts(path, os.path.realpath(path), exists=True, unreadable=error.strerror)
+    is_dir = stat.S_ISDIR(info.st_mode)
+    is_block = stat.S_ISBLK(info.st_mode)
+    return PathFacts(
+        path, os.path.realpath(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
+        is_block=is_block, identity=(info.st_dev, info.st_ino),
+        rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
+        entries=_entries(path) if list_entries and is_dir else (),
+        # The kernel refuses to mount on a work dir that holds this marker.
+        volatile_leftover=is_dir and os.path.isdir(volatile_marker(path)),
+    )
 
 
 class Observed(object):
@@ -257,9 +269,9 @@ def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
 
 def _entries(path):
     try:
-        return sorted(os.listdir(path))
+        return tuple(sorted(os.listdir(path)))
     except OSError:
-        return []
+        return ()
 
 
 def observe(roots):
@@ -269,7 +281,7 @@ def observe(roots):
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
-                    paths[path] = PathFacts(path, list_entries=path == node.work)
+                    paths[path] = observe_path(path, list_entries=path == node.work)
     mounts = read_mountinfo()
     return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
                     nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release)

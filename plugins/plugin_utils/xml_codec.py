@@ -244,8 +244,10 @@ def _option_text(value):
     return str(value)
 
 
-YAML_LABEL = re.compile(r'filesystems\[(\d+)\]((?:\.lower\[\d+\])*)(?:\.(upper|work|target|source|options|format|driver|'
-                        r'readonly|type|accessmode|lower)(?:\.(\w+))?)?')
+# A label stands alone: at the start of the message or after a space or '(', and before the end, a space or
+# punctuation; inside a path (/srv/filesystems[3].target) it is part of the path and stays as it is.
+YAML_LABEL = re.compile(r'(?<![^\s(])filesystems\[(\d+)\]((?:\.lower\[\d+\])*)(?:\.(upper|work|target|source|options|'
+                        r'format|driver|readonly|type|accessmode|lower)(?:\.(\w+))?)?(?![^\s:;,)])')
 FIELD_IN_XML = {'upper': '/source[1]', 'work': '/source[2]', 'target': '/target', 'source': '/source',
                 'format': '/driver', 'driver': '/driver', 'readonly': '/readonly', 'type': '/@type',
                 'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver'}

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, HostLock, converge
 
 
 def no_commands(argv):
@@ -72,3 +73,13 @@ def test_batch_form_is_used_when_given(tmp_path):
     batch = dict(filesystem=None, filesystems=[one], state='mounted', on_drift='fail', create_dirs=False, on_volatile_marker='fail')
     with pytest.raises(ConvergeError, match=r'filesystems\[0\] .*create_dirs is false'):
         converge(batch, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
+
+
+def test_host_lock_is_exclusive(tmp_path):
+    path = str(tmp_path / 'run' / 'lock' / 'overlayfs.lock')
+    with HostLock(path):
+        with open(path, 'a') as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(path, 'a') as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit

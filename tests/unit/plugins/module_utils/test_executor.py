@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import executor as executor_module
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps, syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor, HostLock
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import overlay_payload
 
 
@@ -263,13 +262,3 @@ def test_mkdir_of_an_existing_directory_is_a_no_op_and_never_removes_it(tmp_path
     with pytest.raises(ApplyError):
         Executor(host.run_command).apply([mkdir_step(tmp_path), overlay_step(tmp_path)])
     assert tmp_path.is_dir()
-
-
-def test_host_lock_is_exclusive(tmp_path):
-    path = str(tmp_path / 'run' / 'lock' / 'overlayfs.lock')
-    with HostLock(path):
-        with open(path, 'a') as other:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(path, 'a') as other:
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit

@@ -13,6 +13,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe im
     LoopDevice,
     Observed,
     PathFacts,
+    observe_path,
     read_loop_devices,
 )
 
@@ -35,8 +36,7 @@ def test_mounts_at_returns_the_stack_bottom_first():
 
 
 def test_mounts_at_uses_the_resolved_path():
-    link = PathFacts('/nonexistent/containerhost-overlayfs-test')
-    link.path, link.realpath = '/link/to/m', '/srv/m'
+    link = PathFacts('/link/to/m', '/srv/m', exists=True, is_dir=True)
     observed = Observed(mountinfo.parse(TABLE), [], {'/link/to/m': link})
     assert [entry.mount_id for entry in observed.mounts_at('/link/to/m')] == [30, 31]
 
@@ -103,32 +103,32 @@ def test_path_facts_of_real_paths(tmp_path):
     (tmp_path / 'file').write_text('x')
     os.symlink('dir', str(tmp_path / 'link'))
 
-    directory = PathFacts(str(tmp_path / 'dir'), list_entries=True)
+    directory = observe_path(str(tmp_path / 'dir'), list_entries=True)
     assert directory.exists and directory.is_dir and not directory.is_file and not directory.is_block
-    assert directory.entries == ['index', 'work']
+    assert directory.entries == ('index', 'work')
     assert directory.volatile_leftover
     assert directory.identity == (os.stat(str(tmp_path / 'dir')).st_dev, os.stat(str(tmp_path / 'dir')).st_ino)
 
-    regular = PathFacts(str(tmp_path / 'file'))
-    assert regular.is_file and not regular.is_dir and regular.entries == [] and not regular.volatile_leftover
+    regular = observe_path(str(tmp_path / 'file'))
+    assert regular.is_file and not regular.is_dir and regular.entries == () and not regular.volatile_leftover
 
-    link = PathFacts(str(tmp_path / 'link'))
+    link = observe_path(str(tmp_path / 'link'))
     assert link.realpath == str(tmp_path / 'dir') and link.identity == directory.identity
 
-    missing = PathFacts(str(tmp_path / 'missing' / 'deeper'))
-    assert not missing.exists and missing.identity is None and missing.entries == []
+    missing = observe_path(str(tmp_path / 'missing' / 'deeper'))
+    assert not missing.exists and missing.identity is None and missing.entries == ()
     assert missing.realpath == str(tmp_path / 'missing' / 'deeper')
 
 
 def test_path_facts_of_a_block_device():
     candidates = [path for path in ('/dev/loop0', '/dev/vda', '/dev/sda', '/dev/ram0') if os.path.exists(path)]
     for path in candidates:
-        facts = PathFacts(path)
+        facts = observe_path(path)
         if facts.is_block:
             info = os.stat(path)
             assert facts.rdev == (os.major(info.st_rdev), os.minor(info.st_rdev))
             return
-    facts = PathFacts('/dev/null')  # a character device: not a block device
+    facts = observe_path('/dev/null')  # a character device: not a block device
     assert facts.exists and not facts.is_block and facts.rdev is None
 
 
@@ -136,5 +136,5 @@ def test_a_path_that_cannot_be_read_exists_with_its_error(monkeypatch):
     def stat(path):
         raise OSError(errno.EIO, 'Input/output error', path)
     monkeypatch.setattr(os, 'stat', stat)
-    facts = PathFacts('/srv/on-a-dead-device')
+    facts = observe_path('/srv/on-a-dead-device')
     assert facts.exists and not facts.is_dir and facts.unreadable == 'Input/output error'

@@ -21,6 +21,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe im
     NbdDevice,
     Observed,
     PathFacts,
+    observe_path,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
     MOUNT_DATA_LIMIT,
@@ -61,19 +62,11 @@ LOOP0 = LoopDevice('/dev/loop0', 7, 0, '/srv/t/guest.img', True, [])
 
 
 def facts(path, kind='dir', entries=(), realpath=None, identity=None, rdev=None, volatile_leftover=False):
-    """A PathFacts with every attribute the real one has, filled in by hand (nothing is stat'ed)."""
-    made = PathFacts('/nonexistent/containerhost-overlayfs-test/%d' % id(path))  # all attributes, all "absent"
-    made.path = path
-    made.realpath = realpath or path
-    made.exists = kind is not None
-    made.is_dir = kind == 'dir'
-    made.is_file = kind == 'file'
-    made.is_block = kind == 'block'
-    made.identity = identity or ((1, abs(hash(path))) if made.exists else None)
-    made.rdev = rdev
-    made.entries = sorted(entries)
-    made.volatile_leftover = volatile_leftover
-    return made
+    """A PathFacts filled in by hand (nothing is stat'ed)."""
+    exists = kind is not None
+    return PathFacts(path, realpath or path, exists=exists, is_dir=kind == 'dir', is_file=kind == 'file',
+                     is_block=kind == 'block', identity=identity or ((1, abs(hash(path))) if exists else None),
+                     rdev=rdev, entries=tuple(sorted(entries)), volatile_leftover=volatile_leftover)
 
 
 def observed(roots, lines=(), loops=(), missing=(), override=None, **host):
@@ -176,7 +169,7 @@ def test_the_planner_is_pure(monkeypatch):
     roots = roots_of(TREE)
     obs = observed(roots, [NESTED_MOUNTED], missing=('/srv/t/merged', '/srv/t/lower3'))
     mounts_before = [entry.to_dict() for entry in obs.mounts]
-    paths_before = dict((path, vars(value).copy()) for path, value in obs.paths.items())
+    paths_before = dict(obs.paths)
 
     def forbidden(*args, **kwargs):
         raise AssertionError('the planner touched the host: %r' % (args,))
@@ -193,7 +186,7 @@ def test_the_planner_is_pure(monkeypatch):
     assert summary(first)[-1] == ('mount', '/srv/t/merged')
     assert summary(teardown) == [('unmount', '/srv/t/b/merged')]
     assert [entry.to_dict() for entry in obs.mounts] == mounts_before
-    assert dict((path, vars(value)) for path, value in obs.paths.items()) == paths_before
+    assert obs.paths == paths_before  # records are immutable; the mapping holds the same ones
 
 
 # --- drift ------------------------------------------------------------------------------------------
@@ -464,7 +457,7 @@ def test_real_directories_work_dir_rules(tmp_path):
     roots = roots_of(tree)
 
     def observe_real():
-        paths = dict((path, PathFacts(path, list_entries=path == node.work)) for node in roots[0].walk()
+        paths = dict((path, observe_path(path, list_entries=path == node.work)) for node in roots[0].walk()
                      for path in (node.target, node.upper, node.work) if path)
         return Observed(mountinfo.parse(ROOT_MOUNT), [], paths)
 

@@ -429,6 +429,9 @@ def test_file_without_format_is_refused_by_the_tree():
     ('filesystems[0].upper: /u overlaps filesystems[0].lower[0] /u/x',
      '/filesystem[1]/source[1]: /u overlaps /filesystem[1]/backingStore[1] /u/x'),
     ('no label here', 'no label here'),
+    ('filesystems[1].lower[0]: lower dir /srv/filesystems[3].target does not exist (filesystems[0].upper)',
+     '/filesystem[2]/backingStore[1]: lower dir /srv/filesystems[3].target does not exist (/filesystem[1]/source[1])'),
+    ('filesystems[0]: upper /srv/a filesystems[0].work/b is taken', '/filesystem[1]: upper /srv/a filesystems[0].work/b is taken'),
 ])
 def test_yaml_labels_are_rewritten_as_xml_locations(message, expected):
     assert yaml_labels_to_xml(message) == expected
