@@ -19,7 +19,7 @@
 # Every target works from a fresh clone, run as root.
 
 SHELL := /bin/bash
-# The Debian releases the VM tests and the persistence oracles run on (tests/vm/vm.py RELEASES).
+# The Debian releases the VM tests and the persistence oracles run on (tests/helpers/vm.py RELEASES).
 VM_RELEASES := bookworm trixie
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test

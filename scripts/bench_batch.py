@@ -1,5 +1,5 @@
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Benchmark: converging N container root filesystems in one batch task vs one task per filesystem (a loop).
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ plan:
 steps:
   description:
     - The same steps as RV(plan), each with its kind (C(action)), the tree node it serves (C(node)) and its data
-      (target, device, layers; for an overlay mount the C(payload) the kernel gets: the mount(2) data string, or
+      (target, device, layers; for an overlay mount the C(payload) the kernel gets, the mount(2) data string or
       the fsconfig(2) parameters in order).
   returned: success, and on a failure while the steps ran
   type: list

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """Every plugin's and the role's documentation renders, and the modules' EXAMPLES run as written (paths moved under
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import yaml
@@ -18,7 +17,7 @@ import yaml
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.modules import overlay_filesystem, persistence_files
-from conftest import loops_backed_under, mounts_under, run
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked, loops_backed_under, mounts_under, run
 
 COLLECTION = 'containerhost.overlayfs.'
 
@@ -46,8 +45,7 @@ def test_module_examples_run_twice_without_change_the_second_time(host):
     for name in ('images/base', 'images/runtime'):
         host.write('srv/%s/%s.txt' % (name, os.path.basename(name)), name)
     os.makedirs(host.path('srv/image-content/bin'))
-    subprocess.run(['mkfs.ext4', '-q', '-F', '-d', host.path('srv/image-content'), host.path('srv/images/tools.img'),
-                    '8M'], check=True)
+    checked(['mkfs.ext4', '-q', '-F', '-d', host.path('srv/image-content'), host.path('srv/images/tools.img'), '8M'])
     playbook = os.path.join(host.runs_dir, 'examples.yml')
     with open(playbook, 'w') as handle:
         yaml.safe_dump([{'hosts': 'localhost', 'gather_facts': False, 'tasks': yaml.safe_load(examples)}], handle)
@@ -95,5 +93,4 @@ def test_persistence_files_examples_run_and_write_under_the_root_they_are_given(
 
 
 def unit_name(target):
-    return subprocess.run(['systemd-escape', '--path', '--suffix=mount', '--', target], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return checked(['systemd-escape', '--path', '--suffix=mount', '--', target]).stdout.strip()

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """Image layers without nbd: qemu-storage-daemon exports the image read-only through FUSE, a loop device
@@ -11,21 +11,25 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import subprocess
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
     EXPORT_DIR,
     export_files,
     process_alive,
 )
-from conftest import loops_backed_under, mounts_under
-from test_overlay_filesystem import converge_twice, make_ext4_image
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    converge_twice,
+    loops_backed_under,
+    make_ext4_image,
+    mounts_under,
+)
 
 
 def make_qcow2(host, name, files):
     raw = make_ext4_image(host, name + '.raw', files)
     image = host.path(name)
-    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw, image], check=True)
+    checked(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw, image])
     os.remove(raw)
     return image
 
@@ -45,8 +49,7 @@ def export_daemons():
 
 
 def export_loops():
-    out = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE'], capture_output=True,
-                         text=True, check=True).stdout
+    out = checked(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE']).stdout
     return [line.split()[0] for line in out.splitlines() if EXPORT_DIR in line]
 
 

@@ -1,67 +1,27 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """overlay_filesystem through real ansible-playbook and ansible runs, real overlayfs, real loop devices."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
-import subprocess
 import threading
 
 import pytest
 
-from conftest import loops_backed_under, mounts_under, relocate
-
-
-def snapshot(host):
-    """The mount table below the scratch root: mount ids included, so a remount shows."""
-    return [(entry.mount_id, entry.mountpoint, entry.fstype, tuple(sorted(entry.super_options.items(),
-                                                                          key=lambda item: item[0])))
-            for entry in mounts_under(host.root)]
-
-
-def converge_twice(host, **args):
-    """First run changes, second run plans nothing and mounts nothing."""
-    first = host.play(**args)
-    assert not first.get('failed'), first.get('msg')
-    assert first['changed'] is True
-    before = snapshot(host)
-    second = host.play(**args)
-    assert not second.get('failed'), second.get('msg')
-    assert second['changed'] is False
-    assert second['plan'] == []
-    assert snapshot(host) == before
-    return first
-
-
-def tree_digest(path):
-    """Names, modes, contents and device numbers (overlay whiteouts are 0:0 char devices) of a tree."""
-    digest = hashlib.sha256()
-    for directory, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(directory, name)
-            info = os.lstat(full)
-            digest.update(('%s %o %d\n' % (full, info.st_mode, info.st_rdev)).encode('utf-8', 'surrogateescape'))
-            if stat.S_ISREG(info.st_mode):
-                with open(full, 'rb') as handle:
-                    digest.update(handle.read())
-    return digest.hexdigest()
-
-
-def make_ext4_image(host, name, files):
-    """A raw ext4 image holding the given files (mkfs.ext4 -d, no mount needed)."""
-    content = host.path(name + '.content')
-    for relative, text in files.items():
-        host.write(os.path.join(name + '.content', relative), text)
-    image = host.path(name)
-    subprocess.run(['mkfs.ext4', '-q', '-F', '-d', content, image, '8M'], check=True)
-    return image
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    converge_twice,
+    loops_backed_under,
+    make_ext4_image,
+    mounts_under,
+    relocate,
+    snapshot,
+    tree_digest,
+)
 
 
 def overlays(host):
@@ -123,8 +83,7 @@ def test_seed_block_example_mounts_a_block_device(host, seed_examples):
     block = [xml for xml in seed_examples if "type='block'" in xml]
     assert len(block) == 1
     image = make_ext4_image(host, 'disk.img', {'hello': 'block'})
-    device = subprocess.run(['losetup', '--find', '--show', image], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    device = checked(['losetup', '--find', '--show', image]).stdout.strip()
     rdev = os.stat(device).st_rdev
     os.makedirs(host.path('dev'))
     os.mknod(host.path('dev/sdb1'), 0o600 | 0o060000, rdev)  # S_IFBLK: the seed's /dev/sdb1, relocated
@@ -163,8 +122,7 @@ def test_raw_image_lower_is_attached_read_only_once_and_detached_on_unmount(host
 
 def test_block_device_lower_mounts_read_only(host):
     image = make_ext4_image(host, 'sdb1.img', {'data': 'on a disk'})
-    device = subprocess.run(['losetup', '--find', '--show', image], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    device = checked(['losetup', '--find', '--show', image]).stdout.strip()
     host.make_dirs('base')
     tree = {'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
             'lower': [{'type': 'block', 'source': device, 'target': host.path('disk')}, host.path('base')]}
@@ -205,8 +163,8 @@ def test_unmounted_removes_every_mount_and_keeps_upper_data_byte_identical(host)
 
 def test_drift_is_refused_showing_both_then_replaced_when_asked(host):
     host.make_dirs('base', 'other', 'extra', 'merged')
-    subprocess.run(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s:%s' % (host.path('other'), host.path('extra')),
-                    host.path('merged')], check=True)
+    checked(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s:%s' % (host.path('other'), host.path('extra')),
+             host.path('merged')])
     tree = {'lower': [host.path('base'), host.path('extra')], 'target': host.path('merged')}
     before = snapshot(host)
     refused = host.play(filesystem=tree)
@@ -393,8 +351,7 @@ def test_replacing_an_image_layer_detaches_the_old_loop_device(host):
     assert not replaced.get('failed'), replaced.get('msg')
     assert [step['action'] for step in replaced['steps']] == ['unmount', 'unmount', 'detach_loop', 'attach_loop',
                                                               'mount', 'mount']
-    devices = subprocess.run(['losetup', '--list', '--noheadings', '--output', 'BACK-FILE'], capture_output=True,
-                             text=True, check=True).stdout.split()
+    devices = checked(['losetup', '--list', '--noheadings', '--output', 'BACK-FILE']).stdout.split()
     assert new in devices and old not in devices
     with open(host.path('merged/version')) as handle:
         assert handle.read() == 'new'

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """The rendered persistence against the programs of Debian 12 and 13 that read it, each release's own (the
@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
@@ -41,7 +40,8 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistenc
     spec_file,
     unit_name_for_path,
 )
-from tree_builders import canonical, overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked
+from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 
 GENERATOR = '/usr/lib/systemd/system-generators/systemd-fstab-generator'
 _ORIGIN = re.compile(r' \((?:origin|destination)-[a-z-]+(?: (?:origin|destination)-[a-z-]+)*\)$')
@@ -155,8 +155,7 @@ def prepare_layers(rr, trees):
             elif node.get('type') == 'file':
                 make_dirs(rr, node['target'], node['source'] + '.d')
                 mark(rr, node['source'] + '.d/from-image', 'image')
-                subprocess.run(['mkfs.ext4', '-q', '-d', rr.path(node['source'] + '.d'), rr.path(node['source']), '8M'],
-                               check=True, capture_output=True)
+                checked(['mkfs.ext4', '-q', '-d', rr.path(node['source'] + '.d'), rr.path(node['source']), '8M'])
             else:
                 make_dirs(rr, node['target'])
                 mark(rr, node['source'] + '/from-bind', 'bind')

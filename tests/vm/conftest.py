@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """Fixtures for tests that run in the Debian test VMs (see docs/testing-vm.md).
@@ -20,9 +20,7 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from vm import RELEASES, TestVM, ensure_image  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.containerhost.overlayfs.tests.helpers.vm import RELEASES, TestVM, ensure_image
 
 _TIMINGS = {}
 _FAILED_STEPS = {}  # (module, release) -> the step that failed

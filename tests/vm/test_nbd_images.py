@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """qcow2 image layers through qemu-nbd, in the Debian test VM (real kernel nbd, real systemd, real udev),
@@ -21,7 +21,7 @@ import textwrap
 import threading
 
 import pytest
-from module_playbook import module_playbook
+from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import module_playbook
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

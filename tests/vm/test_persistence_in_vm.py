@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """The overlay_mounts role's persistence through real reboots, on Debian 12 and 13 (one VM each, booted once).
@@ -35,7 +35,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import options_match
-from tree_builders import canonical, overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 
 pytestmark = pytest.mark.incremental
 

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree impor
     path_and_ancestors,
     to_yaml,
 )
-from tree_builders import overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.trees import overlay
 
 # The seed's three overlay shapes, written as a playbook would.
 SEED_SIMPLE = '''

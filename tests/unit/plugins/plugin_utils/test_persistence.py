@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistenc
     unit_name_for_path,
     unit_word,
 )
-from tree_builders import canonical, overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 
 SYSTEMD_ESCAPE = shutil.which('systemd-escape')
 needs_systemd_escape = pytest.mark.skipif(SYSTEMD_ESCAPE is None, reason='systemd-escape is not installed')

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items
     normalize_items,
     role_work,
 )
-from tree_builders import canonical, overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 
 TREE = overlay('/srv/ct1/rootfs', ['/srv/base', '/srv/app'], '/srv/ct1/upper', '/srv/ct1/work')
 XML = '''<filesystem type='overlay'>

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) containerhost.overlayfs contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """A throwaway Debian VM under QEMU (TCG) for tests that need nbd, systemd as PID 1 or reboots.
@@ -20,9 +20,9 @@ makes qemu exit, and a supervisor thread starts qemu again on the same overlay. 
 
 Contributors' CLI (run as root from the repo root; --release trixie for Debian 13)::
 
-    python tests/vm/vm.py shell          boot a VM, open a root shell in it, throw it away on exit
-    python tests/vm/vm.py run CMD...     boot, run one command, print its output, throw the VM away
-    python tests/vm/vm.py up             boot and keep it up (prints ssh command and inventory) until Ctrl-C
+    python tests/helpers/vm.py shell          boot a VM, open a root shell in it, throw it away on exit
+    python tests/helpers/vm.py run CMD...     boot, run one command, print its output, throw the VM away
+    python tests/helpers/vm.py up             boot and keep it up (prints ssh command and inventory) until Ctrl-C
 
 Only the Python standard library is used.
 """
@@ -42,8 +42,8 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD_SCRIPT = os.path.join(HERE, 'build-image.sh')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_SCRIPT = os.path.join(REPO, 'tests', 'vm', 'build-image.sh')
 DEFAULT_CACHE = '/var/cache/containerhost-overlayfs-vm'
 RELEASES = ('bookworm', 'trixie')  # Debian 12 and 13: what build-image.sh builds
 
@@ -497,7 +497,7 @@ _install_exit_handlers()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python tests/vm/vm.py', description=__doc__.split('\n', 1)[0])
+    parser = argparse.ArgumentParser(prog='python tests/helpers/vm.py', description=__doc__.split('\n', 1)[0])
     parser.add_argument('--no-build', action='store_true', help='do not run build-image.sh first')
     parser.add_argument('--keep-workdir', action='store_true', help='keep console.log and qemu.log after exit')
     parser.add_argument('--release', choices=RELEASES, default=RELEASES[0], help='the Debian release to boot')
