@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""syscalls: each wrapper once against the kernel, in a private mount namespace of its own (root only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import json, os, subprocess, sys
+    sys.path[:0] = json.loads(sys.argv[2])
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import overlay_payload
+    base = sys.argv[1]
+    report = {}
+
+    def path(*parts):
+        return os.path.join(base, *parts)
+
+    def top(target):
+        return [entry for entry in read_mountinfo() if entry.mountpoint == target][-1]
+
+    subprocess.run(['mount', '-t', 'tmpfs', 'scratch', base], check=True, capture_output=True)
+    lowers = [path('l,%03d' % index + 'x' * 90) for index in range(40)]
+    for name in lowers + [path('u'), path('w'), path('m'), path('m2'), path('bound'), path('w2')]:
+        os.mkdir(name)
+    for kind, layers in (('mount', lowers[:2]), ('fsconfig', lowers)):
+        payload = overlay_payload(layers, path('u'), path('w'), {'default_permissions': 'on'})
+        assert payload.api == kind, payload.api
+        syscalls.mount_overlay(path('m'), payload, False)
+        entry = top(path('m'))
+        report[kind] = [entry.overlay_layers()[0] == layers, entry.readonly, 'default_permissions' in entry.super_options]
+        syscalls.unmount(path('m'))
+        report[kind].append(any(entry.mountpoint == path('m') for entry in read_mountinfo()))
+    syscalls.bind_mount(path('u'), path('bound'), True)
+    report['bind'] = top(path('bound')).readonly
+    syscalls.unmount(path('bound'), lazy=True)
+    try:
+        syscalls.mount_overlay(path('m2'), overlay_payload([path('missing'), lowers[0]], None, None, {}), False)
+    except syscalls.MountError as error:
+        report['refused'] = [error.errno, str(error)]
+    try:
+        syscalls.unmount(path('m2'))
+    except syscalls.MountError as error:
+        report['not_mounted'] = [error.errno, str(error)]
+    print(json.dumps(report))
+''')
+
+
+@pytest.fixture
+def namespace_run(tmp_path):
+    unshare = shutil.which('unshare')
+    if os.geteuid() != 0 or not unshare:
+        pytest.skip('needs root and unshare to mount in a private namespace')
+
+    def run(script):
+        completed = subprocess.run([unshare, '-m', '--propagation', 'private', sys.executable, '-c', script,
+                                    str(tmp_path), json.dumps(sys.path)], capture_output=True, text=True, check=False)
+        assert completed.returncode == 0, 'stdout: %s\nstderr: %s' % (completed.stdout, completed.stderr)
+        return json.loads(completed.stdout)
+    return run
+
+
+def test_each_wrapper_does_what_it_says_and_failures_carry_the_call_and_errno(namespace_run, tmp_path):
+    report = namespace_run(SCRIPT)
+    # mount(2) and fsconfig(2) give the same overlay: the layers in order, the flag, gone after unmount
+    assert report['mount'] == [True, False, True, False]
+    assert report['fsconfig'] == [True, False, True, False]
+    assert report['bind'] is True  # read-only takes the second, remount call
+    err, text = report['refused']
+    assert err == 2 and text.startswith('mount overlay on %s: No such file or directory' % (tmp_path / 'm2'))
+    err, text = report['not_mounted']
+    assert err == 22 and text == 'unmount %s: Invalid argument' % (tmp_path / 'm2')
