@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.xml_codec import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import (
     XmlError,
     filesystems_to_xml,
     xml_to_filesystems,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import (
     PersistenceError,
     helper_sources,
     render,
 )
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import ItemError, role_work
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import ItemError, role_work
 
 
 def overlay_mounts_items(items, persistence=None, nofail=None, service_mgr=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import (
     NBD_DEVICE,
     PersistenceError,
     helper_sources,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.xml_codec import XmlError, xml_to_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, xml_to_filesystems
 
 
 def overlay_trees(value):

@@ -219,7 +219,7 @@ from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 
 
 def main():

@@ -20,9 +20,9 @@ import stat
 import subprocess
 import sys
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.devices import stop_export
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import EXPORT_DIR
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import stop_export
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

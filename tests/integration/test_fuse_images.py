@@ -12,7 +12,7 @@ import glob
 import os
 import signal
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     export_files,
     process_alive,

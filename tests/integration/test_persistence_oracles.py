@@ -23,16 +23,16 @@ import shutil
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import options_match, volatile_marker
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import options_match, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
     MARKER,
     SYSTEMD_UNIT_DIR,
     apply,
 )
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import (
     NBD_TEMPLATE,
     PersistenceError,
     fstab_field,

@@ -33,8 +33,8 @@ import tempfile
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import options_match
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import options_match
 from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 
 pytestmark = pytest.mark.incremental

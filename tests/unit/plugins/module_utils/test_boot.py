@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot, mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import MARKER
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import MARKER
 
 SPEC = {'target': '/srv/m', 'lowers': ['/srv/a,b', '/srv/c:d', '/srv/\u00e9 x'], 'upper': '/srv/u', 'work': '/srv/w',
         'options': {'index': 'off'}, 'readonly': False, 'on_volatile_marker': 'fail'}
@@ -114,7 +114,7 @@ def test_the_bundle_is_the_import_closure_of_the_helper_and_needs_only_the_stand
                 top = module.split('.')[0]
                 assert top == '__future__' or top in sys.stdlib_module_names, (name, module)
     assert package_modules <= set(boot.BUNDLE)
-    assert set(boot.BUNDLE) - package_modules == {'boot'}  # what the launcher imports
+    assert set(boot.BUNDLE) - package_modules == {'_boot'}  # what the launcher imports
 
 
 def test_the_launcher_runs_the_helper_from_the_bundle_alone(tmp_path):

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.converge import ConvergeError, HostLock, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, HostLock, converge
 
 
 def no_commands(argv):

@@ -12,8 +12,8 @@ import errno
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.devices import DeviceError
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import DeviceError
 
 
 class Runner(object):

@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import executor as executor_module
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps, syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import overlay_payload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _executor as executor_module
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
 
 
 class FakeHost(object):
@@ -148,8 +148,8 @@ def test_failing_first_step_has_nothing_to_undo(tmp_path, monkeypatch):
 def test_losetup_failure_is_reported_with_its_output(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     host.fail['losetup'] = (1, '', 'losetup: cannot find an unused loop device\n')
-    plan = [mkdir_step(tmp_path / 'l3'), attach_step(tmp_path / 'img.raw'), device_step(tmp_path / 'img.raw',
-                                                                                         tmp_path / 'l3')]
+    plan = [mkdir_step(tmp_path / 'l3'), attach_step(tmp_path / 'img.raw'),
+            device_step(tmp_path / 'img.raw', tmp_path / 'l3')]
     with pytest.raises(ApplyError) as error:
         Executor(host.run_command).apply(plan)
     message = str(error.value)

@@ -9,13 +9,13 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     discard_volatile_marker,
     export_files,
     restore_volatile_marker,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
 
 
 def test_the_kernels_volatile_marker_is_discarded_and_restored(tmp_path):

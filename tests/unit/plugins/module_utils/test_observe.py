@@ -8,8 +8,8 @@ from __future__ import annotations
 import errno
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
     LoopDevice,
     Observed,
     PathFacts,

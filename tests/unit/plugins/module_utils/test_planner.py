@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
     FuseExport,
     ImageServer,
     LoopDevice,
@@ -23,15 +23,15 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe im
     PathFacts,
     observe_path,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     MOUNT_DATA_LIMIT,
     OverlayPayload,
     overlay_mount_data,
     split_lowerdir,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import mount_device
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import mount_device
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems
 
 ROOT_MOUNT = '1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw'
 KERNEL_WORKDIR = ['index', 'work']
@@ -119,7 +119,7 @@ def test_nothing_mounted_builds_bottom_up():
     wanted_lowers = ['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2']
     assert split_lowerdir(top.payload.data.split(',')[0][len('lowerdir='):]) == wanted_lowers
     assert top.payload.data == overlay_mount_data(['/srv/t/b/merged', '/srv/t/lower3', '/srv/t/lower2'],
-                                             '/srv/t/upper', '/srv/t/work', {})
+                                                  '/srv/t/upper', '/srv/t/work', {})
     assert (image.kind, image.ref, image.device, image.readonly) == \
         ('device', 'filesystems[0].lower[1]', None, True)
     assert steps[3].ref == image.ref  # the mount uses the device the attach step gets

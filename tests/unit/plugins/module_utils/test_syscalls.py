@@ -19,9 +19,9 @@ import pytest
 SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
     sys.path[:0] = json.loads(sys.argv[2])
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import overlay_payload
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
     base = sys.argv[1]
     report = {}
 

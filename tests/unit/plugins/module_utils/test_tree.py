@@ -10,7 +10,7 @@ import copy
 import pytest
 import yaml
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     MAX_LOWER_LAYERS,
     TreeError,
     is_within,

@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.persistence import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import (
     EXPORT_TEMPLATE,
     MARKER,
     NBD_MODPROBE,
@@ -486,7 +486,7 @@ def test_bad_input(items, settings, message):
 
 
 def test_a_tree_with_an_overlay_needs_the_helper_sources():
-    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of boot, devices'):
+    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of _boot, _devices'):
         render([item(SIMPLE)])
 
 

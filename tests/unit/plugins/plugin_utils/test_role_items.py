@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import (
     ItemError,
     normalize_items,
     role_work,

@@ -12,10 +12,10 @@ can be checked before a change is checked here, so a plan that is returned can b
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import steps as step
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.images import ImagePlanner
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import render_super_options
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
     options_match,
     overlay_mount_data,
@@ -23,7 +23,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.options im
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import MAX_OVERLAY_NESTING, fold_path, is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, fold_path, is_within
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
 

@@ -17,16 +17,16 @@ import os
 import stat
 from typing import NamedTuple, Optional, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     SYS_BLOCK,
     SYS_MODULE,
     process_alive,
     read_text,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import volatile_marker
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import is_within
 
 
 class ImageServer(object):

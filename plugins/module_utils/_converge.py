@@ -10,11 +10,11 @@ from __future__ import annotations
 import fcntl
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.executor import ApplyError, Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.observe import observe
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.planner import PlanError, describe_mount, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import MOUNT_STEPS, Unmount
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import observe
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, describe_mount, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import MOUNT_STEPS, Unmount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
 
 
 LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Optional, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import OverlayPayload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload
 
 
 @dataclasses.dataclass(frozen=True)

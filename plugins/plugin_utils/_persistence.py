@@ -41,21 +41,21 @@ import hashlib
 import os
 import re
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import export_files
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import ON_VOLATILE_MARKER
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import ON_VOLATILE_MARKER
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
     CONFIG_DIR,
     DROPIN,
     MARKER,
     SYSTEMD_UNIT_DIR,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     TreeError,
     order_by_dependency,
     parse_filesystem,
 )
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.role_items import ItemError, normalize_items
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import ItemError, normalize_items
 
 NBD_ENV_DIR = CONFIG_DIR + '/nbd'
 EXPORT_ENV_DIR = CONFIG_DIR + '/exports'

@@ -24,13 +24,13 @@ import re
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     TreeError,
     check_unique_targets,
     parse_filesystem,
     to_yaml,
 )
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils.xml_codec import (
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import (
     XmlError,
     xml_to_filesystems,
     yaml_labels_to_xml,

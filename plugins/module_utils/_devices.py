@@ -19,8 +19,8 @@ import os
 import signal
 import time
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.hostfs import SYS_BLOCK, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import SYS_BLOCK, process_alive
 
 READY_TIMEOUT = 15.0  # seconds for a device or export to come up
 POLL = 0.1

@@ -6,7 +6,7 @@
 """The filesystem tree: parse the YAML form, validate what needs no host, and render it back.
 
 Pure functions. The YAML form is one-to-one with the libvirt-style XML (see
-plugins/plugin_utils/xml_codec.py); every rule here names the offending field.
+plugins/plugin_utils/_xml_codec.py); every rule here names the offending field.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import posixpath
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
     check_conflicts,
     normalize_options,

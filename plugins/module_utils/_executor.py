@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, steps as step, syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _steps as step, _syscalls as syscalls
 
 
 class ApplyError(RuntimeError):

@@ -28,9 +28,9 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import devices, hostfs, syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
     overlay_payload,
     volatile_marker,
@@ -43,7 +43,7 @@ HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE,
 EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
-BUNDLE = ('boot', 'devices', 'hostfs', 'mountinfo', 'options', 'syscalls')  # this module's import closure
+BUNDLE = ('_boot', '_devices', '_hostfs', '_mountinfo', '_options', '_syscalls')  # this module's import closure
 SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker')
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
@@ -195,7 +195,7 @@ def launcher(marker, python):
         '"""%s: see %s in the containerhost.overlayfs collection."""' % (', '.join(sorted(PROGRAMS)), __name__),
         'import sys',
         'sys.path.insert(0, %r)' % HELPER_LIB,
-        'from %s.boot import main' % PACKAGE,
+        'from %s._boot import main' % PACKAGE,
         'sys.exit(main(sys.argv))',
     ]) + '\n'
 
