@@ -14,7 +14,12 @@ from __future__ import annotations
 import errno
 import os
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _steps as step, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
 
 
 class ApplyError(RuntimeError):
@@ -144,8 +149,23 @@ class Executor(object):
     # --- mounts -------------------------------------------------------------------------------------------
 
     def _mount_overlay(self, one):
-        syscalls.mount_overlay(one.target, one.payload, one.readonly)
+        kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly)
+        self._verify_overlay(one, kernel_messages)
         return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
+
+    def _verify_overlay(self, one, kernel_messages):
+        """Read the mount back: one the kernel accepted may give less than asked. Such a mount goes again."""
+        mountpoint = os.path.realpath(one.target)
+        stacked = [entry for entry in read_mountinfo() if entry.mountpoint == mountpoint]
+        shortfalls = overlay_shortfalls(stacked[-1] if stacked else None, one.lowers, one.upper, one.work,
+                                        one.options, one.readonly)
+        if not shortfalls:
+            return
+        if stacked:
+            syscalls.unmount(one.target)
+        raise ApplyError('the kernel accepted the overlay on %s but gave less than asked: %s; asked: %s; unmounted '
+                         'it again%s' % (one.target, '; '.join(shortfalls), one.payload.summary(),
+                                         ' (kernel: %s)' % '; '.join(kernel_messages) if kernel_messages else ''))
 
     def _mount_device(self, one):
         device = self.attached.get(one.ref) or one.device

@@ -38,6 +38,12 @@ class MountEntry(object):
     def readonly(self):
         return 'ro' in self.mount_options
 
+    @property
+    def superblock_readonly(self):
+        """The filesystem itself is read-only (an overlay that could not set up its work dir falls back to it,
+        while its mount options still say rw)."""
+        return 'ro' in self.super_options
+
     def overlay_layers(self):
         """(lowers, upper, work) as paths, or None when this is not an overlay."""
         if self.fstype != 'overlay':

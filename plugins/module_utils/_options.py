@@ -231,6 +231,18 @@ def _flag_shown(name, shown):
     return name in shown or (name == 'volatile' and shown.get('fsync') == 'volatile')
 
 
+def option_shortfalls(desired, shown, has_upper):
+    """The options asked for that the kernel shows otherwise, each as 'name=asked (shown: ...)'."""
+    return ['%s=%s (shown: %s)' % (name, value, _shown_value(name, shown)) for name, value in sorted(desired.items())
+            if not options_match({name: value}, shown, has_upper)]
+
+
+def _shown_value(name, shown):
+    if OVERLAY_OPTIONS[name] is None:
+        return 'set' if _flag_shown(name, shown) else 'not set'
+    return shown.get(name)
+
+
 def options_match(desired, shown, has_upper):
     """True when every option the user asked for agrees with what the kernel shows.
 

@@ -17,13 +17,13 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._images im
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
-    options_match,
     overlay_mount_data,
     overlay_payload,
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, fold_path, is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
 
@@ -100,8 +100,12 @@ class _Planner(object):
             raise PlanError('%s is mounted, but not on the layers this tree describes (a lower of it is missing '
                             'or was replaced): %s. Set on_drift=replace to remount it.'
                             % (node.describe(), describe_mount(current)))
-        raise PlanError('drift at %s: mounted now: %s; wanted: %s. Set on_drift=replace to replace it.'
-                        % (node.describe(), describe_mount(current), self._describe_wanted(node)))
+        differences = ''
+        if node.kind == 'overlay':
+            differences = ' (%s)' % '; '.join(overlay_shortfalls(current, node.layer_paths(), node.upper, node.work,
+                                                                 node.options, node.mounted_readonly))
+        raise PlanError('drift at %s: mounted now: %s%s; wanted: %s. Set on_drift=replace to replace it.'
+                        % (node.describe(), describe_mount(current), differences, self._describe_wanted(node)))
 
     def _describe_wanted(self, node):
         readonly = 'read-only ' if node.mounted_readonly else ''
@@ -120,14 +124,9 @@ class _Planner(object):
         return self.matcher[node.mount_kind](node, current)
 
     def _matches_overlay(self, node, current):
-        layers = current.overlay_layers()
-        if layers is None:
-            return 'drift'
-        lowers, upper, work = layers
-        same = ([_fold(p) for p in lowers] == node.layer_paths()
-                and _fold(upper) == node.upper and _fold(work) == node.work
-                and options_match(node.options, current.super_options, bool(node.upper)))
-        return 'match' if same else 'drift'
+        shortfalls = overlay_shortfalls(current, node.layer_paths(), node.upper, node.work, node.options,
+                                        node.mounted_readonly)
+        return 'drift' if shortfalls else 'match'
 
     def _matches_block(self, node, current):
         return 'match' if self.observed.facts(node.source).rdev == (current.major, current.minor) else 'drift'
@@ -330,7 +329,3 @@ def _restore(node, current):
         return step.mount_device(node.label, node.target, current.source, current.readonly,
                                  ref=node.label if node.kind == 'file' else None)
     return step.cannot_restore(node.label, node.target)
-
-
-def _fold(path):
-    return fold_path(path) if path else path

@@ -91,6 +91,7 @@ class KernelLog(object):
 
 
 def _call_mount(call, keywords, source, target, fstype, flags, data):
+    """Return what the kernel logged about a mount that succeeded (it may have given less than asked)."""
     with KernelLog(keywords) as log:
         result = _libc.mount(os.fsencode(source) if source else None, os.fsencode(target),
                              fstype.encode() if fstype else None, flags,
@@ -98,20 +99,21 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
         if result != 0:
             err = ctypes.get_errno()
             raise MountError(err, call, log.messages())
+        return log.messages()
 
 
 def mount_overlay(target, payload, readonly):
-    """Mount an overlay exactly as its payload (options.overlay_payload) says."""
+    """Mount an overlay exactly as its payload (options.overlay_payload) says; return what the kernel logged."""
     if payload.api == 'mount':
-        _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
-                    MS_RDONLY if readonly else 0, payload.data)
-        return
+        return _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
+                           MS_RDONLY if readonly else 0, payload.data)
     with KernelLog(('overlayfs',)) as log:
         try:
             _mount_overlay_fsconfig(target, payload.parameters, readonly)
         except MountError as error:
             error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
             raise
+        return log.messages()
 
 
 def _mount_overlay_fsconfig(target, parameters, readonly):

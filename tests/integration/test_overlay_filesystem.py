@@ -374,3 +374,41 @@ def test_a_volatile_overlay_is_not_mounted_again_unless_its_mark_is_discarded(ho
     assert [step['action'] for step in first['steps']] == ['discard_volatile_marker', 'mount']
     with open(host.path('m/written')) as handle:
         assert handle.read() == 'kept'
+
+
+def small_upper_fs_out_of_inodes(host):
+    """A tmpfs for upper and work with no inode left: the kernel cannot make work/work there."""
+    small = host.path('small')
+    os.makedirs(small)
+    checked(['mount', '-t', 'tmpfs', '-o', 'nr_inodes=16,size=1m', 'small', small])
+    os.makedirs(os.path.join(small, 'upper'))
+    os.makedirs(os.path.join(small, 'work'))
+    for number in range(16):
+        try:
+            os.mkdir(os.path.join(small, 'upper', 'fill%d' % number))
+        except OSError:
+            break
+    host.make_dirs('l1', 'l2')
+    return {'upper': os.path.join(small, 'upper'), 'work': os.path.join(small, 'work'),
+            'lower': [host.path('l1'), host.path('l2')], 'target': host.path('merged')}
+
+
+def test_an_overlay_the_kernel_mounts_read_only_is_undone_and_reported_and_a_degraded_one_is_drift(host):
+    tree = small_upper_fs_out_of_inodes(host)
+    failed = host.play(filesystem=tree)
+    assert failed['failed']
+    message = failed['msg']
+    assert 'the kernel accepted the overlay on %s but gave less than asked' % host.path('merged') in message, message
+    assert 'its superblock is read-only (the kernel could not set up the work dir' in message, message
+    if os.access('/dev/kmsg', os.R_OK):
+        assert 'mounting read-only' in message, message  # the kernel's own line
+    assert [entry.mountpoint for entry in mounts_under(host.root)] == [host.path('small')]
+    assert not os.path.exists(host.path('merged'))  # this run made it, and undid it
+
+    # the same overlay made by hand: mount(8) says nothing, the next run calls it drift
+    os.makedirs(host.path('merged'))
+    checked(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s:%s,upperdir=%s,workdir=%s' % (
+        tree['lower'][0], tree['lower'][1], tree['upper'], tree['work']), host.path('merged')])
+    refused = host.play(filesystem=tree)
+    assert refused['failed'] and 'drift at' in refused['msg'], refused['msg']
+    assert 'its superblock is read-only' in refused['msg'], refused['msg']

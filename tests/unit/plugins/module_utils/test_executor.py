@@ -13,6 +13,7 @@ import os
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _executor as executor_module
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps, _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
@@ -26,14 +27,27 @@ class FakeHost(object):
         self.loop_device = loop_device
         self.fstype = fstype
         self.fail = {}  # event name -> exception to raise
+        self.overlays = {}  # target -> the mount(2) data of the overlay the fake kernel shows there
         for name in ('mount_overlay', 'mount_device', 'bind_mount', 'unmount'):
             monkeypatch.setattr(syscalls, name, self._syscall(name))
+        monkeypatch.setattr(executor_module, 'read_mountinfo', self.mountinfo)
+
+    def mountinfo(self):
+        """What the executor reads back after a mount: each overlay as it was asked for (a kernel that gives all)."""
+        return mountinfo.parse('\n'.join('%d 1 0:%d / %s rw - overlay overlay rw,%s' % (number, number, target, data)
+                                         for number, (target, data) in enumerate(sorted(self.overlays.items()), 50)))
 
     def _syscall(self, name):
         def call(*args, **kwargs):
             self.events.append((name,) + args + tuple(value for value in kwargs.values() if value))
             if name in self.fail:
                 raise self.fail.pop(name)
+            if name == 'mount_overlay':
+                self.overlays[os.path.realpath(args[0])] = args[1].data
+                return []
+            if name == 'unmount':
+                self.overlays.pop(os.path.realpath(args[0]), None)
+            return None
         return call
 
     def run_command(self, argv):
@@ -213,10 +227,12 @@ def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monke
     plan = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
     calls = []
 
-    def mount_overlay(target, *args):
+    def mount_overlay(target, payload, readonly):
         calls.append(target)
         if target == str(second):
             raise kernel_refusal(target)
+        host.overlays[target] = payload.data
+        return []
 
     def unmount(target, lazy=False):
         raise syscalls.MountError(errno.EBUSY, 'unmount %s' % target, [])
@@ -262,3 +278,26 @@ def test_mkdir_of_an_existing_directory_is_a_no_op_and_never_removes_it(tmp_path
     with pytest.raises(ApplyError):
         Executor(host.run_command).apply([mkdir_step(tmp_path), overlay_step(tmp_path)])
     assert tmp_path.is_dir()
+
+
+def test_an_overlay_the_kernel_gives_less_than_asked_is_unmounted_and_reported_with_its_log(tmp_path, monkeypatch):
+    """The kernel falls back to a read-only superblock, with success, when it cannot set up the work dir."""
+    host = FakeHost(monkeypatch)
+    target = tmp_path / 'm'
+
+    def degraded(target, payload, readonly):
+        host.events.append(('mount_overlay', target))
+        host.overlays[target] = payload.data.replace('uuid=on', 'uuid=null')
+        return ['overlayfs: failed to create directory /w/work (errno: 28); mounting read-only']
+    monkeypatch.setattr(syscalls, 'mount_overlay', degraded)
+    monkeypatch.setattr(executor_module, 'read_mountinfo', lambda: mountinfo.parse(
+        '50 1 0:50 / %s rw - overlay overlay ro,%s' % (target, host.overlays[str(target)])))
+    with pytest.raises(ApplyError) as error:
+        Executor(host.run_command).apply([mkdir_step(target), overlay_step(target, options={'uuid': 'on'})])
+    message = str(error.value)
+    assert 'the kernel accepted the overlay on %s but gave less than asked' % target in message
+    assert 'its superblock is read-only (the kernel could not set up the work dir /w)' in message
+    assert 'option uuid=on (shown: null)' in message
+    assert 'kernel: overlayfs: failed to create directory /w/work (errno: 28); mounting read-only' in message
+    assert host.events[-1] == ('unmount', str(target))  # the degraded mount goes, then the mkdir is undone
+    assert not target.exists()
