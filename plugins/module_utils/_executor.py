@@ -177,7 +177,17 @@ class Executor(object):
         return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
 
     def _unmount(self, one):
-        syscalls.unmount(one.target, lazy=one.lazy)
+        try:
+            syscalls.unmount(one.target, lazy=one.lazy)
+        except syscalls.MountError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            holders = hostfs.processes_using(os.path.realpath(one.target))
+            held = ', '.join('pid %d (%s)' % holder for holder in holders[:10])
+            if len(holders) > 10:
+                held += ' and %d more' % (len(holders) - 10)
+            raise ApplyError('%s%s; it stays mounted (nothing is unmounted lazily)'
+                             % (error, ', held by ' + held if held else ''))
         return one.restore
 
     def _cannot_restore(self, one):

@@ -66,3 +66,50 @@ def restore_volatile_marker(marker):
     os.makedirs(marker)
     with open(os.path.join(marker, 'dirty'), 'w'):
         pass
+
+
+def processes_using(path, proc='/proc'):
+    """(pid, command) of the processes whose cwd, root, an open file or a mapped file lies at or under path,
+    as far as /proc shows them (other users' processes need root). Sorted by pid."""
+    prefix = path.rstrip('/') + '/'
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        base = os.path.join(proc, name)
+        if any(seen == path or seen.startswith(prefix) for seen in _paths_held(base)):
+            found.append((int(name), _command(base)))
+    return sorted(found)
+
+
+def _paths_held(base):
+    for link in ('cwd', 'root'):
+        yield _readlink(os.path.join(base, link))
+    try:
+        fds = os.listdir(os.path.join(base, 'fd'))
+    except OSError:
+        fds = []
+    for fd in fds:
+        yield _readlink(os.path.join(base, 'fd', fd))
+    try:
+        with open(os.path.join(base, 'maps'), encoding='utf-8', errors='surrogateescape') as handle:
+            for line in handle:
+                fields = line.rstrip('\n').split(None, 5)
+                if len(fields) == 6:
+                    yield fields[5]
+    except OSError:
+        pass
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ''
+
+
+def _command(base):
+    try:
+        return read_text(os.path.join(base, 'comm'))
+    except OSError:
+        return '?'

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 
 import pytest
@@ -412,3 +413,23 @@ def test_an_overlay_the_kernel_mounts_read_only_is_undone_and_reported_and_a_deg
     refused = host.play(filesystem=tree)
     assert refused['failed'] and 'drift at' in refused['msg'], refused['msg']
     assert 'its superblock is read-only' in refused['msg'], refused['msg']
+
+
+def test_unmounting_a_busy_tree_names_who_holds_it_and_leaves_the_tree_whole(host):
+    host.make_dirs('l1', 'l2', 'inner-upper', 'inner-work', 'upper', 'work')
+    inner = {'type': 'overlay', 'upper': host.path('inner-upper'), 'work': host.path('inner-work'),
+             'lower': [host.path('l1'), host.path('l2')], 'target': host.path('inner')}
+    tree = {'upper': host.path('upper'), 'work': host.path('work'), 'lower': [inner], 'target': host.path('merged')}
+    converge_twice(host, filesystem=tree)
+    before = snapshot(host)
+    holder = subprocess.Popen(['sleep', '60'], cwd=host.path('inner'))  # holds the lower, not the top
+    try:
+        busy = host.play(filesystem=tree, state='unmounted')
+    finally:
+        holder.kill()
+        holder.wait()
+    assert busy['failed']
+    assert 'unmount %s: Device or resource busy, held by pid %d (sleep)' % (host.path('inner'), holder.pid) in busy['msg']
+    assert 'Undid the 1 step(s)' in busy['msg'], busy['msg']  # the top, unmounted first, is mounted again
+    assert [entry[1:] for entry in snapshot(host)] == [entry[1:] for entry in before]
+    assert host.play(filesystem=tree)['changed'] is False

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     discard_volatile_marker,
@@ -40,3 +42,20 @@ def test_export_files_are_named_after_the_image_path_as_given():
     assert os.path.dirname(export) == EXPORT_DIR
     assert (pidfile, metafile) == (export[:-4] + '.pid', export[:-4] + '.json')
     assert export_files('/srv/images/a.qcow2', 'raw')[0] != export
+
+
+def test_processes_using_a_path_by_cwd_open_file_or_mapping(tmp_path):
+    held = tmp_path / 'held'
+    held.mkdir()
+    (held / 'file').write_text('x')
+    sleeper = subprocess.Popen(['sleep', '30'], cwd=str(held))
+    try:
+        with open(str(held / 'file')) as handle:
+            using = hostfs.processes_using(str(held))
+            assert (sleeper.pid, 'sleep') in using  # by its cwd
+            assert os.getpid() in [pid for pid, _command in using]  # by the open file
+            assert hostfs.processes_using(str(tmp_path / 'held-not')) == []  # a prefix of a name is not under it
+            assert handle
+    finally:
+        sleeper.kill()
+        sleeper.wait()
