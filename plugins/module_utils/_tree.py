@@ -107,6 +107,7 @@ def parse_filesystems(raw_list, label='filesystems'):
     for position, node in enumerate(nodes):
         node.position = position
     check_unique_targets(nodes)
+    check_upper_dirs_unshared(nodes)
     return order_by_dependency(nodes)
 
 
@@ -303,6 +304,27 @@ def check_unique_targets(roots):
             if node.target in seen:
                 raise TreeError('%s: target %s is also the target of %s' % (node.label, node.target, seen[node.target]))
             seen[node.target] = node.label
+
+
+def check_upper_dirs_unshared(roots):
+    """Two overlays on one upper or work dir (or one inside the other's) corrupt each other's view; the kernel
+    only warns when index is off. Linear: each path looks up its own ancestors, and itself among theirs."""
+    owner, above = {}, {}  # path -> (node, role, path) of an upper or work dir at it, or below it
+    for root in roots:
+        for node in root.walk():
+            if node.kind != 'overlay' or not node.upper:
+                continue
+            used = (('upper', node.upper), ('work', node.work))
+            for role, path in used:
+                clashes = [owner.get(ancestor) for ancestor in path_and_ancestors(path)] + [above.get(path)]
+                for other in clashes:
+                    if other is not None and other[0] is not node:
+                        raise TreeError('%s: %s %s overlaps the %s %s of %s; overlays cannot share upper or work dirs'
+                                        % (node.label, role, path, other[1], other[2], other[0].label))
+            for role, path in used:
+                owner[path] = (node, role, path)
+                for ancestor in path_and_ancestors(path):
+                    above.setdefault(ancestor, (node, role, path))
 
 
 def order_by_dependency(roots):

@@ -432,3 +432,23 @@ def test_a_tree_nested_thousands_deep_is_refused_at_the_third_overlay():
         tree = {'lower': [dict(tree, type='overlay'), '/x%d' % index], 'target': '/t%d' % index}
     with pytest.raises(TreeError, match=r'filesystems\[0\]\.lower\[0\]\.lower\[0\]: overlays nest at most 2 deep'):
         parse_filesystems([tree])
+
+
+@pytest.mark.parametrize('second_upper, second_work', [
+    ('/srv/a/upper', '/srv/b/work'),        # the same upper
+    ('/srv/b/upper', '/srv/a/work'),        # the same work
+    ('/srv/a/upper/deeper', '/srv/b/work'),  # inside the other's upper
+    ('/srv/a', '/srv/b/work'),              # containing the other's upper and work
+])
+def test_two_overlays_of_a_batch_cannot_share_upper_or_work_dirs(second_upper, second_work):
+    first = {'upper': '/srv/a/upper', 'work': '/srv/a/work', 'lower': ['/srv/l1'], 'target': '/srv/a/m'}
+    second = {'upper': second_upper, 'work': second_work, 'lower': ['/srv/l1'], 'target': '/srv/b/m'}
+    with pytest.raises(TreeError, match=r'filesystems\[1\]: (upper|work) .* overlaps the (upper|work) .* of '
+                                        r'filesystems\[0\]; overlays cannot share upper or work dirs'):
+        parse_filesystems([first, second])
+
+
+def test_overlays_with_their_own_upper_dirs_side_by_side_are_fine():
+    trees = [{'upper': '/srv/%s/upper' % name, 'work': '/srv/%s/work' % name, 'lower': ['/srv/l1'],
+              'target': '/srv/%s/m' % name} for name in ('a', 'ab', 'b')]
+    assert len(parse_filesystems(trees)) == 3
