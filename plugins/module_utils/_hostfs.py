@@ -22,8 +22,8 @@ EXPORT_DIR = '/run/containerhost-overlayfs/exports'
 
 
 def read_text(path):
-    """A kernel text file, without its trailing newline; undecodable bytes kept as surrogates."""
-    with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+    """A kernel text file, without its trailing newline; undecodable bytes kept as surrogates, a \\r as it is."""
+    with open(path, 'r', encoding='utf-8', errors='surrogateescape', newline='') as handle:
         return handle.read().rstrip('\n')
 
 
@@ -92,7 +92,7 @@ def _paths_held(base):
     for fd in fds:
         yield _readlink(os.path.join(base, 'fd', fd))
     try:
-        with open(os.path.join(base, 'maps'), encoding='utf-8', errors='surrogateescape') as handle:
+        with open(os.path.join(base, 'maps'), encoding='utf-8', errors='surrogateescape', newline='') as handle:
             for line in handle:
                 fields = line.rstrip('\n').split(None, 5)
                 if len(fields) == 6:

@@ -119,9 +119,12 @@ def parse_line(line):
 
 
 def parse(text):
-    return [parse_line(line) for line in text.splitlines() if line.strip()]
+    """One entry per line. Only newline ends a line: the kernel escapes it (\\012) in a path, but not \\r or the
+    other characters str.splitlines() also splits on (\\x1c, \\x85, \\u2028, ...), which a mount point may hold
+    (read_mountinfo reads without newline translation for the same reason)."""
+    return [parse_line(line) for line in text.split('\n') if line.strip()]
 
 
 def read_mountinfo(path=MOUNTINFO):
-    with open(path, 'r', encoding='utf-8', errors='surrogateescape') as handle:
+    with open(path, 'r', encoding='utf-8', errors='surrogateescape', newline='') as handle:
         return parse(handle.read())

@@ -249,3 +249,12 @@ def test_read_mountinfo_agrees_with_findmnt_on_hostile_mountpoints(tmp_path):
         assert os.path.join(str(tmp_path), name) in targets
     sources = set(entry['source'] for entry in ours.values())
     assert 'src a b' in sources and 'src back\\slash' in sources
+
+
+def test_only_a_newline_ends_a_line_of_the_mount_table(tmp_path):
+    """The kernel escapes a newline in a path (\\012) but not \\r, \\x1c, \\x85 or \\u2028."""
+    odd = '/srv/a\rb\x1cc\x85d\u2028e'
+    table = tmp_path / 'mountinfo'
+    table.write_bytes(('1 0 8:1 / / rw - ext4 /dev/sda1 rw\n70 1 0:41 / %s rw - tmpfs t rw\n' % odd).encode(
+        'utf-8', 'surrogateescape'))
+    assert [entry.mountpoint for entry in read_mountinfo(str(table))] == ['/', odd]
