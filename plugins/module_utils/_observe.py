@@ -87,14 +87,16 @@ class PathFacts(NamedTuple):
     entries: Tuple[str, ...] = ()
     volatile_leftover: bool = False  # a volatile overlay left its marker in this work dir
     unreadable: Optional[str] = None
+    is_symlink: bool = False  # the path's last component is a symlink (a parent's symlinks do not count)
 
 
 def observe_path(path, list_entries=False):
+    is_symlink = os.path.islink(path)
     try:
         info = os.stat(path)
     except OSError as error:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
-            return PathFacts(path, os.path.realpath(path))
+            return PathFacts(path, os.path.realpath(path), exists=is_symlink, is_symlink=is_symlink)
         return PathFacts(path, os.path.realpath(path), exists=True, unreadable=error.strerror)
     is_dir = stat.S_ISDIR(info.st_mode)
     is_block = stat.S_ISBLK(info.st_mode)
@@ -105,6 +107,7 @@ def observe_path(path, list_entries=False):
         entries=_entries(path) if list_entries and is_dir else (),
         # The kernel refuses to mount on a work dir that holds this marker.
         volatile_leftover=is_dir and os.path.isdir(volatile_marker(path)),
+        is_symlink=is_symlink,
     )
 
 

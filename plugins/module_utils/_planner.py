@@ -141,6 +141,10 @@ class _Planner(object):
     # --- building steps -----------------------------------------------------------------------
 
     def _mount_steps(self, node):
+        facts = self.observed.facts(node.target)
+        if facts.is_symlink:  # mountinfo would show where it points; the mount would land there
+            raise PlanError('%s: target %s is a symlink (to %s); give the directory itself'
+                            % (node.describe(), node.target, facts.realpath))
         return self._dir_steps(node, 'target', node.target) + self.mounter[node.mount_kind](node)
 
     def _mount_overlay(self, node):

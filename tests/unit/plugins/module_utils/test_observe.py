@@ -138,3 +138,14 @@ def test_a_path_that_cannot_be_read_exists_with_its_error(monkeypatch):
     monkeypatch.setattr(os, 'stat', stat)
     facts = observe_path('/srv/on-a-dead-device')
     assert facts.exists and not facts.is_dir and facts.unreadable == 'Input/output error'
+
+
+def test_path_facts_tell_a_symlinked_path_from_a_symlinked_parent(tmp_path):
+    (tmp_path / 'real' / 'dir').mkdir(parents=True)
+    os.symlink('real', str(tmp_path / 'parent-link'))
+    os.symlink('real/dir', str(tmp_path / 'link'))
+    os.symlink('nowhere', str(tmp_path / 'dangling'))
+    assert observe_path(str(tmp_path / 'link')).is_symlink
+    assert not observe_path(str(tmp_path / 'parent-link' / 'dir')).is_symlink
+    dangling = observe_path(str(tmp_path / 'dangling'))
+    assert dangling.is_symlink and dangling.exists and not dangling.is_dir

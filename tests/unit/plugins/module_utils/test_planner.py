@@ -751,3 +751,14 @@ def test_an_nbd_device_served_by_something_other_than_qemu_nbd_is_drift_not_ours
     foreign = NbdDevice('/dev/nbd0', 43, 0, connected=True, server=None, foreign=True)
     with pytest.raises(PlanError, match='drift at'):
         nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[foreign])
+
+
+def test_a_target_that_is_a_symlink_is_refused_and_a_symlinked_parent_is_not():
+    roots = roots_of(TREE)
+    link = facts('/srv/t/merged', realpath='/elsewhere/merged')
+    obs = observed(roots, missing=TARGETS[1:], override={'/srv/t/merged': link._replace(is_symlink=True)})
+    with pytest.raises(PlanError, match=r'target /srv/t/merged is a symlink \(to /elsewhere/merged\); give the '
+                                        r'directory itself'):
+        plan(roots, obs, 'mounted')
+    obs = observed(roots, missing=TARGETS[1:], override={'/srv/t/merged': link})
+    assert summary(plan(roots, obs, 'mounted'))[-1] == ('mount', '/srv/t/merged')
