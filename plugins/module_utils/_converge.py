@@ -60,7 +60,7 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
         observed = observe(roots)
         try:
             steps = plan(roots, observed, params['state'], params['on_drift'], params['create_dirs'],
-                         params['on_volatile_marker'])
+                         params['on_volatile_marker'], params['lazy_unmount'])
         except PlanError as error:
             raise ConvergeError(str(error), filesystems=canonical, mounts=mount_table(roots, observed))
         before = mount_state(roots, observed)

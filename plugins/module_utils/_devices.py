@@ -165,7 +165,7 @@ def stop_export(export, pidfile, metafile):
         if getattr(error, 'errno', errno.ESRCH) not in (errno.ESRCH, errno.ENOENT):
             raise
     try:  # a daemon that was killed leaves its FUSE mount behind ("transport endpoint is not connected")
-        syscalls.unmount(export, lazy=True)
+        syscalls.unmount(export)
     except syscalls.MountError as error:
         if error.errno not in (errno.EINVAL, errno.ENOENT):
             raise

@@ -186,7 +186,7 @@ class Executor(object):
             held = ', '.join('pid %d (%s)' % holder for holder in holders[:10])
             if len(holders) > 10:
                 held += ' and %d more' % (len(holders) - 10)
-            raise ApplyError('%s%s; it stays mounted (nothing is unmounted lazily)'
+            raise ApplyError('%s%s; it stays mounted (nothing is unmounted lazily unless lazy_unmount=true)'
                              % (error, ', held by ' + held if held else ''))
         return one.restore
 

@@ -32,8 +32,8 @@ class PlanError(ValueError):
     pass
 
 
-def plan(roots, observed, state, on_drift='fail', create_dirs=True, on_volatile_marker='fail'):
-    planner = _Planner(roots, observed, on_drift, create_dirs, on_volatile_marker)
+def plan(roots, observed, state, on_drift='fail', create_dirs=True, on_volatile_marker='fail', lazy_unmount=False):
+    planner = _Planner(roots, observed, on_drift, create_dirs, on_volatile_marker, lazy_unmount)
     if state == 'mounted':
         return planner.mounted()
     return planner.unmounted()
@@ -45,12 +45,13 @@ def describe_mount(entry):
 
 
 class _Planner(object):
-    def __init__(self, roots, observed, on_drift, create_dirs, on_volatile_marker):
+    def __init__(self, roots, observed, on_drift, create_dirs, on_volatile_marker, lazy_unmount):
         self.roots = roots
         self.observed = observed
         self.on_drift = on_drift
         self.create_dirs = create_dirs
         self.on_volatile_marker = on_volatile_marker
+        self.lazy_unmount = lazy_unmount
         self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
         self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
@@ -87,7 +88,7 @@ class _Planner(object):
         if status in ('drift', 'stale'):
             self._refuse_unless_replacing(node, current, status)
         if status in ('drift', 'stale', 'broken', 'repair'):
-            teardown[start:start] = [_unmount_step(node, current, lazy=status == 'broken')] + self._release(node, current)
+            teardown[start:start] = [self._unmount_step(node, current)] + self._release(node, current)
         if status == 'match':
             return None
         buildup.extend(self._mount_steps(node))
@@ -299,20 +300,20 @@ class _Planner(object):
                     raise PlanError('refusing to unmount %s: it is mounted with something this tree does not '
                                     'describe: %s. Set on_drift=replace to unmount it anyway.'
                                     % (node.describe(), describe_mount(current)))
-                steps.append(_unmount_step(node, current, lazy=status == 'broken'))
+                steps.append(self._unmount_step(node, current))
                 releases.extend(self._release(node, current))
             if node.kind == 'file':
                 releases.extend(self.images.leftovers(node))
         for lower in node.lowers:
             self._unmounted_node(lower, steps, releases)
 
+    def _unmount_step(self, node, current):
+        return step.unmount(node.label, node.target, _restore(node, current), lazy=self.lazy_unmount,
+                            shown=describe_mount(current))
+
     def _release(self, node, current):
         """What goes with an unmount: the device behind an image layer."""
         return self.images.release(node, current) if node.kind == 'file' else []
-
-
-def _unmount_step(node, current, lazy=False):
-    return step.unmount(node.label, node.target, _restore(node, current), lazy=lazy, shown=describe_mount(current))
 
 
 def _restore(node, current):

@@ -166,7 +166,8 @@ class MountBind(Step):
 @dataclasses.dataclass(frozen=True)
 class Unmount(Step):
     """``restore`` mounts again what this removes, should the run be undone (CannotRestore when that is not known).
-    ``lazy`` (MNT_DETACH) for a filesystem whose device lost its server: a plain unmount could hang on I/O."""
+    ``lazy`` (MNT_DETACH) only when the user asked for it (lazy_unmount): the mount goes now, the filesystem when
+    its last user lets go."""
     action: ClassVar[str] = 'unmount'
     target: str
     lazy: bool

@@ -64,6 +64,20 @@ options:
     type: str
     choices: [fail, discard]
     default: fail
+  lazy_unmount:
+    description:
+      - Unmount with C(MNT_DETACH) (C(umount --lazy)) wherever this run unmounts (O(state=unmounted), a replaced
+        drift, the repair of an image layer whose server died), so a busy tree is detached instead of failing.
+      - The mount leaves the mount table at once, but processes that hold files, a working directory or a
+        mapping under it keep using the filesystem until they let go, and only then are its writes to the upper
+        dir finished and the filesystem released. Its devices are released at once all the same, so those
+        processes read through a loop device that the kernel frees only when they let go, and through an nbd device
+        or FUSE export that is gone (their reads fail). A lazily unmounted tree can be mounted again at once; the
+        old and the new mount then share the upper dir, which overlayfs does not support.
+      - With V(false), a busy target fails the run, naming the processes that hold it, and the tree is left
+        as it was.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -222,17 +236,21 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 
 
+ARGUMENT_SPEC = dict(
+    xml=dict(type='str'),
+    filesystem=dict(type='dict'),
+    filesystems=dict(type='list', elements='dict'),
+    state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
+    on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
+    create_dirs=dict(type='bool', default=True),
+    on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
+    lazy_unmount=dict(type='bool', default=False),
+)
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            xml=dict(type='str'),
-            filesystem=dict(type='dict'),
-            filesystems=dict(type='list', elements='dict'),
-            state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
-            on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
-            create_dirs=dict(type='bool', default=True),
-            on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[('xml', 'filesystem', 'filesystems')],
         required_one_of=[('xml', 'filesystem', 'filesystems')],
         supports_check_mode=True,

@@ -23,9 +23,11 @@ import sys
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import stop_export
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONVERGE_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'converge_run.py')
 
 
 def checked(argv, **kwargs):
@@ -34,6 +36,25 @@ def checked(argv, **kwargs):
     assert completed.returncode == 0, '%s exited %d\nstdout: %s\nstderr: %s' % (
         argv, completed.returncode, completed.stdout, completed.stderr)
     return completed
+
+
+def run_command(argv):
+    """AnsibleModule.run_command's contract, for converge() called without a module: (rc, stdout, stderr)."""
+    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return completed.returncode, completed.stdout, completed.stderr
+
+
+def module_params(**args):
+    """The module's parameters as AnsibleModule hands them to converge(): its defaults, then args."""
+    params = dict((name, spec.get('default')) for name, spec in ARGUMENT_SPEC.items())
+    params.update(args)
+    return params
+
+
+def in_own_process(params, lock_path):
+    """Start one run of converge() in a process of its own (tests/helpers/converge_run.py); output is piped."""
+    return subprocess.Popen([sys.executable, CONVERGE_RUN, json.dumps(sys.path), json.dumps(params), lock_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def quietly(argv):

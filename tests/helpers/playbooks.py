@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
+
 MODULE = 'containerhost.overlayfs.overlay_filesystem'
-ARGUMENTS = ('xml', 'filesystem', 'filesystems', 'state', 'on_drift', 'create_dirs', 'on_volatile_marker')
 
 
 def module_playbook(hosts):
-    arguments = ''.join('        %s: "{{ module_args.%s | default(omit) }}"\n' % (name, name) for name in ARGUMENTS)
+    arguments = ''.join('        %s: "{{ module_args.%s | default(omit) }}"\n' % (name, name) for name in ARGUMENT_SPEC)
     return ('- hosts: %s\n'
             '  gather_facts: false\n'
             '  tasks:\n'

@@ -8,31 +8,17 @@ mount. Separate processes (the lock is a file lock), converge() in each, real ov
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
-from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked, mounts_under, quietly
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    in_own_process,
+    module_params,
+    mounts_under,
+    quietly,
+)
 
 RUNS_AT_ONCE, ROUNDS, TREES = 4, 20, 6
-RUN = '''
-import json, subprocess, sys
-sys.path[:0] = json.loads(sys.argv[1])
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
-
-def run_command(argv):
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return completed.returncode, completed.stdout, completed.stderr
-
-params = json.loads(sys.argv[2])
-try:
-    result = converge(params, run_command, False, lock_path=sys.argv[3])
-except ConvergeError as error:
-    print(json.dumps({'failed': True, 'msg': str(error)}))
-    sys.exit(1)
-print(json.dumps({'changed': result['changed']}))
-'''
 
 
 def test_runs_at_once_over_overlapping_batches_all_succeed_with_one_mount_per_target(tmp_path):
@@ -53,10 +39,7 @@ def test_runs_at_once_over_overlapping_batches_all_succeed_with_one_mount_per_ta
             runs = []
             for run in range(RUNS_AT_ONCE):  # run i takes trees i .. i+2: every tree is in two or three batches
                 batch = [trees[(run + offset) % TREES] for offset in range(3)]
-                params = dict(filesystems=batch, filesystem=None, state=state, on_drift='fail', create_dirs=True,
-                              on_volatile_marker='fail')
-                runs.append(subprocess.Popen([sys.executable, '-c', RUN, json.dumps(sys.path), json.dumps(params), lock],
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                runs.append(in_own_process(module_params(filesystems=batch, state=state), lock))
             for process in runs:
                 out, err = process.communicate(timeout=120)
                 assert process.returncode == 0, 'round %d: %s %s' % (round_number, out, err)

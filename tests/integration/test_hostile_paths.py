@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import converge
-from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked, mounts_under, quietly
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    module_params,
+    mounts_under,
+    quietly,
+    run_command,
+)
 
 EXAMPLES = int(os.environ.get('HYPOTHESIS_EXAMPLES', '300'))
 NAME_MAX = 255
@@ -26,16 +31,6 @@ AWKWARD = [b',', b':', b'\\', b'=', b"'", b'"', b' ', b'\t', b'\n', b'-', b'\xff
 names = st.lists(st.sampled_from(AWKWARD) | st.binary(min_size=1, max_size=12), min_size=1, max_size=40).map(
     b''.join).map(lambda name: name.replace(b'/', b'_').replace(b'\0', b'_')[:NAME_MAX]).filter(
     lambda name: name not in (b'.', b'..'))
-
-
-def run_command(argv):
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return completed.returncode, completed.stdout, completed.stderr
-
-
-def params(tree, state='mounted'):
-    return dict(filesystem=tree, filesystems=None, state=state, on_drift='fail', create_dirs=True,
-                on_volatile_marker='fail')
 
 
 def test_any_names_mount_exactly_as_asked_rerun_unchanged_and_unmount_cleanly(tmp_path):
@@ -53,13 +48,13 @@ def test_any_names_mount_exactly_as_asked_rerun_unchanged_and_unmount_cleanly(tm
         for path in (lower1, lower2):
             os.makedirs(path)
         tree = {'upper': upper, 'work': work, 'lower': [lower1, lower2], 'target': target}
-        first = converge(params(tree), run_command, False, lock_path=lock)
+        first = converge(module_params(filesystem=tree), run_command, False, lock_path=lock)
         assert first['changed']
         shown = [entry for entry in mounts_under(base) if entry.mountpoint == target]
         assert len(shown) == 1 and shown[0].overlay_layers() == ([lower1, lower2], upper, work)
-        again = converge(params(tree), run_command, False, lock_path=lock)
+        again = converge(module_params(filesystem=tree), run_command, False, lock_path=lock)
         assert (again['changed'], again['plan']) == (False, [])
-        gone = converge(params(tree, 'unmounted'), run_command, False, lock_path=lock)
+        gone = converge(module_params(filesystem=tree, state='unmounted'), run_command, False, lock_path=lock)
         assert gone['changed'] and mounts_under(base) == []
         shutil.rmtree(base)
 

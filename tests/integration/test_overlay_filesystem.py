@@ -433,3 +433,21 @@ def test_unmounting_a_busy_tree_names_who_holds_it_and_leaves_the_tree_whole(hos
     assert 'Undid the 1 step(s)' in busy['msg'], busy['msg']  # the top, unmounted first, is mounted again
     assert [entry[1:] for entry in snapshot(host)] == [entry[1:] for entry in before]
     assert host.play(filesystem=tree)['changed'] is False
+
+
+def test_lazy_unmount_detaches_a_busy_tree_and_its_holder_still_reads_through_it(host):
+    host.make_dirs('lower', 'upper', 'work')
+    with open(host.path('lower', 'kept'), 'w') as handle:
+        handle.write('still readable')
+    tree = {'upper': host.path('upper'), 'work': host.path('work'), 'lower': [host.path('lower')],
+            'target': host.path('merged')}
+    converge_twice(host, filesystem=tree)
+    with open(host.path('merged', 'kept')) as held:  # an open file keeps the filesystem busy
+        refused = host.play(filesystem=tree, state='unmounted')
+        assert refused['failed'] and 'unless lazy_unmount=true' in refused['msg'], refused['msg']
+        detached = host.play(filesystem=tree, state='unmounted', lazy_unmount=True)
+        assert not detached.get('failed'), detached.get('msg')
+        assert detached['plan'][0].startswith('lazily unmount %s' % host.path('merged')), detached['plan']
+        assert mounts_under(host.root) == [] and detached['mounts'] == []
+        assert held.read() == 'still readable'
+    assert host.play(filesystem=tree, state='unmounted')['changed'] is False

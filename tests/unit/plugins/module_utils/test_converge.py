@@ -13,6 +13,7 @@ import os
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, HostLock, converge
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import module_params
 
 
 def no_commands(argv):
@@ -24,7 +25,7 @@ def params(tmp_path, **extra):
         (tmp_path / name).mkdir(exist_ok=True)
     tree = {'upper': str(tmp_path / 'upper'), 'work': str(tmp_path / 'work'),
             'lower': [str(tmp_path / 'l1'), str(tmp_path / 'l2') + '/'], 'target': str(tmp_path / 'merged')}
-    result = dict(filesystem=tree, filesystems=None, state='mounted', on_drift='fail', create_dirs=True, on_volatile_marker='fail')
+    result = module_params(filesystem=tree)
     result.update(extra)
     return result
 
@@ -70,7 +71,7 @@ def test_plan_errors_carry_the_canonical_trees(tmp_path):
 
 def test_batch_form_is_used_when_given(tmp_path):
     one = params(tmp_path)['filesystem']
-    batch = dict(filesystem=None, filesystems=[one], state='mounted', on_drift='fail', create_dirs=False, on_volatile_marker='fail')
+    batch = module_params(filesystems=[one], create_dirs=False)
     with pytest.raises(ConvergeError, match=r'filesystems\[0\] .*create_dirs is false'):
         converge(batch, no_commands, check_mode=True, lock_path=str(tmp_path / 'lock'))
 

@@ -638,8 +638,17 @@ def test_another_image_or_format_on_the_nbd_device_is_drift():
 def test_a_dead_qemu_nbd_is_repaired_without_asking_and_the_overlay_above_remounted():
     steps = nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd0(None)])
     assert summary(steps)[:3] == [('unmount', '/srv/s/m'), ('unmount', '/srv/s/img'), ('detach_nbd', '/dev/nbd0')]
-    assert steps[1].lazy is True and steps[0].lazy is False
+    assert [step.lazy for step in steps[:2]] == [False, False]  # nothing is lazy unless asked
     assert [step.action for step in steps[3:]] == ['attach_nbd', 'mount', 'mount']
+
+
+def test_lazy_unmount_makes_every_unmount_of_the_run_lazy():
+    serving = ImageServer('/srv/s/guest.qcow2', 'qcow2', True)
+    for state, nbd in (('unmounted', nbd0(serving)), ('mounted', nbd0(None))):
+        steps = nbd_plan([NBD_MOUNTED, NBD_TOP], nbds=[nbd], state=state, lazy_unmount=True)
+        unmounts = [step for step in steps if step.action == 'unmount']
+        assert len(unmounts) == 2 and all(step.lazy for step in unmounts)
+        assert unmounts[0].description.startswith('lazily unmount /srv/s/m')
 
 
 def test_unmounted_disconnects_the_nbd_device_last():
