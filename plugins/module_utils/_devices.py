@@ -20,7 +20,11 @@ import signal
 import time
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import SYS_BLOCK, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
+    SYS_BLOCK,
+    loop_backing_file,
+    process_alive,
+)
 
 READY_TIMEOUT = 15.0  # seconds for a device or export to come up
 POLL = 0.1
@@ -53,7 +57,18 @@ def attach_loop(run, backing, readonly):
     return run_checked(run, argv).strip()
 
 
-def detach_loop(run, device):
+def loops_backed_by(backing, sys_block=SYS_BLOCK):
+    found = glob.glob(os.path.join(sys_block, 'loop*', 'loop', 'backing_file'))
+    devices = ['/dev/' + os.path.basename(os.path.dirname(os.path.dirname(path))) for path in sorted(found)]
+    return [device for device in devices if loop_backing_file(device, sys_block) == backing]
+
+
+def detach_loop(run, device, backing, sys_block=SYS_BLOCK):
+    """Detach the device from ``backing``. One that no longer serves it is detached already: the kernel frees a
+    device marked autoclear (detached while it was mounted) when its last mount goes, and its number may then
+    serve another file, which is left alone."""
+    if loop_backing_file(device, sys_block) not in (backing, os.path.realpath(backing)):
+        return
     run_checked(run, ['losetup', '--detach', device])
 
 
@@ -154,8 +169,13 @@ def start_export(run, image, image_format, export, pidfile, metafile):
         raise
 
 
-def stop_export(export, pidfile, metafile):
-    """Stop the daemon (it unmounts its export on SIGTERM), then remove what start_export made."""
+def stop_export(export, pidfile, metafile, sys_block=SYS_BLOCK):
+    """Stop the daemon (it unmounts its export on SIGTERM), then remove what start_export made. Not while a loop
+    device stands on the export: once the export is gone, that device shows '/' as its backing file, and nothing
+    could tell it from any other."""
+    standing = loops_backed_by(export, sys_block)
+    if standing:
+        raise DeviceError('the FUSE export %s still has %s on it: detach it first' % (export, ', '.join(standing)))
     try:
         with open(pidfile) as handle:
             pid = int(handle.read())

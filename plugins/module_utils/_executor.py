@@ -60,25 +60,24 @@ class Executor(object):
         for number, one in enumerate(steps, 1):
             try:
                 undo.append(self.run(one))
-            except (OSError, ApplyError, devices.DeviceError) as error:
-                problems = self._undo(undo)
-                message = 'step %d of %d (%s) failed: %s' % (number, len(steps), one.description, error)
-                if undo:
-                    message += '. Undid the %d step(s) before it' % len(undo)
-                if problems:
-                    message += '; could not undo: %s' % '; '.join(problems)
-                raise ApplyError(message)
+            except Exception as error:  # whatever broke the step, a bug too, the run is undone and says why
+                message = 'step %d of %d (%s) failed: %s' % (number, len(steps), one.description, _reason(error))
+                raise ApplyError(message + self._undo(steps, undo))
 
-    def _undo(self, undo):
-        problems = []
-        for reverse in reversed(undo):
-            if reverse is None:
+    def _undo(self, steps, undo):
+        """Undo in reverse order, and stop at the first undo step that fails: the steps before it are what it stands
+        on (its device, its lowers, its dirs), and taking them away would leave it standing on nothing.
+        Return what the message says of it."""
+        for index in reversed(range(len(undo))):
+            if undo[index] is None:
                 continue
             try:
-                self.run(reverse)
-            except (OSError, ApplyError, devices.DeviceError) as error:
-                problems.append(str(error))
-        return problems
+                self.run(undo[index])
+            except Exception as error:
+                return ('. Undid %d of the %d step(s) before it; could not undo step %d (%s): %s, so it and the steps '
+                        'before it are left as they are' % (len(undo) - index - 1, len(undo), index + 1,
+                                                            steps[index].description, _reason(error)))
+        return '. Undid the %d step(s) before it' % len(undo) if undo else ''
 
     # --- directories and markers --------------------------------------------------------------------
 
@@ -120,7 +119,7 @@ class Executor(object):
         return step.detach_loop(one.ref, device, one.image, one.readonly)
 
     def _detach_loop(self, one):
-        devices.detach_loop(self.run_command, one.device)
+        devices.detach_loop(self.run_command, one.device, one.image)
         self.attached.pop(one.ref, None)
         return step.attach_loop(one.ref, one.image, one.readonly)
 
@@ -192,6 +191,13 @@ class Executor(object):
 
     def _cannot_restore(self, one):
         raise ApplyError('%s cannot be mounted again automatically' % one.target)
+
+
+def _reason(error):
+    """The message of an expected failure as it is; an unexpected one (a bug) also names its type."""
+    if isinstance(error, (OSError, ApplyError, devices.DeviceError)):
+        return str(error)
+    return '%s: %s' % (type(error).__name__, error)
 
 
 def _remove_all_if_empty(paths):

@@ -27,6 +27,15 @@ def read_text(path):
         return handle.read().rstrip('\n')
 
 
+def loop_backing_file(device, sys_block=SYS_BLOCK):
+    """The file a loop device is attached to (as it was named, even once deleted); None when it is not attached."""
+    try:
+        backing_file = read_text(os.path.join(sys_block, os.path.basename(device), 'loop', 'backing_file'))
+    except FileNotFoundError:
+        return None
+    return backing_file[:-len(' (deleted)')] if backing_file.endswith(' (deleted)') else backing_file
+
+
 def process_alive(pid):
     """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
     try:

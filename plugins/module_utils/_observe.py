@@ -21,6 +21,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs im
     EXPORT_DIR,
     SYS_BLOCK,
     SYS_MODULE,
+    loop_backing_file,
     process_alive,
     read_text,
 )
@@ -196,14 +197,11 @@ def read_loop_devices(sys_block=SYS_BLOCK):
         base = os.path.dirname(os.path.dirname(backing))
         name = os.path.basename(base)
         major, minor = read_text(os.path.join(base, 'dev')).split(':')
-        backing_file = read_text(backing)
-        if backing_file.endswith(' (deleted)'):
-            backing_file = backing_file[:-len(' (deleted)')]
         loops.append(LoopDevice(
             device='/dev/' + name,
             major=int(major),
             minor=int(minor),
-            backing_file=backing_file,
+            backing_file=loop_backing_file(name, sys_block),
             readonly=read_text(os.path.join(base, 'ro')) == '1',
             holders=os.listdir(os.path.join(base, 'holders')),
         ))

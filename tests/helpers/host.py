@@ -19,9 +19,10 @@ import re
 import stat
 import subprocess
 import sys
+import time
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import stop_export
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR, process_alive
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
@@ -74,16 +75,32 @@ def loops_backed_under(path):
     return [row[0] for row in rows if len(row) == 2 and (row[1] == path or row[1].startswith(path + '/'))]
 
 
-def stop_exports_of_images_under(root):
-    """FUSE exports (and their loop devices) a failed test left behind: processes and /run are not namespaced."""
+def release_scratch(root):
+    """Everything a test left on its scratch root: loop devices, mounts, FUSE exports (processes, loop devices and
+    /run are not namespaced). Loop devices first, while the kernel still shows their backing files under root (one
+    still mounted is only marked to go when its mount does); then the mounts; then the exports, once the loop
+    devices on them are gone."""
+    exports = _exports_of_images_under(root)
+    for device in loops_backed_under(root) + [device for export, _pid, _meta in exports
+                                              for device in loops_backed_under(export)]:
+        quietly(['losetup', '--detach', device])
+    quietly(['umount', '--recursive', '--lazy', root])
+    for export, pidfile, metafile in exports:
+        for _attempt in range(50):
+            if not loops_backed_under(export):
+                break
+            time.sleep(0.1)
+        stop_export(export, pidfile, metafile)
+
+
+def _exports_of_images_under(root):
+    exports = []
     for metafile in glob.glob(os.path.join(EXPORT_DIR, '*.json')):
         with open(metafile) as handle:
-            if not json.load(handle)['image'].startswith(root + '/'):
-                continue
-        export = metafile[:-len('.json')] + '.img'
-        for device in loops_backed_under(export):
-            quietly(['losetup', '--detach', device])
-        stop_export(export, metafile[:-len('.json')] + '.pid', metafile)
+            if json.load(handle)['image'].startswith(root + '/'):
+                base = metafile[:-len('.json')]
+                exports.append((base + '.img', base + '.pid', metafile))
+    return exports
 
 
 class Host(object):
@@ -194,6 +211,27 @@ def make_ext4_image(host, name, files):
     image = host.path(name)
     checked(['mkfs.ext4', '-q', '-F', '-d', content, image, '8M'])
     return image
+
+
+def make_qcow2(host, name, files):
+    raw = make_ext4_image(host, name + '.raw', files)
+    image = host.path(name)
+    checked(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw, image])
+    os.remove(raw)
+    return image
+
+
+def export_daemons():
+    pids = []
+    for pidfile in glob.glob(os.path.join(EXPORT_DIR, '*.pid')):
+        with open(pidfile) as handle:
+            pids.append(int(handle.read()))
+    return [pid for pid in pids if process_alive(pid)]
+
+
+def export_loops():
+    out = checked(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE']).stdout
+    return [line.split()[0] for line in out.splitlines() if EXPORT_DIR in line]
 
 
 class ReleaseRoot(object):

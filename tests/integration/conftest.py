@@ -24,9 +24,8 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     Host,
     ReleaseRoot,
     checked,
-    loops_backed_under,
     quietly,
-    stop_exports_of_images_under,
+    release_scratch,
 )
 from ansible_collections.containerhost.overlayfs.tests.helpers.vm import RELEASES, ensure_image
 
@@ -59,12 +58,7 @@ def host():
         yield Host(root, runs_dir)
     finally:
         shutil.rmtree(runs_dir)
-        stop_exports_of_images_under(root)
-        # Before the unmount, while the kernel still shows their backing files under root: a loop device
-        # still mounted is only marked to go when its last mount does.
-        for device in loops_backed_under(root):
-            quietly(['losetup', '--detach', device])
-        quietly(['umount', '--recursive', '--lazy', root])
+        release_scratch(root)
         os.rmdir(root)
 
 
@@ -108,8 +102,5 @@ def release_root(release_image):
             checked(argv)
         yield ReleaseRoot(release, root)
     finally:
-        stop_exports_of_images_under(scratch)
-        for device in loops_backed_under(scratch):
-            quietly(['losetup', '--detach', device])
-        quietly(['umount', '--recursive', '--lazy', scratch])
+        release_scratch(scratch)
         os.rmdir(scratch)

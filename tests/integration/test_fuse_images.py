@@ -8,49 +8,24 @@ stands on the export. Real qemu-storage-daemon, real FUSE, real loop devices, on
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
-    EXPORT_DIR,
-    export_files,
-    process_alive,
-)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
-    checked,
     converge_twice,
+    export_daemons,
+    export_loops,
     loops_backed_under,
-    make_ext4_image,
+    make_qcow2,
     mounts_under,
 )
-
-
-def make_qcow2(host, name, files):
-    raw = make_ext4_image(host, name + '.raw', files)
-    image = host.path(name)
-    checked(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw, image])
-    os.remove(raw)
-    return image
 
 
 def fuse_tree(host, image):
     return {'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
             'lower': [{'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': image,
                        'target': host.path('image')}, host.path('base')]}
-
-
-def export_daemons():
-    pids = []
-    for pidfile in glob.glob(os.path.join(EXPORT_DIR, '*.pid')):
-        with open(pidfile) as handle:
-            pids.append(int(handle.read()))
-    return [pid for pid in pids if process_alive(pid)]
-
-
-def export_loops():
-    out = checked(['losetup', '--list', '--noheadings', '--output', 'NAME,BACK-FILE']).stdout
-    return [line.split()[0] for line in out.splitlines() if EXPORT_DIR in line]
 
 
 def test_a_qcow2_layer_through_fuse_mounts_idempotently_and_leaves_nothing_when_unmounted(host):

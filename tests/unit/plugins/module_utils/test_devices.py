@@ -51,12 +51,30 @@ def test_attach_loop_runs_losetup_read_only_with_the_path_after_double_dash():
     assert run.ran == [['losetup', '--find', '--show', '--read-only', '--', '-odd name']]
 
 
-def test_a_failing_command_names_itself_its_status_and_its_message():
-    run = Runner({('losetup',): (1, '', 'losetup: /dev/loop4: detach failed: No such device or address\n')})
+def loop_sysfs(tmp_path, backing_files):
+    for name, backing_file in backing_files.items():
+        (tmp_path / name / 'loop').mkdir(parents=True)
+        (tmp_path / name / 'loop' / 'backing_file').write_text(backing_file + '\n')
+    return str(tmp_path)
+
+
+def test_a_failing_command_names_itself_its_status_and_its_message(tmp_path):
+    run = Runner({('losetup',): (1, '', 'losetup: /dev/loop4: detach failed: Device or resource busy\n')})
+    sys_block = loop_sysfs(tmp_path, {'loop4': '/srv/i.raw'})
     with pytest.raises(DeviceError, match=r'^losetup --detach /dev/loop4 exited 1: losetup: /dev/loop4: detach failed'):
-        devices.detach_loop(run, '/dev/loop4')
+        devices.detach_loop(run, '/dev/loop4', '/srv/i.raw', sys_block=sys_block)
     with pytest.raises(DeviceError, match='exited 3: no message'):
         devices.detach_nbd(Runner({('qemu-nbd',): (3, '', '')}), '/dev/nbd0')
+
+
+def test_a_loop_device_that_no_longer_serves_the_image_is_detached_already(tmp_path):
+    sys_block = loop_sysfs(tmp_path, {'loop5': '/srv/someone-else.raw'})  # loop4: freed by the kernel (autoclear)
+    run = Runner()
+    for device in ('/dev/loop4', '/dev/loop5'):
+        devices.detach_loop(run, device, '/srv/i.raw', sys_block=sys_block)
+    assert run.ran == []
+    devices.detach_loop(run, '/dev/loop5', '/srv/someone-else.raw', sys_block=sys_block)
+    assert run.ran == [['losetup', '--detach', '/dev/loop5']]
 
 
 def test_a_missing_program_is_named():
@@ -119,3 +137,10 @@ def test_a_failed_export_start_removes_its_files_and_qemu_values_double_their_co
     assert 'driver=file,node-name=file,read-only=on,filename=/srv/a,,b.qcow2' in argv
     assert argv[-1].endswith('mountpoint=%s' % export.replace(',', ',,'))
     assert sorted(p.name for p in (tmp_path / 'exports').iterdir()) == []
+
+
+def test_an_export_with_a_loop_device_on_it_is_not_stopped(tmp_path):
+    export = str(tmp_path / 'e.img')
+    sys_block = loop_sysfs(tmp_path / 'sys', {'loop2': export, 'loop3': '/srv/other.img'})
+    with pytest.raises(DeviceError, match=r'^the FUSE export %s still has /dev/loop2 on it: detach it first$' % export):
+        devices.stop_export(export, str(tmp_path / 'e.pid'), str(tmp_path / 'e.json'), sys_block=sys_block)

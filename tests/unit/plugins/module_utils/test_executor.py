@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices_module
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _executor as executor_module
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps, _syscalls as syscalls
@@ -28,6 +29,8 @@ class FakeHost(object):
         self.fstype = fstype
         self.fail = {}  # event name -> exception to raise
         self.overlays = {}  # target -> the mount(2) data of the overlay the fake kernel shows there
+        self.loops = {}  # device -> the backing file losetup attached it to
+        monkeypatch.setattr(devices_module, 'loop_backing_file', lambda device, _sys_block: self.loops.get(device))
         for name in ('mount_overlay', 'mount_device', 'bind_mount', 'unmount'):
             monkeypatch.setattr(syscalls, name, self._syscall(name))
         monkeypatch.setattr(executor_module, 'read_mountinfo', self.mountinfo)
@@ -55,7 +58,10 @@ class FakeHost(object):
         if argv[0] in self.fail:
             return self.fail.pop(argv[0])
         if argv[:3] == ['losetup', '--find', '--show']:
+            self.loops[self.loop_device] = argv[-1]
             return 0, self.loop_device + '\n', ''
+        if argv[:2] == ['losetup', '--detach']:
+            self.loops.pop(argv[2], None)
         if argv[0] == 'blkid':
             return (0, 'TYPE=%s\n' % self.fstype, '') if self.fstype else (2, '', '')
         return 0, '', ''
@@ -205,7 +211,8 @@ def test_unmount_without_restore_information_is_reported_as_not_undone(monkeypat
     host.fail['mount_overlay'] = kernel_refusal('/srv/m')
     with pytest.raises(ApplyError) as error:
         Executor(host.run_command).apply(plan)
-    assert 'could not undo: /srv/m cannot be mounted again automatically' in str(error.value)
+    assert ('Undid 0 of the 1 step(s) before it; could not undo step 1 (unmount /srv/m): /srv/m cannot be mounted '
+            'again automatically, so it and the steps before it are left as they are') in str(error.value)
 
 
 def test_detach_is_undone_by_attaching_again(monkeypatch):
@@ -221,14 +228,12 @@ def test_detach_is_undone_by_attaching_again(monkeypatch):
     assert host.events[-1] == ('run', ('losetup', '--find', '--show', '--read-only', '--', '/srv/img.raw'))
 
 
-def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monkeypatch):
+def test_undo_stops_at_the_first_undo_step_that_fails_and_says_what_is_left(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     first, second = tmp_path / 'a', tmp_path / 'b'
     plan = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
-    calls = []
 
     def mount_overlay(target, payload, readonly):
-        calls.append(target)
         if target == str(second):
             raise kernel_refusal(target)
         host.overlays[target] = payload.data
@@ -241,10 +246,12 @@ def test_undo_problems_are_reported_and_the_rest_is_still_undone(tmp_path, monke
     with pytest.raises(ApplyError) as error:
         Executor(host.run_command).apply(plan)
     message = str(error.value)
-    assert 'step 4 of 4' in message and 'Undid the 3 step(s) before it' in message
-    assert 'could not undo: unmount %s: Device or resource busy' % first in message
-    assert not second.exists()  # undone after the failed unmount
-    assert not first.exists()   # empty here, since the mount was a fake
+    assert message.startswith('step 4 of 4'), message
+    assert ('Undid 1 of the 3 step(s) before it; could not undo step 2 (mount overlay on %s' % first) in message
+    assert ('unmount %s: Device or resource busy; it stays mounted' % first) in message
+    assert message.endswith(', so it and the steps before it are left as they are'), message
+    assert not second.exists()  # undone before the failed unmount
+    assert first.exists()  # what the overlay that stays stands on stays too
 
 
 def test_a_mkdir_step_failing_half_way_removes_the_parents_it_made(tmp_path, monkeypatch):
