@@ -13,6 +13,7 @@ Standard library only: the boot helper (boot.py) starts FUSE exports with it, ou
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -21,6 +22,7 @@ import time
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
+    EXPORT_DIR,
     SYS_BLOCK,
     loop_backing_file,
     process_alive,
@@ -195,6 +197,35 @@ def stop_export(export, pidfile, metafile, sys_block=SYS_BLOCK):
 def _qemu_value(text):
     """qemu's option syntax splits on ','; a literal comma is written twice."""
     return text.replace(',', ',,')
+
+
+def settle_starting_exports(export_dir=EXPORT_DIR):
+    """Wait for the exports whose daemon is still starting, as after a run killed while it started one: the daemon
+    holds its pid file locked before its export serves. Judged before it is up, it would look dead, and clearing it
+    would race the daemon (and fail on its pid file lock)."""
+    for pidfile in sorted(glob.glob(os.path.join(export_dir, '*.pid'))):
+        if _held(pidfile):
+            try:
+                _wait_for_file_size(pidfile[:-len('.pid')] + '.img')
+            except (DeviceError, OSError):
+                pass  # it did not come up: the plan finds it dead, as it is
+
+
+def _held(pidfile):
+    """qemu locks its pid file (lockf) for as long as it runs."""
+    try:
+        fd = os.open(pidfile, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        return error.errno in (errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _wait_for_file_size(path):

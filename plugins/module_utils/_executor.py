@@ -11,6 +11,7 @@ they are still empty); upper and work dirs and their data are never touched othe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -19,7 +20,12 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _ho
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
+    bind_shortfalls,
+    device_shortfalls,
+    overlay_shortfalls,
+    stacked_shortfalls,
+)
 
 
 class ApplyError(RuntimeError):
@@ -82,6 +88,10 @@ class Executor(object):
     # --- directories and markers --------------------------------------------------------------------
 
     def _mkdir(self, one):
+        if one.beneath:
+            root, below = one.beneath
+            made = syscalls.make_dirs_beneath(root, below)
+            return step.remove_empty_dirs(one.node, made, beneath=root) if made else None
         missing = []
         path = one.path
         while not os.path.isdir(path):
@@ -98,7 +108,7 @@ class Executor(object):
         return step.remove_empty_dirs(one.node, created) if created else None
 
     def _remove_empty_dirs(self, one):
-        _remove_all_if_empty(one.paths)
+        _remove_all_if_empty(one.paths, one.beneath)
 
     def _discard_volatile_marker(self, one):
         hostfs.discard_volatile_marker(one.path)
@@ -148,36 +158,58 @@ class Executor(object):
     # --- mounts -------------------------------------------------------------------------------------------
 
     def _mount_overlay(self, one):
-        kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly)
+        with _reached(one) as at:
+            kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at)
         self._verify_overlay(one, kernel_messages)
-        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
+        return _unmount_again(one)
 
     def _verify_overlay(self, one, kernel_messages):
         """Read the mount back: one the kernel accepted may give less than asked. Such a mount goes again."""
-        mountpoint = os.path.realpath(one.target)
-        stacked = [entry for entry in read_mountinfo() if entry.mountpoint == mountpoint]
-        shortfalls = overlay_shortfalls(stacked[-1] if stacked else None, one.lowers, one.upper, one.work,
-                                        one.options, one.readonly)
-        if not shortfalls:
-            return
-        if stacked:
-            syscalls.unmount(one.target)
-        raise ApplyError('the kernel accepted the overlay on %s but gave less than asked: %s; asked: %s; unmounted '
-                         'it again%s' % (one.target, '; '.join(shortfalls), one.payload.summary(),
-                                         ' (kernel: %s)' % '; '.join(kernel_messages) if kernel_messages else ''))
+        stacked = _mounts_at(one.target)
+        shortfalls = stacked_shortfalls(stacked) + overlay_shortfalls(
+            stacked[-1] if stacked else None, one.lowers, one.upper, one.work, one.options, one.readonly)
+        _undo_short_mount(one, stacked, shortfalls, 'the overlay', one.payload.summary(), kernel_messages)
+
+    def _verify_device(self, one, device, fstype):
+        stacked = _mounts_at(one.target)
+        shortfalls = stacked_shortfalls(stacked) + device_shortfalls(
+            stacked[-1] if stacked else None, hostfs.device_number(device), one.readonly)
+        _undo_short_mount(one, stacked, shortfalls, device, fstype + step.ro_suffix(one.readonly), [])
+
+    def _verify_bind(self, one):
+        """The target must now be the source dir itself (stat, not mountinfo's device: btrfs subvolumes differ)."""
+        stacked = _mounts_at(one.target)
+        shortfalls = stacked_shortfalls(stacked) + bind_shortfalls(
+            stacked[-1] if stacked else None, hostfs.same_file(one.target, one.source), one.readonly)
+        _undo_short_mount(one, stacked, shortfalls, 'the bind of %s' % one.source, 'bind' + step.ro_suffix(one.readonly),
+                          [])
 
     def _mount_device(self, one):
         device = self.attached.get(one.ref) or one.device
-        syscalls.mount_device(device, one.target, devices.filesystem_type(self.run_command, device), one.readonly)
-        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
+        fstype = devices.filesystem_type(self.run_command, device)
+        with _reached(one) as at:
+            syscalls.mount_device(device, one.target, fstype, one.readonly, at=at)
+        self._verify_device(one, device, fstype)
+        return _unmount_again(one)
 
     def _mount_bind(self, one):
-        syscalls.bind_mount(one.source, one.target, one.readonly)
-        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target))
+        with _reached(one) as at:
+            syscalls.bind_mount(one.source, one.target, at=at)
+        if one.readonly:
+            try:
+                with _parent_reached(one) as at:
+                    syscalls.remount_readonly(one.target, at=at)
+            except OSError:
+                with _parent_reached(one) as at:
+                    syscalls.unmount(one.target, at=at)
+                raise
+        self._verify_bind(one)
+        return _unmount_again(one)
 
     def _unmount(self, one):
         try:
-            syscalls.unmount(one.target, lazy=one.lazy)
+            with _parent_reached(one) as at:
+                syscalls.unmount(one.target, lazy=one.lazy, at=at)
         except syscalls.MountError as error:
             if error.errno != errno.EBUSY:
                 raise
@@ -200,15 +232,51 @@ def _reason(error):
     return '%s: %s' % (type(error).__name__, error)
 
 
-def _remove_all_if_empty(paths):
+def _reached(one):
+    """The path a mount call uses for the step's target: the target, or for one inside another overlay's view the
+    directory itself, pinned where no symlink led (syscalls.pinned_dir)."""
+    return syscalls.pinned_dir(*one.beneath) if one.beneath else contextlib.nullcontext(one.target)
+
+
+def _parent_reached(one):
+    """As _reached, for the calls that must reach what is mounted on the target: umount2 and a remount."""
+    return syscalls.in_parent_of(*one.beneath) if one.beneath else contextlib.nullcontext(one.target)
+
+
+def _mounts_at(target):
+    mountpoint = os.path.realpath(target)
+    return [entry for entry in read_mountinfo() if entry.mountpoint == mountpoint]
+
+
+def _undo_short_mount(one, stacked, shortfalls, what, asked, kernel_messages):
+    """A mount the kernel accepted but that is not what was asked goes again, and the step fails saying so."""
+    if not shortfalls:
+        return
+    if stacked:
+        with _parent_reached(one) as at:
+            syscalls.unmount(one.target, at=at)
+    raise ApplyError('the kernel accepted %s on %s but gave less than asked: %s; asked: %s; unmounted it again%s'
+                     % (what, one.target, '; '.join(shortfalls), asked,
+                        ' (kernel: %s)' % '; '.join(kernel_messages) if kernel_messages else ''))
+
+
+def _unmount_again(one):
+    """The undo of a mount step made in this run (nothing to restore under it)."""
+    return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target), beneath=one.beneath)
+
+
+def _remove_all_if_empty(paths, beneath=None):
     """Newest first, so a parent goes after its children."""
     for path in reversed(paths):
-        _remove_if_empty(path)
+        _remove_if_empty(path, beneath)
 
 
-def _remove_if_empty(path):
+def _remove_if_empty(path, beneath=None):
     try:
-        os.rmdir(path)
+        if beneath:
+            syscalls.remove_empty_dir_beneath(beneath, path)
+        else:
+            os.rmdir(path)
     except OSError as error:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise

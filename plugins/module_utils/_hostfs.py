@@ -36,6 +36,16 @@ def loop_backing_file(device, sys_block=SYS_BLOCK):
     return backing_file[:-len(' (deleted)')] if backing_file.endswith(' (deleted)') else backing_file
 
 
+def device_number(device):
+    """(major, minor) of a device node."""
+    rdev = os.stat(device).st_rdev
+    return os.major(rdev), os.minor(rdev)
+
+
+def same_file(path, other):
+    return os.path.samefile(path, other)
+
+
 def process_alive(pid):
     """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
     try:

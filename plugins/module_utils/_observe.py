@@ -17,6 +17,7 @@ import os
 import stat
 from typing import NamedTuple, Optional, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     SYS_BLOCK,
@@ -89,6 +90,9 @@ class PathFacts(NamedTuple):
     volatile_leftover: bool = False  # a volatile overlay left its marker in this work dir
     unreadable: Optional[str] = None
     is_symlink: bool = False  # the path's last component is a symlink (a parent's symlinks do not count)
+    # Inside another overlay's merged view or upper dir (see confinement): (that dir, the rest of the path)
+    beneath: Optional[Tuple[str, str]] = None
+    symlink_inside: Optional[Tuple[str, str]] = None  # the first symlink below it, and where it points
 
 
 def observe_path(path, list_entries=False):
@@ -113,8 +117,9 @@ def observe_path(path, list_entries=False):
 
 
 class Observed(object):
-    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel=''):
+    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel='', views=None):
         self.mounts = mounts
+        self.views = views or {}  # container_views
         self.loops = loops
         self.paths = paths
         self.nbds = list(nbds)
@@ -277,12 +282,62 @@ def _entries(path):
 
 def observe(roots):
     """Observe everything the trees mention."""
+    settle_starting_exports()
+    mounts = read_mountinfo()
+    views = container_views(roots, mounts)
     paths = {}
     for root in roots:
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
                     paths[path] = observe_path(path, list_entries=path == node.work)
-    mounts = read_mountinfo()
+            for path in (node.target, node.upper, node.work):  # what a run may create, mount on or unmount
+                if path:
+                    paths[path] = paths[path]._replace(**confinement(path, views))
     return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
-                    nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release)
+                    nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release,
+                    views=views)
+
+
+def container_views(roots, mounts):
+    """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
+    the batch. Resolved path -> what it is, for messages."""
+    views = {}
+    for entry in mounts:
+        layers = entry.overlay_layers()
+        if layers:
+            views[entry.mountpoint] = 'the merged view of the overlay at %s' % entry.mountpoint
+            if layers[1]:
+                views[layers[1]] = 'the upper dir of the overlay at %s' % entry.mountpoint
+    for root in roots:
+        for node in root.walk():
+            if node.kind == 'overlay':
+                views.setdefault(os.path.realpath(node.target), 'the merged view of the overlay at %s' % node.target)
+                if node.upper:
+                    views.setdefault(os.path.realpath(node.upper), 'the upper dir of the overlay at %s' % node.target)
+    return views
+
+
+def confinement(path, views):
+    """Where ``path`` enters one of the views, and the first symlink below it. Symlinks above it are the host's,
+    and are followed (one lstat per component); below it the module follows none. Fields of PathFacts."""
+    parts = [part for part in path.split('/') if part]
+    resolved = '/'
+    for index, part in enumerate(parts[:-1]):
+        candidate = os.path.join(resolved, part)
+        resolved = os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+        if resolved in views:
+            below = parts[index + 1:]
+            return dict(beneath=(resolved, '/'.join(below)), symlink_inside=_first_symlink(resolved, below))
+    return {}
+
+
+def _first_symlink(root, below):
+    current = root
+    for part in below:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return current, os.readlink(current)
+        if not os.path.isdir(current):
+            return None
+    return None

@@ -12,6 +12,8 @@ can be checked before a change is checked here, so a plan that is returned can b
 
 from __future__ import annotations
 
+import dataclasses
+
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
@@ -146,11 +148,32 @@ class _Planner(object):
         if facts.is_symlink:  # mountinfo would show where it points; the mount would land there
             raise PlanError('%s: target %s is a symlink (to %s); give the directory itself'
                             % (node.describe(), node.target, facts.realpath))
-        return self._dir_steps(node, 'target', node.target) + self.mounter[node.mount_kind](node)
+        self._refuse_symlink_inside(node, 'target', node.target)
+        return [self._confined(one) for one in
+                self._dir_steps(node, 'target', node.target) + self.mounter[node.mount_kind](node)]
+
+    def _refuse_symlink_inside(self, node, role, path):
+        """A container may plant a symlink in its view (etc/x -> /): a mount or mkdir through it would land on
+        the host."""
+        facts = self.observed.facts(path)
+        if facts.symlink_inside:
+            link, points_to = facts.symlink_inside
+            raise PlanError('%s: %s %s: %s is a symlink (to %s) inside %s; symlinks there are not followed'
+                            % (node.describe(), role, path, link, points_to, self.observed.views[facts.beneath[0]]))
+
+    def _confined(self, one):
+        """The step with the ``beneath`` of the path it creates, mounts on or unmounts."""
+        if isinstance(one, step.Mkdir):
+            return dataclasses.replace(one, beneath=self.observed.facts(one.path).beneath)
+        if isinstance(one, step.CONFINABLE_STEPS):
+            return dataclasses.replace(one, beneath=self.observed.facts(one.target).beneath)
+        return one
 
     def _mount_overlay(self, node):
         steps = []
         if node.upper:
+            self._refuse_symlink_inside(node, 'upper', node.upper)
+            self._refuse_symlink_inside(node, 'work', node.work)
             steps += self._dir_steps(node, 'upper', node.upper) + self._dir_steps(node, 'work', node.work)
             self._check_upper_and_work(node)
             steps += self._volatile_marker_steps(node)
@@ -294,6 +317,7 @@ class _Planner(object):
 
     def _unmounted_node(self, node, steps, releases):
         if node.is_mounted_node:
+            self._refuse_symlink_inside(node, 'target', node.target)  # it resolves elsewhere: not this tree's mount
             for current in reversed(self.observed.mounts_at(node.target)):
                 status = self._match(node, current)
                 if status == 'drift' and self.on_drift != 'replace':
@@ -308,8 +332,8 @@ class _Planner(object):
             self._unmounted_node(lower, steps, releases)
 
     def _unmount_step(self, node, current):
-        return step.unmount(node.label, node.target, _restore(node, current), lazy=self.lazy_unmount,
-                            shown=describe_mount(current))
+        return self._confined(step.unmount(node.label, node.target, self._confined(_restore(node, current)),
+                                           lazy=self.lazy_unmount, shown=describe_mount(current)))
 
     def _release(self, node, current):
         """What goes with an unmount: the device behind an image layer."""

@@ -9,11 +9,16 @@ The planner (and images.py for the devices behind image layers) builds a plan on
 here; the executor runs each record by its type (``executor.Executor.handlers``), and an undo is a step of
 the same vocabulary. ``to_dict()`` is what the module returns as ``steps``: ``action``, ``node`` (the label of
 the tree node it serves), ``description`` (one sentence, what ``plan`` shows), and the record's own fields.
+
+``beneath`` (on the steps that create a directory or mount or unmount on one) is None, or (ROOT, BELOW) when the
+path is inside another overlay's merged view or upper dir (whose contents a container controls): the executor
+then reaches ROOT/BELOW without following any symlink below ROOT (syscalls.open_beneath).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import ClassVar, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload
@@ -33,13 +38,16 @@ class Step(object):
 class Mkdir(Step):
     action: ClassVar[str] = 'mkdir'
     path: str
+    beneath: Optional[Tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RemoveEmptyDirs(Step):
-    """Undo of Mkdir: the directories it made, newest last; each goes only while it is empty."""
+    """Undo of Mkdir: the directories it made, newest last; each goes only while it is empty. With ``beneath``
+    (a root), the paths are below it and reached as the Mkdir reached them."""
     action: ClassVar[str] = 'remove_empty_dirs'
     paths: Tuple[str, ...]
+    beneath: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +140,7 @@ class MountOverlay(Step):
     options: dict
     readonly: bool
     payload: OverlayPayload
+    beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -146,6 +155,7 @@ class MountDevice(Step):
     device: Optional[str]
     ref: Optional[str]
     readonly: bool
+    beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -158,6 +168,7 @@ class MountBind(Step):
     target: str
     source: str
     readonly: bool
+    beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -172,6 +183,7 @@ class Unmount(Step):
     target: str
     lazy: bool
     restore: Step
+    beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
         return dict(Step.to_dict(self), restore=self.restore.to_dict())
@@ -185,9 +197,10 @@ class CannotRestore(Step):
 
 
 MOUNT_STEPS = (MountOverlay, MountDevice, MountBind)
+CONFINABLE_STEPS = MOUNT_STEPS + (Unmount,)  # by their target; Mkdir by its path
 
 
-def _ro(readonly):
+def ro_suffix(readonly):
     return ' read-only' if readonly else ''
 
 
@@ -197,9 +210,10 @@ def mkdir(node, path):
     return Mkdir(node=node, path=path, description='create directory %s' % path)
 
 
-def remove_empty_dirs(node, paths):
-    return RemoveEmptyDirs(node=node, paths=tuple(paths),
-                           description='remove the empty directories %s' % ', '.join(paths))
+def remove_empty_dirs(node, paths, beneath=None):
+    shown = [os.path.join(beneath, path) for path in paths] if beneath else paths
+    return RemoveEmptyDirs(node=node, paths=tuple(paths), beneath=beneath,
+                           description='remove the empty directories %s' % ', '.join(shown))
 
 
 def discard_volatile_marker(node, path):
@@ -217,7 +231,7 @@ def load_module(node, module, kernel):
 
 def attach_loop(node, image, readonly):
     return AttachLoop(node=node, ref=node, image=image, readonly=readonly,
-                      description='attach %s to a free loop device%s' % (image, _ro(readonly)))
+                      description='attach %s to a free loop device%s' % (image, ro_suffix(readonly)))
 
 
 def detach_loop(node, device, image, readonly):
@@ -228,7 +242,7 @@ def detach_loop(node, device, image, readonly):
 def attach_nbd(node, image, image_format, readonly):
     return AttachNbd(node=node, ref=node, image=image, format=image_format, readonly=readonly,
                      description='serve %s (%s) with qemu-nbd on a free nbd device%s'
-                                 % (image, image_format, _ro(readonly)))
+                                 % (image, image_format, ro_suffix(readonly)))
 
 
 def detach_nbd(node, device, image=None, image_format=None, readonly=True):
@@ -251,23 +265,23 @@ def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
 def mount_overlay(node, target, lowers, upper, work, options, readonly, payload):
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
                         options=dict(options), readonly=readonly, payload=payload,
-                        description='mount overlay on %s (%s)%s' % (target, payload.summary(), _ro(readonly)))
+                        description='mount overlay on %s (%s)%s' % (target, payload.summary(), ro_suffix(readonly)))
 
 
 def mount_device(node, target, device, readonly, ref=None, device_text=None):
     """``device_text`` names the device in the description while it is not known yet."""
     return MountDevice(node=node, target=target, device=device, ref=ref, readonly=readonly,
-                       description='mount %s on %s%s' % (device or device_text, target, _ro(readonly)))
+                       description='mount %s on %s%s' % (device or device_text, target, ro_suffix(readonly)))
 
 
 def mount_bind(node, target, source, readonly):
     return MountBind(node=node, target=target, source=source, readonly=readonly,
-                     description='bind %s on %s%s' % (source, target, _ro(readonly)))
+                     description='bind %s on %s%s' % (source, target, ro_suffix(readonly)))
 
 
-def unmount(node, target, restore, lazy=False, shown=''):
+def unmount(node, target, restore, lazy=False, shown='', beneath=None):
     """``shown`` describes what is mounted there now."""
-    return Unmount(node=node, target=target, lazy=lazy, restore=restore,
+    return Unmount(node=node, target=target, lazy=lazy, restore=restore, beneath=beneath,
                    description='%sunmount %s%s' % ('lazily ' if lazy else '', target, ' (%s)' % shown if shown else ''))
 
 

@@ -12,6 +12,7 @@ mount(2) hands the data string to the kernel untouched.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -20,6 +21,7 @@ MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
 KMSG = '/dev/kmsg'
 
 # The new mount API: one syscall number on every architecture (asm-generic/unistd.h, Linux 5.2).
@@ -29,6 +31,15 @@ FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
 MOUNT_ATTR_RDONLY = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
+
+# openat2(2) (Linux 5.6): resolve a path below a directory without following any symlink.
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x02, 0x04, 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [('flags', ctypes.c_uint64), ('mode', ctypes.c_uint64), ('resolve', ctypes.c_uint64)]
+
 
 # The C library already loaded into this process (dlopen(NULL)): ctypes.util.find_library runs ldconfig -p, which
 # costs a boot-time helper a third of its start-up.
@@ -102,21 +113,22 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
         return log.messages()
 
 
-def mount_overlay(target, payload, readonly):
-    """Mount an overlay exactly as its payload (options.overlay_payload) says; return what the kernel logged."""
+def mount_overlay(target, payload, readonly, at=None):
+    """Mount an overlay exactly as its payload (options.overlay_payload) says; return what the kernel logged.
+    ``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     if payload.api == 'mount':
-        return _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', target, 'overlay',
+        return _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', at or target, 'overlay',
                            MS_RDONLY if readonly else 0, payload.data)
     with KernelLog(('overlayfs',)) as log:
         try:
-            _mount_overlay_fsconfig(target, payload.parameters, readonly)
+            _mount_overlay_fsconfig(target, payload.parameters, readonly, at or target)
         except MountError as error:
             error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
             raise
         return log.messages()
 
 
-def _mount_overlay_fsconfig(target, parameters, readonly):
+def _mount_overlay_fsconfig(target, parameters, readonly, at):
     """fsopen/fsconfig/fsmount/move_mount (Linux 5.2). Errors come from the context log."""
     call = 'mount overlay on %s with fsconfig(2)' % target
     context = _syscall(call, SYS_FSOPEN, b'overlay', FSOPEN_CLOEXEC)
@@ -130,7 +142,7 @@ def _mount_overlay_fsconfig(target, parameters, readonly):
         mount = _syscall(call, SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY if readonly else 0,
                          log_fd=context)
         try:
-            _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH)
+            _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(at), MOVE_MOUNT_F_EMPTY_PATH)
         finally:
             os.close(mount)
     finally:
@@ -162,25 +174,122 @@ def _context_log(context):
     return messages
 
 
-def mount_device(device, target, fstype, readonly):
+def mount_device(device, target, fstype, readonly, at=None):
+    """``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     _call_mount('mount %s (%s) on %s' % (device, fstype, target), (os.path.basename(device),),
-                device, target, fstype, MS_RDONLY if readonly else 0, None)
+                device, at or target, fstype, MS_RDONLY if readonly else 0, None)
 
 
-def bind_mount(source, target, readonly):
-    """A bind mount ignores MS_RDONLY on creation; read-only takes a second, remount call."""
-    _call_mount('bind %s on %s' % (source, target), (), source, target, None, MS_BIND, None)
-    if readonly:
-        try:
-            _call_mount('make bind mount %s read-only' % target, (), None, target, None,
-                        MS_BIND | MS_REMOUNT | MS_RDONLY, None)
-        except MountError:
-            unmount(target)
-            raise
+def bind_mount(source, target, at=None):
+    """A bind mount ignores MS_RDONLY on creation: remount_readonly makes it read-only."""
+    _call_mount('bind %s on %s' % (source, target), (), source, at or target, None, MS_BIND, None)
 
 
-def unmount(target, lazy=False):
-    """lazy: MNT_DETACH, the mount goes now and the filesystem once nothing uses it."""
-    if _libc.umount2(os.fsencode(target), MNT_DETACH if lazy else 0) != 0:
+def remount_readonly(target, at=None):
+    """``at`` must reach the bind mount's own root (in_parent_of), not the directory it covers."""
+    _call_mount('make bind mount %s read-only' % target, (), None, at or target, None,
+                MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+
+
+def unmount(target, lazy=False, at=None):
+    """lazy: MNT_DETACH, the mount goes now and the filesystem once nothing uses it. A last component that is a
+    symlink is not followed."""
+    if _libc.umount2(os.fsencode(at or target), (MNT_DETACH if lazy else 0) | UMOUNT_NOFOLLOW) != 0:
         err = ctypes.get_errno()
         raise MountError(err, 'unmount %s' % target, [])
+
+
+# --- paths inside another overlay's merged view or upper dir: no symlink followed, nothing re-resolved ---------
+
+
+class ConfinedPathError(OSError):
+    """Its message names the path and why it was not reached (OSError's own would prefix [Errno N])."""
+
+    def __str__(self):
+        return str(self.strerror)
+
+
+def open_beneath(root, below):
+    """An O_PATH fd on ``root/below`` reached without following any symlink below root (openat2(2) with
+    RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH). Symlinks above root are the host's and are followed."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                       RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH)
+        fd = _libc.syscall(SYS_OPENAT2, root_fd, os.fsencode(below or '.'), ctypes.byref(how), ctypes.sizeof(how))
+    finally:
+        os.close(root_fd)
+    if fd < 0:
+        err = ctypes.get_errno()
+        path = os.path.join(root, below)
+        if err in (errno.ELOOP, errno.EXDEV):
+            raise ConfinedPathError(err, '%s is reached through a symlink inside %s, which is not followed there'
+                                         % (path, root))
+        raise ConfinedPathError(err, '%s: %s' % (path, os.strerror(err)))
+    return fd
+
+
+@contextlib.contextmanager
+def pinned_dir(root, below):
+    """The directory ``root/below`` as open_beneath reaches it, as the /proc/self/fd path that mount(2) and
+    move_mount(2) resolve to exactly that directory, whatever its path becomes meanwhile."""
+    fd = open_beneath(root, below)
+    try:
+        yield '/proc/self/fd/%d' % fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def in_parent_of(root, below):
+    """The working directory set to the parent of ``root/below`` (reached as open_beneath does); yields the last
+    component. For the calls that must reach what is mounted there without holding it: umount2 (a held fd keeps
+    the mount busy) and a remount (a pinned fd reaches the directory under the mount)."""
+    parent, _slash, name = below.rpartition('/')
+    fd = open_beneath(root, parent)
+    saved = os.open('.', os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.fchdir(fd)
+        yield name
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+        os.close(fd)
+
+
+def make_dirs_beneath(root, below, mode=0o755):
+    """mkdir -p of ``root/below``, each directory made by mkdirat(2) in its parent as open_beneath reaches it.
+    Return the paths below root that were made, parents first."""
+    parts = below.split('/')
+    made = []
+    try:
+        for index in range(len(parts)):
+            relative = '/'.join(parts[:index + 1])
+            try:
+                os.close(open_beneath(root, relative))
+                continue
+            except ConfinedPathError as error:
+                if error.errno != errno.ENOENT:
+                    raise
+            parent = open_beneath(root, '/'.join(parts[:index]))
+            try:
+                os.mkdir(parts[index], mode, dir_fd=parent)
+            finally:
+                os.close(parent)
+            made.append(relative)
+    except OSError:
+        for relative in reversed(made):
+            remove_empty_dir_beneath(root, relative)
+        raise
+    return made
+
+
+def remove_empty_dir_beneath(root, below):
+    """rmdir(2) of ``root/below`` in its parent as open_beneath reaches it (unlinkat does not follow the last
+    component)."""
+    parent_path, _slash, name = below.rpartition('/')
+    parent = open_beneath(root, parent_path)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)

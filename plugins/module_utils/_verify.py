@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Does a live overlay give what a tree asks for? One rule for the planner (a mount that gives less is drift)
+"""Does a live mount give what a tree asks for? One rule for the planner (an overlay that gives less is drift)
 and the executor (a mount just made that gives less is undone and reported).
 
 The kernel can accept an overlay and give less than it was asked: it falls back to a read-only superblock when
@@ -37,3 +37,30 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
 
 def _fold(path):
     return fold_path(path) if path else path
+
+
+def stacked_shortfalls(stacked):
+    """A mount just made must be the only one at its target."""
+    return ['%d mounts are stacked there' % len(stacked)] if len(stacked) > 1 else []
+
+
+def device_shortfalls(entry, device_number, readonly):
+    """What a device mount ``entry`` gives other than asked; ``device_number`` is the device's (major, minor)."""
+    if entry is None:
+        return ['nothing is mounted there']
+    wrong = (entry.major, entry.minor) != device_number
+    return _source_and_mode(entry, wrong, readonly)
+
+
+def bind_shortfalls(entry, shows_source, readonly):
+    """What a bind mount ``entry`` gives other than asked; ``shows_source``: the target is now the source dir."""
+    if entry is None:
+        return ['nothing is mounted there']
+    return _source_and_mode(entry, not shows_source, readonly)
+
+
+def _source_and_mode(entry, wrong_source, readonly):
+    problems = ['%s from %s is mounted there' % (entry.fstype, entry.source)] if wrong_source else []
+    if entry.readonly != readonly:
+        problems.append('it is mounted %s' % ('read-only' if entry.readonly else 'read-write'))
+    return problems

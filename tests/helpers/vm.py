@@ -123,7 +123,7 @@ class TestVM:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, release='bookworm', memory=2048, cpus=1, boot_timeout=120, keep_workdir=None,
+    def __init__(self, release='bookworm', memory=2048, cpus=1, boot_timeout=300, keep_workdir=None,
                  qemu='qemu-system-x86_64'):
         if release not in RELEASES:
             raise VMError('unknown release %r (known: %s)' % (release, ', '.join(RELEASES)))
@@ -139,6 +139,8 @@ class TestVM:
                               % (path, BUILD_SCRIPT, release))
         self.memory = memory
         self.cpus = cpus
+        # Longer than the slowest mount unit's job timeout at boot (up to 2 min 40 s on a loaded machine): systemd
+        # starts sshd only after local-fs.target, and a boot that is slow but sound must not fail the test.
         self.boot_timeout = boot_timeout
         if keep_workdir is None:
             keep_workdir = os.environ.get('OVERLAYFS_VM_KEEP_WORKDIR', '') not in ('', '0')

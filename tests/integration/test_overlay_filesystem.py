@@ -13,13 +13,17 @@ import threading
 
 import pytest
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     converge_twice,
     loops_backed_under,
     make_ext4_image,
+    module_params,
     mounts_under,
     relocate,
+    run_command,
     snapshot,
     tree_digest,
 )
@@ -451,3 +455,51 @@ def test_lazy_unmount_detaches_a_busy_tree_and_its_holder_still_reads_through_it
         assert mounts_under(host.root) == [] and detached['mounts'] == []
         assert held.read() == 'still readable'
     assert host.play(filesystem=tree, state='unmounted')['changed'] is False
+
+
+def test_a_symlink_planted_in_a_containers_view_carries_no_mkdir_and_no_mount_out_of_it(host, monkeypatch, tmp_path):
+    host.make_dirs('base/etc', 'outside', 'b-lower', 'b-upper', 'b-work')
+    host.write('b-lower/from-b', 'b')
+    container = {'upper': host.path('upper'), 'work': host.path('work'), 'lower': [host.path('base')],
+                 'target': host.path('merged')}
+    converge_twice(host, filesystem=container)
+    merged = host.path('merged')
+    os.symlink(host.path('outside'), os.path.join(merged, 'etc', 'x'))  # the container plants etc/x -> the host
+
+    def inside(name):
+        return {'upper': host.path('b-upper'), 'work': host.path('b-work'), 'lower': [host.path('b-lower')],
+                'target': os.path.join(merged, 'etc', name, 'sub')}
+    refused = host.play(filesystems=[container, inside('x')])
+    assert refused['failed']
+    assert ('target %s/etc/x/sub: %s/etc/x is a symlink (to %s) inside the merged view of the overlay at %s; '
+            'symlinks there are not followed' % (merged, merged, host.path('outside'), merged)) in refused['msg']
+    assert os.listdir(host.path('outside')) == []
+
+    # one with no symlink mounts inside the view, re-runs unchanged, and unmounts
+    converge_twice(host, filesystems=[container, inside('fine')])
+    with open(os.path.join(merged, 'etc', 'fine', 'sub', 'from-b')) as handle:
+        assert handle.read() == 'b'
+    assert not host.play(filesystem=inside('fine'), state='unmounted').get('failed')
+
+    # a symlink swapped in after the plan was made: neither the mkdir nor the mount follows it
+    host.make_dirs('outside/sub')  # where a followed mount would land
+    for name, made in (('raced', True), ('raced-existing', False)):
+        os.makedirs(os.path.join(merged, 'etc', name, 'sub'))
+        if made:
+            os.rmdir(os.path.join(merged, 'etc', name, 'sub'))
+
+        def plan_then_swap(*args, name=name):
+            steps = real_plan(*args)
+            os.rename(os.path.join(merged, 'etc', name), os.path.join(merged, 'etc', name + '.old'))
+            os.symlink(host.path('outside'), os.path.join(merged, 'etc', name))
+            return steps
+        real_plan = _converge.plan
+        monkeypatch.setattr(_converge, 'plan', plan_then_swap)
+        with pytest.raises(ConvergeError) as raced:
+            converge(module_params(filesystem=inside(name)), run_command, False, lock_path=str(tmp_path / 'lock'))
+        monkeypatch.undo()
+        assert raced.value.args[0].startswith('step 1 of %d (%s' % (2 if made else 1, 'create' if made else 'mount'))
+        assert ('failed: %s/etc/%s' % (merged, name)) in str(raced.value), str(raced.value)
+        assert ('is reached through a symlink inside %s, which is not followed there' % merged) in str(raced.value)
+        assert os.listdir(host.path('outside')) == ['sub'] and os.listdir(host.path('outside', 'sub')) == []
+        assert [entry.mountpoint for entry in mounts_under(host.root)] == [merged]

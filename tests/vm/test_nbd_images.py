@@ -22,6 +22,7 @@ import threading
 
 import pytest
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import module_playbook
+from ansible_collections.containerhost.overlayfs.tests.helpers.reliability import MARKER, check_part
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,6 +35,23 @@ mkfs.ext4 -q -F -d "$1.content" "$1.raw" 16M
 qemu-img convert -f raw -O qcow2 "$1.raw" "$2"
 rm -rf "$1.raw" "$1.content"
 '''
+
+
+# Put in /usr/local/sbin, ahead of the real command in root's PATH: fails when the fault file names the command or
+# one of its arguments, otherwise runs the real one.
+FAULTY_COMMAND = """#!/bin/sh
+fault=$(cat /run/overlayfs-test-fault 2>/dev/null)
+for arg in "${0##*/}" "$@"; do
+    if [ -n "$fault" ] && [ "${arg%%=*}" = "$fault" ]; then
+        echo "injected fault: ${0##*/} $*" >&2
+        exit 1
+    fi
+done
+PATH=/usr/sbin:/usr/bin:/sbin:/bin exec "${0##*/}" "$@"
+"""
+# (state, what fails, the step whose command it is)
+NBD_FAULTS = (('mounted', 'modprobe', 'load_module'), ('mounted', '--connect', 'attach_nbd'),
+              ('unmounted', '--disconnect', 'detach_nbd'))
 
 
 class Guest(object):
@@ -84,6 +102,16 @@ class Guest(object):
 
     def qemu_nbd_processes(self):
         return self.sh('pgrep -a qemu-nbd || true').stdout.splitlines()
+
+    def state(self, work_dirs):
+        """Mounts under the root (with their options but uuid, which the kernel picks), whether nbd is loaded, nbd devices and qemu-nbd processes,
+        and every file under the root but in the work dirs (the kernel keeps its own entries there)."""
+        prune = ' -o '.join('-path %s' % shlex.quote(path) for path in work_dirs)
+        return self.sh('findmnt -rn -o TARGET,FSTYPE,OPTIONS | grep -F %s | sed "s/,uuid=[a-z]*//" | sort; '
+                       'ls -d /sys/module/nbd 2>&1; '
+                       'echo nbd: $(cat /sys/block/nbd*/size | grep -vc "^0$"); echo qemu-nbd: $(pgrep -c qemu-nbd); '
+                       'find %s \\( %s \\) -prune -o -printf "%%p %%y %%s\\n" | sort'
+                       % (shlex.quote(self.root), shlex.quote(self.root), prune)).stdout
 
 
 def ansible_playbook(vm, playbook_path, vars_path):
@@ -239,3 +267,42 @@ def test_two_concurrent_runs_attach_different_images_to_different_devices(guest)
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_each_nbd_step_failing_leaves_the_guest_as_before(guest):
+    """The nbd steps of docs/reliability.md: each one's command fails in turn (a wrapper in /usr/local/sbin)."""
+    image = guest.qcow2('tools.qcow2', 'tool', 'a tool')
+    guest.dirs('base', 'runtime')
+    tree = tree_with_three_kinds_of_lowers(guest, image)
+    work_dirs = (guest.path('work'), guest.path('shared/work'))
+    for command in ('qemu-nbd', 'modprobe'):
+        guest.sh('cat > /usr/local/sbin/%s <<"EOF"\n%sEOF\nchmod 755 /usr/local/sbin/%s'
+                 % (command, FAULTY_COMMAND, command))
+    rows = []
+    try:
+        for state, fault, action in NBD_FAULTS:
+            guest.play(filesystem=tree, state='unmounted' if state == 'mounted' else 'mounted')  # work for the run
+            if action == 'load_module':
+                guest.sh('modprobe -r nbd')  # so the plan loads it
+            before = guest.state(work_dirs)
+            guest.sh('echo %s > /run/overlayfs-test-fault' % shlex.quote(fault))
+            failed = guest.play(filesystem=tree, state=state)
+            guest.sh('rm /run/overlayfs-test-fault')
+            assert failed.get('failed'), failed
+            number = int(re.match(r'step (\d+) of', failed['msg']).group(1))
+            assert failed['steps'][number - 1]['action'] == action, failed['msg']
+            assert 'injected fault' in failed['msg'], failed['msg']
+            assert guest.state(work_dirs) == before, failed['msg']
+            rows.append('| `%s` | %s | as before |' % (action, state))
+            converge_twice(guest, filesystem=tree, state=state)
+    finally:
+        guest.sh('rm -f /usr/local/sbin/qemu-nbd /usr/local/sbin/modprobe /run/overlayfs-test-fault')
+    check_part(MARKER + '\n'.join([
+        '', '## nbd steps, in the test VMs', '',
+        'The tree of the nbd VM tests (a qcow2 image through nbd, a nested overlay and a dir under an overlay), in',
+        'the Debian 12 and 13 VMs. The command behind each nbd step fails in its place (a wrapper in',
+        '`/usr/local/sbin`, ahead of the real one in root\'s `PATH`, exits 1), and the guest is compared with',
+        'the guest before the run: the mounts with their options (but `uuid`, which the kernel picks), whether',
+        'the nbd module is loaded, the nbd devices in use, the qemu-nbd processes and every file of the tree but',
+        'the work dirs\' own entries. `load_module` fails with nbd unloaded first. The next run then converges.', '',
+        '| step | state | its command fails |', '| --- | --- | --- |'] + rows) + '\n', first=False)

@@ -14,6 +14,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices_module
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _executor as executor_module
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps, _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
@@ -30,26 +31,41 @@ class FakeHost(object):
         self.fail = {}  # event name -> exception to raise
         self.overlays = {}  # target -> the mount(2) data of the overlay the fake kernel shows there
         self.loops = {}  # device -> the backing file losetup attached it to
+        self.others = {}  # target -> (source, 'ro' or 'rw') of a device or bind mount the fake kernel shows there
+        monkeypatch.setattr(hostfs, 'device_number', lambda device: (7, self._number(device)))
+        monkeypatch.setattr(hostfs, 'same_file', lambda path, other: True)
         monkeypatch.setattr(devices_module, 'loop_backing_file', lambda device, _sys_block: self.loops.get(device))
-        for name in ('mount_overlay', 'mount_device', 'bind_mount', 'unmount'):
+        for name in ('mount_overlay', 'mount_device', 'bind_mount', 'remount_readonly', 'unmount'):
             monkeypatch.setattr(syscalls, name, self._syscall(name))
         monkeypatch.setattr(executor_module, 'read_mountinfo', self.mountinfo)
 
     def mountinfo(self):
-        """What the executor reads back after a mount: each overlay as it was asked for (a kernel that gives all)."""
-        return mountinfo.parse('\n'.join('%d 1 0:%d / %s rw - overlay overlay rw,%s' % (number, number, target, data)
-                                         for number, (target, data) in enumerate(sorted(self.overlays.items()), 50)))
+        """What the executor reads back after a mount: each mount as it was asked for (a kernel that gives all)."""
+        lines = ['%d 1 0:%d / %s rw - overlay overlay rw,%s' % (number, number, target, data)
+                 for number, (target, data) in enumerate(sorted(self.overlays.items()), 50)]
+        lines += ['%d 1 7:%d / %s %s - ext4 %s %s' % (number, number, target, mode, source, mode)
+                  for number, (target, (source, mode)) in enumerate(sorted(self.others.items()), 100)]
+        return mountinfo.parse('\n'.join(lines))
 
     def _syscall(self, name):
         def call(*args, **kwargs):
+            at = kwargs.pop('at', None)
+            assert at in (None, args[1] if name in ('mount_device', 'bind_mount') else args[0])  # not confined
             self.events.append((name,) + args + tuple(value for value in kwargs.values() if value))
             if name in self.fail:
                 raise self.fail.pop(name)
             if name == 'mount_overlay':
                 self.overlays[os.path.realpath(args[0])] = args[1].data
                 return []
+            if name == 'mount_device':
+                self.others[os.path.realpath(args[1])] = (args[0], 'ro' if args[3] else 'rw')
+            if name == 'bind_mount':
+                self.others[os.path.realpath(args[1])] = (args[0], 'rw')
+            if name == 'remount_readonly':
+                self.others[os.path.realpath(args[0])] = (self.others[os.path.realpath(args[0])][0], 'ro')
             if name == 'unmount':
                 self.overlays.pop(os.path.realpath(args[0]), None)
+                self.others.pop(os.path.realpath(args[0]), None)
             return None
         return call
 
@@ -65,6 +81,12 @@ class FakeHost(object):
         if argv[0] == 'blkid':
             return (0, 'TYPE=%s\n' % self.fstype, '') if self.fstype else (2, '', '')
         return 0, '', ''
+
+    def _number(self, device):
+        """The fake minor of a device: where mount_device recorded it, the mount's own number."""
+        numbers = [number for number, (_target, (source, _mode)) in enumerate(sorted(self.others.items()), 100)
+                   if source == device]
+        return numbers[0] if numbers else -1
 
     def names(self):
         return [event[0] if event[0] != 'run' else ' '.join(event[1][:2]) for event in self.events]
@@ -145,7 +167,7 @@ def test_a_directory_that_gained_content_is_not_removed_by_undo(tmp_path, monkey
     target = tmp_path / 'made' / 'm'
     plan = [mkdir_step(target), overlay_step(target)]
 
-    def mount_and_write(*args):
+    def mount_and_write(*args, **kwargs):
         (tmp_path / 'made' / 'someone-elses-file').write_text('x')
         raise kernel_refusal(target)
     monkeypatch.setattr(syscalls, 'mount_overlay', mount_and_write)
@@ -233,13 +255,13 @@ def test_undo_stops_at_the_first_undo_step_that_fails_and_says_what_is_left(tmp_
     first, second = tmp_path / 'a', tmp_path / 'b'
     plan = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
 
-    def mount_overlay(target, payload, readonly):
+    def mount_overlay(target, payload, readonly, at=None):
         if target == str(second):
             raise kernel_refusal(target)
         host.overlays[target] = payload.data
         return []
 
-    def unmount(target, lazy=False):
+    def unmount(target, lazy=False, at=None):
         raise syscalls.MountError(errno.EBUSY, 'unmount %s' % target, [])
     monkeypatch.setattr(syscalls, 'mount_overlay', mount_overlay)
     monkeypatch.setattr(syscalls, 'unmount', unmount)
@@ -292,7 +314,7 @@ def test_an_overlay_the_kernel_gives_less_than_asked_is_unmounted_and_reported_w
     host = FakeHost(monkeypatch)
     target = tmp_path / 'm'
 
-    def degraded(target, payload, readonly):
+    def degraded(target, payload, readonly, at=None):
         host.events.append(('mount_overlay', target))
         host.overlays[target] = payload.data.replace('uuid=on', 'uuid=null')
         return ['overlayfs: failed to create directory /w/work (errno: 28); mounting read-only']
@@ -308,3 +330,18 @@ def test_an_overlay_the_kernel_gives_less_than_asked_is_unmounted_and_reported_w
     assert 'kernel: overlayfs: failed to create directory /w/work (errno: 28); mounting read-only' in message
     assert host.events[-1] == ('unmount', str(target))  # the degraded mount goes, then the mkdir is undone
     assert not target.exists()
+
+
+def test_a_device_mount_the_kernel_gives_read_write_is_unmounted_and_reported(tmp_path, monkeypatch):
+    host = FakeHost(monkeypatch)
+    fake_mount = syscalls.mount_device
+
+    def read_write(device, target, fstype, readonly, at=None):
+        fake_mount(device, target, fstype, False, at=at)
+    monkeypatch.setattr(syscalls, 'mount_device', read_write)
+    target = str(tmp_path / 'm')
+    with pytest.raises(ApplyError) as error:
+        Executor(host.run_command).apply([steps.mount_device(IMAGE_NODE, target, '/dev/loop7', True)])
+    assert ('the kernel accepted /dev/loop7 on %s but gave less than asked: it is mounted read-write; asked: ext4 '
+            'read-only; unmounted it again' % target) in str(error.value)
+    assert host.others == {}

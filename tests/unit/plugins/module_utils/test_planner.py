@@ -771,3 +771,38 @@ def test_a_target_that_is_a_symlink_is_refused_and_a_symlinked_parent_is_not():
         plan(roots, obs, 'mounted')
     obs = observed(roots, missing=TARGETS[1:], override={'/srv/t/merged': link})
     assert summary(plan(roots, obs, 'mounted'))[-1] == ('mount', '/srv/t/merged')
+
+
+CONTAINER = {'upper': '/srv/ct/upper', 'work': '/srv/ct/work', 'lower': ['/srv/base'], 'target': '/srv/ct/merged'}
+INSIDE = {'upper': '/srv/ct/merged/var/u', 'work': '/srv/ct/merged/var/w', 'lower': ['/srv/base'],
+          'target': '/srv/ct/merged/data'}
+VIEW = ('/srv/ct/merged', 'the merged view of the overlay at /srv/ct/merged')
+
+
+def confined_plan(symlink=None, state='mounted', lines=()):
+    roots = roots_of(CONTAINER, INSIDE)
+    override = {}
+    for path in ('/srv/ct/merged/var/u', '/srv/ct/merged/var/w', '/srv/ct/merged/data'):
+        override[path] = facts(path, kind=None)._replace(
+            beneath=(VIEW[0], path[len(VIEW[0]) + 1:]), symlink_inside=symlink if path.endswith('data') else None)
+    obs = observed(roots, lines, missing=('/srv/ct/merged', '/srv/ct/upper', '/srv/ct/work'), override=override,
+                   views=dict([VIEW]))
+    return plan(roots, obs, state)
+
+
+def test_steps_inside_another_overlays_view_carry_where_it_begins():
+    steps = confined_plan()
+    inside = [one for one in steps if one.node == 'filesystems[1]']
+    assert [(one.action, one.beneath) for one in inside] == [
+        ('mkdir', (VIEW[0], 'data')), ('mkdir', (VIEW[0], 'var/u')), ('mkdir', (VIEW[0], 'var/w')),
+        ('mount', (VIEW[0], 'data'))]
+    assert all(one.beneath is None for one in steps if one.node == 'filesystems[0]')
+
+
+def test_a_symlink_inside_another_overlays_view_is_refused_by_name():
+    for state in ('mounted', 'unmounted'):
+        with pytest.raises(PlanError) as error:
+            confined_plan(symlink=('/srv/ct/merged/data', '/'), state=state)
+        assert str(error.value) == (
+            'filesystems[1] (overlay at /srv/ct/merged/data): target /srv/ct/merged/data: /srv/ct/merged/data is a '
+            'symlink (to /) inside the merged view of the overlay at /srv/ct/merged; symlinks there are not followed')

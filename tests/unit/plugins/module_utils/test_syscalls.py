@@ -16,6 +16,8 @@ import textwrap
 
 import pytest
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+
 SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
     sys.path[:0] = json.loads(sys.argv[2])
@@ -43,7 +45,8 @@ SCRIPT = textwrap.dedent('''
         report[kind] = [entry.overlay_layers()[0] == layers, entry.readonly, 'default_permissions' in entry.super_options]
         syscalls.unmount(path('m'))
         report[kind].append(any(entry.mountpoint == path('m') for entry in read_mountinfo()))
-    syscalls.bind_mount(path('u'), path('bound'), True)
+    syscalls.bind_mount(path('u'), path('bound'))
+    syscalls.remount_readonly(path('bound'))
     report['bind'] = top(path('bound')).readonly
     syscalls.unmount(path('bound'), lazy=True)
     try:
@@ -70,6 +73,26 @@ def namespace_run(tmp_path):
         assert completed.returncode == 0, 'stdout: %s\nstderr: %s' % (completed.stdout, completed.stderr)
         return json.loads(completed.stdout)
     return run
+
+
+def test_paths_below_a_root_are_reached_made_and_removed_without_following_a_symlink(tmp_path):
+    root = tmp_path / 'view'
+    (root / 'etc').mkdir(parents=True)
+    (tmp_path / 'host').mkdir()
+    (root / 'etc' / 'x').symlink_to(tmp_path / 'host')
+    assert syscalls.make_dirs_beneath(str(root), 'etc/new/deep') == ['etc/new', 'etc/new/deep']
+    assert syscalls.make_dirs_beneath(str(root), 'etc/new/deep') == []
+    with syscalls.pinned_dir(str(root), 'etc/new/deep') as at:
+        assert os.path.samefile(at, root / 'etc' / 'new' / 'deep')
+    for attempt in (lambda: syscalls.make_dirs_beneath(str(root), 'etc/x/sub'),
+                    lambda: syscalls.open_beneath(str(root), 'etc/x'),
+                    lambda: syscalls.open_beneath(str(root), '../host')):
+        with pytest.raises(syscalls.ConfinedPathError) as error:
+            attempt()
+        assert 'is reached through a symlink inside %s, which is not followed there' % root in str(error.value)
+    assert list((tmp_path / 'host').iterdir()) == []  # nothing landed where the symlink points
+    syscalls.remove_empty_dir_beneath(str(root), 'etc/new/deep')
+    assert not (root / 'etc' / 'new' / 'deep').exists()
 
 
 def test_each_wrapper_does_what_it_says_and_failures_carry_the_call_and_errno(namespace_run, tmp_path):
