@@ -285,14 +285,15 @@ def observe(roots):
     settle_starting_exports()
     mounts = read_mountinfo()
     views = container_views(roots, mounts)
-    paths = {}
+    paths, confined = {}, set()
     for root in roots:
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
                     paths[path] = observe_path(path, list_entries=path == node.work)
             for path in (node.target, node.upper, node.work):  # what a run may create, mount on or unmount
-                if path:
+                if path and path not in confined:
+                    confined.add(path)
                     paths[path] = paths[path]._replace(**confinement(path, views))
     return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
                     nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release,
