@@ -12,8 +12,8 @@
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
 #   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
 #                     (the VM images build in the background from the start: integration's oracles need them)
-#   make bench        one batch task vs one task per filesystem, and the role vs the module's batch, timed in
-#                     the same run (ratios)
+#   make bench        benchmarks/: the module as N grows against a bash mount loop, a no-op task and an
+#                     ansible.posix.mount loop; the role against the module; many hosts (ratios, a plot)
 #   make clean        remove .venv, .cache and tests/output
 #
 # Every target works from a fresh clone, run as root.
@@ -118,10 +118,22 @@ integration: setup
 molecule: setup
 	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
 
-# Not part of `make test`: a benchmark prints ratios, it asserts nothing.
-bench: setup
-	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_batch.py
-	unshare --mount --propagation private $(VENV_PYTHON) scripts/bench_role.py
+# Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
+# docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server
+# may be out of reach), unpacked apart from the venv so that no test sees its collections.
+BENCH_COLLECTIONS := $(CURDIR)/.cache/bench-collections
+BENCH_STAMP := $(BENCH_COLLECTIONS)/.installed
+BENCH_ENV := ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT):$(BENCH_COLLECTIONS) PYTHONPATH=$(PYTHONPATH):$(CURDIR)/benchmarks
+
+$(BENCH_STAMP): requirements-bench.txt
+	$(VENV_PYTHON) -m pip install --quiet -r requirements-bench.txt
+	$(VENV_PYTHON) -m pip install --quiet --no-deps --target $(BENCH_COLLECTIONS) 'ansible>=12,<13'
+	@touch $@
+
+bench: setup $(BENCH_STAMP)
+	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_scale.py
+	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_role.py
+	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_hosts.py
 
 # The copy holds what ansible-test itself would test in place: the files git lists (tracked, plus untracked
 # ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git

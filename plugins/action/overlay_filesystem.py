@@ -22,7 +22,8 @@ MODULE = 'containerhost.overlayfs.overlay_filesystem'
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(('xml', 'filesystem', 'filesystems', 'state', 'on_drift', 'create_dirs',
-                             'on_volatile_marker', 'lazy_unmount'))
+                             'on_volatile_marker', 'lazy_unmount', 'report',
+                             'flatten'))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)

@@ -52,7 +52,7 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
     else:
         raw, label = [params['filesystem']], 'filesystem'
     try:
-        roots = parse_filesystems(raw, label)
+        roots = parse_filesystems(raw, label, params.get('flatten', True))
     except TreeError as error:
         raise ConvergeError(str(error))
     canonical = [to_yaml(root) for root in sorted(roots, key=lambda root: root.position)]
@@ -75,14 +75,31 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
                                     mounts=mount_table(roots, observe(roots)))
             final = observe(roots)
             after = mount_state(roots, final)
-    return dict(
+    return report(params.get('report', 'full'), roots, canonical, steps, final, before, after)
+
+
+def report(detail, roots, canonical, steps, final, before, after):
+    """The result, with the per-tree detail that ``detail`` asks for (the module's ``report`` option): every tree
+    (full), only the trees the plan changes (changed), or none but the diff of those (summary)."""
+    changed = changed_roots(roots, steps)
+    shown = roots if detail == 'full' else changed
+    positions = None if detail == 'full' else set(root.position for root in changed)
+    result = dict(
         changed=bool(steps),
-        plan=describe(steps),
-        steps=step_dicts(steps),
-        filesystems=canonical,
-        mounts=mount_table(roots, final),
-        diff=dict(before=render_state(before), after=render_state(after)),
+        summary=dict(filesystems=len(roots), changed=len(changed), steps=len(steps)),
+        diff=dict(before=render_state(before, positions), after=render_state(after, positions)),
     )
+    if detail != 'summary':
+        result.update(plan=describe(steps), steps=step_dicts(steps),
+                      filesystems=[canonical[root.position] for root in sorted(shown, key=lambda root: root.position)],
+                      mounts=mount_table(shown, final))
+    return result
+
+
+def changed_roots(roots, steps):
+    """The trees a plan changes: those whose nodes its steps serve (a node's label starts with its tree's)."""
+    labels = set(one.node.split('.', 1)[0] for one in steps)
+    return [root for root in roots if root.label in labels]
 
 
 def describe(steps):
@@ -103,10 +120,12 @@ def mount_table(roots, observed):
 
 
 def mount_state(roots, observed):
+    """(tree position, target, what is mounted there) of every mounted node."""
     state = []
-    for node in _mounted_nodes(roots):
-        current = observed.top_mount_at(node.target)
-        state.append((node.target, describe_mount(current) if current else 'not mounted'))
+    for root in roots:
+        for node in _mounted_nodes([root]):
+            current = observed.top_mount_at(node.target)
+            state.append((root.position, node.target, describe_mount(current) if current else 'not mounted'))
     return state
 
 
@@ -114,8 +133,11 @@ def predicted_state(before, steps):
     """The state after a plan runs: what a check-mode diff shows."""
     mounts = dict((one.target, 'as planned: ' + one.description) for one in steps if isinstance(one, MOUNT_STEPS))
     unmounts = set(one.target for one in steps if isinstance(one, Unmount))
-    return [(target, mounts.get(target, 'not mounted' if target in unmounts else now)) for target, now in before]
+    return [(position, target, mounts.get(target, 'not mounted' if target in unmounts else now))
+            for position, target, now in before]
 
 
-def render_state(state):
-    return ''.join('%s: %s\n' % pair for pair in state)
+def render_state(state, positions=None):
+    """The diff's text: a line per target, of the trees at ``positions`` (None: all)."""
+    return ''.join('%s: %s\n' % (target, now) for position, target, now in state
+                   if positions is None or position in positions)

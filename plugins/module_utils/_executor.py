@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from typing import Callable, List, NamedTuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
@@ -30,6 +31,16 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify im
 
 class ApplyError(RuntimeError):
     pass
+
+
+class ReadBack(NamedTuple):
+    """A mount step that ran, with what to compare its mount with: ``shortfalls(entry)`` lists what the mount
+    ``entry`` (the top one at the target, None if none) gives less than asked."""
+    step: object
+    what: str  # for the message: 'the overlay', the device, 'the bind of SOURCE'
+    asked: str
+    shortfalls: Callable[[object], List[str]]
+    kernel_messages: List[str]
 
 
 class Executor(object):
@@ -63,27 +74,53 @@ class Executor(object):
 
     def apply(self, steps):
         undo = []
+        self.made = []  # (step number, ReadBack) of each mount the plan made
         for number, one in enumerate(steps, 1):
+            self.number = number
             try:
                 undo.append(self.run(one))
             except Exception as error:  # whatever broke the step, a bug too, the run is undone and says why
                 message = 'step %d of %d (%s) failed: %s' % (number, len(steps), one.description, _reason(error))
-                raise ApplyError(message + self._undo(steps, undo))
+                raise ApplyError(message + self._undo(steps, undo, 'before it'))
+        self._read_back(steps, undo)
 
-    def _undo(self, steps, undo):
+    def _read_back(self, steps, undo):
+        """The kernel can accept a mount and give less than asked. Every mount of the run is read back in one pass
+        over the mount table once all are made (one pass per mount would cost the table's size each time); one
+        that gives less fails the run, and the whole run is undone."""
+        if not self.made:
+            return
+        at_mountpoint = {}
+        for entry in read_mountinfo():
+            at_mountpoint.setdefault(entry.mountpoint, []).append(entry)
+        for number, check in self.made:
+            stacked = at_mountpoint.get(os.path.realpath(check.step.target), [])
+            shortfalls = stacked_shortfalls(stacked) + check.shortfalls(stacked[-1] if stacked else None)
+            if not shortfalls:
+                continue
+            if not stacked:
+                undo[number - 1] = None  # nothing there to unmount
+            raise ApplyError('step %d of %d (%s) failed: the kernel accepted %s on %s but gave less than asked: %s; '
+                             'asked: %s%s' % (number, len(steps), check.step.description, check.what,
+                                              check.step.target, '; '.join(shortfalls), check.asked,
+                                              ' (kernel: %s)' % '; '.join(check.kernel_messages)
+                                              if check.kernel_messages else '')
+                             + self._undo(steps, undo, 'of this run'))
+
+    def _undo(self, steps, undo, made):
         """Undo in reverse order, and stop at the first undo step that fails: the steps before it are what it stands
         on (its device, its lowers, its dirs), and taking them away would leave it standing on nothing.
-        Return what the message says of it."""
+        Return what the message says of it; ``made`` says which steps ran ('before it', 'of this run')."""
         for index in reversed(range(len(undo))):
             if undo[index] is None:
                 continue
             try:
                 self.run(undo[index])
             except Exception as error:
-                return ('. Undid %d of the %d step(s) before it; could not undo step %d (%s): %s, so it and the steps '
-                        'before it are left as they are' % (len(undo) - index - 1, len(undo), index + 1,
+                return ('. Undid %d of the %d step(s) %s; could not undo step %d (%s): %s, so it and the steps '
+                        'before it are left as they are' % (len(undo) - index - 1, len(undo), made, index + 1,
                                                             steps[index].description, _reason(error)))
-        return '. Undid the %d step(s) before it' % len(undo) if undo else ''
+        return '. Undid the %d step(s) %s' % (len(undo), made) if undo else ''
 
     # --- directories and markers --------------------------------------------------------------------
 
@@ -160,36 +197,18 @@ class Executor(object):
     def _mount_overlay(self, one):
         with _reached(one) as at:
             kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at)
-        self._verify_overlay(one, kernel_messages)
+        self._made(one, 'the overlay', one.payload.summary(), lambda entry: overlay_shortfalls(
+            entry, one.lowers, one.upper, one.work, one.options, one.readonly), kernel_messages)
         return _unmount_again(one)
-
-    def _verify_overlay(self, one, kernel_messages):
-        """Read the mount back: one the kernel accepted may give less than asked. Such a mount goes again."""
-        stacked = _mounts_at(one.target)
-        shortfalls = stacked_shortfalls(stacked) + overlay_shortfalls(
-            stacked[-1] if stacked else None, one.lowers, one.upper, one.work, one.options, one.readonly)
-        _undo_short_mount(one, stacked, shortfalls, 'the overlay', one.payload.summary(), kernel_messages)
-
-    def _verify_device(self, one, device, fstype):
-        stacked = _mounts_at(one.target)
-        shortfalls = stacked_shortfalls(stacked) + device_shortfalls(
-            stacked[-1] if stacked else None, hostfs.device_number(device), one.readonly)
-        _undo_short_mount(one, stacked, shortfalls, device, fstype + step.ro_suffix(one.readonly), [])
-
-    def _verify_bind(self, one):
-        """The target must now be the source dir itself (stat, not mountinfo's device: btrfs subvolumes differ)."""
-        stacked = _mounts_at(one.target)
-        shortfalls = stacked_shortfalls(stacked) + bind_shortfalls(
-            stacked[-1] if stacked else None, hostfs.same_file(one.target, one.source), one.readonly)
-        _undo_short_mount(one, stacked, shortfalls, 'the bind of %s' % one.source, 'bind' + step.ro_suffix(one.readonly),
-                          [])
 
     def _mount_device(self, one):
         device = self.attached.get(one.ref) or one.device
         fstype = devices.filesystem_type(self.run_command, device)
         with _reached(one) as at:
             syscalls.mount_device(device, one.target, fstype, one.readonly, at=at)
-        self._verify_device(one, device, fstype)
+        number = hostfs.device_number(device)
+        self._made(one, device, fstype + step.ro_suffix(one.readonly),
+                   lambda entry: device_shortfalls(entry, number, one.readonly))
         return _unmount_again(one)
 
     def _mount_bind(self, one):
@@ -203,8 +222,15 @@ class Executor(object):
                 with _parent_reached(one) as at:
                     syscalls.unmount(one.target, at=at)
                 raise
-        self._verify_bind(one)
+        # the target must now be the source dir itself (stat, not mountinfo's device: btrfs subvolumes differ)
+        self._made(one, 'the bind of %s' % one.source, 'bind' + step.ro_suffix(one.readonly),
+                   lambda entry: bind_shortfalls(entry, hostfs.same_file(one.target, one.source), one.readonly))
         return _unmount_again(one)
+
+    def _made(self, one, what, asked, shortfalls, kernel_messages=()):
+        """Note a mount the plan made, to read it back (_read_back). The mounts an undo makes again are not: the
+        run has failed already, and its result shows the mount table as it is."""
+        self.made.append((self.number, ReadBack(one, what, asked, shortfalls, list(kernel_messages))))
 
     def _unmount(self, one):
         try:
@@ -241,23 +267,6 @@ def _reached(one):
 def _parent_reached(one):
     """As _reached, for the calls that must reach what is mounted on the target: umount2 and a remount."""
     return syscalls.in_parent_of(*one.beneath) if one.beneath else contextlib.nullcontext(one.target)
-
-
-def _mounts_at(target):
-    mountpoint = os.path.realpath(target)
-    return [entry for entry in read_mountinfo() if entry.mountpoint == mountpoint]
-
-
-def _undo_short_mount(one, stacked, shortfalls, what, asked, kernel_messages):
-    """A mount the kernel accepted but that is not what was asked goes again, and the step fails saying so."""
-    if not shortfalls:
-        return
-    if stacked:
-        with _parent_reached(one) as at:
-            syscalls.unmount(one.target, at=at)
-    raise ApplyError('the kernel accepted %s on %s but gave less than asked: %s; asked: %s; unmounted it again%s'
-                     % (what, one.target, '; '.join(shortfalls), asked,
-                        ' (kernel: %s)' % '; '.join(kernel_messages) if kernel_messages else ''))
 
 
 def _unmount_again(one):

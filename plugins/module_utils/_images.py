@@ -129,8 +129,7 @@ class ImagePlanner(object):
 
     def _export_still_used(self, export):
         """A loop device on the export that this plan does not detach (another layer's) keeps it."""
-        return any(loop.backing_file == export.path and loop.device not in self.loops_detached
-                   for loop in self.observed.loops)
+        return any(loop.device not in self.loops_detached for loop in self.observed.loops_backed_by(export.path))
 
     def leftovers(self, node):
         """Devices and exports serving this node's image that nothing mounts (an interrupted run's)."""
@@ -149,8 +148,8 @@ class ImagePlanner(object):
         return steps
 
     def _mounted_elsewhere(self, current):
-        return any((entry.major, entry.minor) == (current.major, current.minor) and entry.mount_id != current.mount_id
-                   for entry in self.observed.mounts)
+        return any(entry.mount_id != current.mount_id
+                   for entry in self.observed.mounts_of_device(current.major, current.minor))
 
     def _detach_loop_step(self, node, loop):
         self.loops_detached.add(loop.device)

@@ -21,8 +21,11 @@ _OCTAL = re.compile(r'\\([0-7]{3})')
 
 
 class MountEntry(object):
+    """One line of mountinfo. The super options are split when first asked for: a host may have tens of
+    thousands of mounts, and a run looks at the options of a few."""
+
     def __init__(self, mount_id, parent_id, major, minor, root, mountpoint, mount_options,
-                 fstype, source, super_options):
+                 fstype, source, super_options=None, raw_super_options=''):
         self.mount_id = mount_id
         self.parent_id = parent_id
         self.major = major
@@ -32,7 +35,15 @@ class MountEntry(object):
         self.mount_options = mount_options
         self.fstype = fstype
         self.source = source
-        self.super_options = super_options
+        self._super_options = super_options
+        self._raw_super_options = raw_super_options
+        self._layers = None
+
+    @property
+    def super_options(self):
+        if self._super_options is None:
+            self._super_options = split_options(self._raw_super_options)
+        return self._super_options
 
     @property
     def readonly(self):
@@ -48,12 +59,14 @@ class MountEntry(object):
         """(lowers, upper, work) as paths, or None when this is not an overlay."""
         if self.fstype != 'overlay':
             return None
-        opts = self.super_options
-        lowers = split_lowerdir(opts.get('lowerdir', '') or '')
-        lowers += opts.get('lowerdir+', [])  # fsconfig(2) takes these verbatim: no backslash escapes
-        upper = unescape_path(opts['upperdir']) if opts.get('upperdir') else None
-        work = unescape_path(opts['workdir']) if opts.get('workdir') else None
-        return lowers, upper, work
+        if self._layers is None:
+            opts = self.super_options
+            lowers = split_lowerdir(opts.get('lowerdir', '') or '')
+            lowers += opts.get('lowerdir+', [])  # fsconfig(2) takes these verbatim: no backslash escapes
+            upper = unescape_path(opts['upperdir']) if opts.get('upperdir') else None
+            work = unescape_path(opts['workdir']) if opts.get('workdir') else None
+            self._layers = (lowers, upper, work)
+        return self._layers
 
     def to_dict(self):
         return {
@@ -69,6 +82,8 @@ class MountEntry(object):
 
 def decode(field):
     """Undo the kernel's octal escapes (mangle() in fs/proc_namespace.c)."""
+    if '\\' not in field:
+        return field
     return _OCTAL.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
@@ -114,7 +129,7 @@ def parse_line(line):
         mount_options=fields[5].split(','),
         fstype=decode(fields[separator + 1]),
         source=decode(fields[separator + 2]),
-        super_options=split_options(fields[separator + 3] if len(fields) > separator + 3 else ''),
+        raw_super_options=fields[separator + 3] if len(fields) > separator + 3 else '',
     )
 
 

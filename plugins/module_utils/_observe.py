@@ -28,7 +28,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs im
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import path_and_ancestors
 
 
 class ImageServer(object):
@@ -117,6 +117,9 @@ def observe_path(path, list_entries=False):
 
 
 class Observed(object):
+    """What observe() saw, indexed once so every lookup costs the same however many mounts, devices and trees
+    the host has."""
+
     def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel='', views=None):
         self.mounts = mounts
         self.views = views or {}  # container_views
@@ -126,6 +129,13 @@ class Observed(object):
         self.exports = list(exports)
         self.nbd_loaded = nbd_loaded
         self.kernel = kernel
+        self._at_mountpoint = _grouped((entry.mountpoint, entry) for entry in mounts)
+        self._of_device = _grouped(((entry.major, entry.minor), entry) for entry in mounts)
+        self._using_dir = _grouped((path, entry) for entry in mounts for path in _upper_and_work(entry))
+        self._loop_numbered = dict(((loop.major, loop.minor), loop) for loop in loops)
+        self._loops_backed_by = _grouped((loop.backing_file, loop) for loop in loops)
+        self._nbd_numbered = dict(((nbd.major, nbd.minor), nbd) for nbd in self.nbds)
+        self._export_at = dict((export.path, export) for export in self.exports)
 
     def facts(self, path):
         return self.paths[path]
@@ -136,8 +146,7 @@ class Observed(object):
 
     def mounts_at(self, path):
         """Mounts stacked on a path, bottom first: each covering mount's parent is the one it covers."""
-        resolved = self.resolved(path)
-        here = [entry for entry in self.mounts if entry.mountpoint == resolved]
+        here = self._at_mountpoint.get(self.resolved(path), [])
         ids = set(entry.mount_id for entry in here)
         stack = [entry for entry in here if entry.parent_id not in ids][:1]
         while stack:
@@ -152,48 +161,46 @@ class Observed(object):
         return stacked[-1] if stacked else None
 
     def mount_containing(self, path):
-        """The mount a path lives on: the longest mountpoint above its resolved form."""
-        resolved = self.resolved(path)
-        best = None
-        for entry in self.mounts:
-            if is_within(resolved, entry.mountpoint) and (best is None or len(entry.mountpoint) >= len(best.mountpoint)):
-                best = entry
-        return best
+        """The mount a path lives on: the nearest mountpoint above its resolved form (the last one listed there)."""
+        for ancestor in path_and_ancestors(self.resolved(path)):
+            if ancestor in self._at_mountpoint:
+                return self._at_mountpoint[ancestor][-1]
+        return None
 
     def loop_by_number(self, major, minor):
-        for loop in self.loops:
-            if (loop.major, loop.minor) == (major, minor):
-                return loop
-        return None
+        return self._loop_numbered.get((major, minor))
 
     def nbd_by_number(self, major, minor):
-        for nbd in self.nbds:
-            if (nbd.major, nbd.minor) == (major, minor):
-                return nbd
-        return None
+        return self._nbd_numbered.get((major, minor))
 
     def export_at(self, path):
-        for export in self.exports:
-            if export.path == path:
-                return export
-        return None
+        return self._export_at.get(path)
 
     def loops_backed_by(self, image):
-        resolved = self.resolved(image)
-        return [loop for loop in self.loops if loop.backing_file == resolved]
+        return self._loops_backed_by.get(self.resolved(image), [])
+
+    def mounts_of_device(self, major, minor):
+        return self._of_device.get((major, minor), [])
 
     def is_mounted_device(self, major, minor):
-        return any((entry.major, entry.minor) == (major, minor) for entry in self.mounts)
+        return bool(self.mounts_of_device(major, minor))
 
     def overlays_using(self, path):
         """Mounted overlays whose upper or work dir is this path."""
-        resolved = self.resolved(path)
-        found = []
-        for entry in self.mounts:
-            layers = entry.overlay_layers()
-            if layers and resolved in (layers[1], layers[2]):
-                found.append(entry)
-        return found
+        return self._using_dir.get(self.resolved(path), [])
+
+
+def _grouped(pairs):
+    """key -> the values with that key, in the order given."""
+    groups = {}
+    for key, value in pairs:
+        groups.setdefault(key, []).append(value)
+    return groups
+
+
+def _upper_and_work(entry):
+    layers = entry.overlay_layers()
+    return [path for path in layers[1:] if path] if layers else []
 
 
 def read_loop_devices(sys_block=SYS_BLOCK):

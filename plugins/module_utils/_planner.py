@@ -24,7 +24,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, is_within
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, path_and_ancestors
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
@@ -55,7 +55,6 @@ class _Planner(object):
         self.on_volatile_marker = on_volatile_marker
         self.lazy_unmount = lazy_unmount
         self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
-        self.batch_targets = list(self.batch_nodes)
         self.planned_dirs = set()
         self.images = ImagePlanner(observed)
         # by Node.mount_kind
@@ -184,7 +183,7 @@ class _Planner(object):
         except OptionError as error:
             raise PlanError('%s: %s' % (node.describe(), error))
         steps.append(step.mount_overlay(node.label, node.target, lowers, node.upper, node.work, node.options,
-                                        node.mounted_readonly, payload))
+                                        node.mounted_readonly, payload, node.flattened))
         return steps
 
     def _mount_file(self, node):
@@ -218,7 +217,7 @@ class _Planner(object):
             if not facts.is_dir and not facts.unreadable:  # a mount point on a dead device: its repair comes
                 raise PlanError('%s: %s %s exists and is not a directory' % (node.describe(), role, path))
             return []
-        if path in self.planned_dirs or self._under_batch_target(path):
+        if path in self.planned_dirs or self._batch_target_above(path) is not None:
             return self._planned_mkdir(node, path)
         if not self.create_dirs:
             raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
@@ -230,11 +229,15 @@ class _Planner(object):
         self.planned_dirs.add(path)
         return [step.mkdir(node.label, path)]
 
-    def _under_batch_target(self, path):
-        return any(is_within(path, target) and path != target for target in self.batch_targets)
+    def _batch_target_above(self, path, itself=False):
+        """The nearest target of this batch that ``path`` lies under (or is, with ``itself``); None if none."""
+        ancestors = path_and_ancestors(path)
+        if not itself:
+            next(ancestors)
+        return next((self.batch_nodes[above] for above in ancestors if above in self.batch_nodes), None)
 
     def _require_lower_dir(self, node):
-        if self._under_batch_target(node.target) or node.target in self.batch_targets:
+        if self._batch_target_above(node.target, itself=True) is not None:
             return
         facts = self.observed.facts(node.target)
         if not facts.is_dir:
@@ -275,7 +278,8 @@ class _Planner(object):
     def _stack_depth(self, node):
         """How many stacked filesystems this node's mount would sit on, as far as can be seen."""
         if node.kind == 'overlay':
-            under = [self._stack_depth(lower) for lower in node.lowers]
+            under = [self._stack_depth(layer.node) if layer.node else self._host_depth(layer.path)
+                     for layer in node.layers]
             if node.upper:
                 under.append(self._host_depth(node.upper))
             return 1 + max(under)
@@ -287,9 +291,9 @@ class _Planner(object):
 
     def _host_depth(self, path):
         """The stack depth of the filesystem a path lives on: a target of this batch, or what is mounted."""
-        owners = [target for target in self.batch_targets if is_within(path, target)]
-        if owners:
-            return self._stack_depth(self.batch_nodes[max(owners, key=len)])
+        owner = self._batch_target_above(path, itself=True)
+        if owner is not None:
+            return self._stack_depth(owner)
         return self._mounted_depth(self.observed.mount_containing(path), MAX_OVERLAY_NESTING + 1)
 
     def _mounted_depth(self, entry, budget):

@@ -140,6 +140,7 @@ class MountOverlay(Step):
     options: dict
     readonly: bool
     payload: OverlayPayload
+    flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (tree.stacked_layers)
     beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
@@ -262,10 +263,12 @@ def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
                       format=image_format, description='stop the FUSE export %s' % export)
 
 
-def mount_overlay(node, target, lowers, upper, work, options, readonly, payload):
+def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=()):
+    flat = ', with the layers of %s in their place (flattened)' % ', '.join(flattened) if flattened else ''
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
-                        options=dict(options), readonly=readonly, payload=payload,
-                        description='mount overlay on %s (%s)%s' % (target, payload.summary(), ro_suffix(readonly)))
+                        options=dict(options), readonly=readonly, payload=payload, flattened=tuple(flattened),
+                        description='mount overlay on %s (%s)%s%s' % (target, payload.summary(), ro_suffix(readonly),
+                                                                        flat))
 
 
 def mount_device(node, target, device, readonly, ref=None, device_text=None):

@@ -12,6 +12,7 @@ plugins/plugin_utils/_xml_codec.py); every rule here names the offending field.
 from __future__ import annotations
 
 import posixpath
+from typing import NamedTuple, Optional
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
@@ -23,6 +24,8 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
 
 MAX_LOWER_LAYERS = 500
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
+# Flattened, a tree may nest deeper; every level past the kernel's adds at least one layer to the overlays above
+MAX_FLATTENED_NESTING = 100
 TOP_LEVEL_TYPES = ('overlay', 'mount', 'bind', 'block', 'file')
 LOWER_TYPES = ('dir', 'overlay', 'mount', 'block', 'file')
 QEMU_FORMATS = ('raw', 'qcow2', 'qcow', 'vmdk', 'vdi', 'vhdx', 'vpc', 'qed', 'parallels')
@@ -63,6 +66,10 @@ class Node(object):
         self.accessmode = accessmode
         self.is_layer = is_layer
         self.position = 0  # place in the input batch (roots are applied in dependency order)
+        # An overlay's layers as it is mounted (stacked_layers): Layer records, topmost first, and the labels of
+        # the nested overlays whose own layers stand in their place (flattened)
+        self.layers = [Layer(lower.target, lower) for lower in self.lowers]
+        self.flattened = []
 
     @property
     def mounted_readonly(self):
@@ -87,23 +94,39 @@ class Node(object):
 
     def layer_paths(self):
         """The lowerdir= list of an overlay, topmost first."""
-        return [lower.target for lower in self.lowers]
+        return [layer.path for layer in self.layers]
+
+    @property
+    def stack_depth(self):
+        """How many overlays this node's mount stacks, counting the tree only (the host's own mounts under its
+        dirs are the planner's to count)."""
+        if self.kind != 'overlay':
+            return 0
+        return 1 + max(layer.node.stack_depth if layer.node else 0 for layer in self.layers)
 
     def describe(self):
         return '%s (%s at %s)' % (self.label, self.kind, self.target)
 
 
-def parse_filesystems(raw_list, label='filesystems'):
+class Layer(NamedTuple):
+    """One lowerdir= entry of an overlay: a lower node's target, or (``node`` None) the upper dir of a nested
+    overlay that was flattened into this one."""
+    path: str
+    node: Optional['Node']
+
+
+def parse_filesystems(raw_list, label='filesystems', flatten=True):
     """Parse and validate a batch; return the Nodes in an order where each stands on what precedes it.
 
-    With ``label='filesystem'`` the list holds the one tree of the module's ``filesystem`` option.
+    With ``label='filesystem'`` the list holds the one tree of the module's ``filesystem`` option. ``flatten``: see
+    stacked_layers; without it a tree nested deeper than the kernel stacks is refused.
     """
     if not isinstance(raw_list, list) or not raw_list:
         raise TreeError('%s must be a non-empty list of filesystems' % label)
     if label == 'filesystem':
-        nodes = [parse_filesystem(raw_list[0], label)]
+        nodes = [parse_filesystem(raw_list[0], label, flatten)]
     else:
-        nodes = [parse_filesystem(raw, '%s[%d]' % (label, index)) for index, raw in enumerate(raw_list)]
+        nodes = [parse_filesystem(raw, '%s[%d]' % (label, index), flatten) for index, raw in enumerate(raw_list)]
     for position, node in enumerate(nodes):
         node.position = position
     check_unique_targets(nodes)
@@ -111,13 +134,13 @@ def parse_filesystems(raw_list, label='filesystems'):
     return order_by_dependency(nodes)
 
 
-def parse_filesystem(raw, label):
-    node = _parse_node(raw, label, top=True, overlays_above=0)
+def parse_filesystem(raw, label, flatten=True):
+    node = _parse_node(raw, label, top=True, overlays_above=0, flatten=flatten)
     check_paths_disjoint(node)
     return node
 
 
-def _parse_node(raw, label, top, overlays_above):
+def _parse_node(raw, label, top, overlays_above, flatten):
     if isinstance(raw, str) and not top:
         raw = {'type': 'dir', 'target': raw}
     if not isinstance(raw, dict):
@@ -140,10 +163,13 @@ def _parse_node(raw, label, top, overlays_above):
         is_layer=not top,
     )
     if kind == 'overlay':
-        if overlays_above >= MAX_OVERLAY_NESTING:  # checked before descending: a deep tree costs nothing
-            raise TreeError('%s: overlays nest at most %d deep (the kernel stacks at most %d filesystems on a disk fs)'
-                            % (label, MAX_OVERLAY_NESTING, MAX_OVERLAY_NESTING))
-        return _parse_overlay(raw, common, overlays_above + 1)
+        if overlays_above >= MAX_OVERLAY_NESTING and not flatten:  # before descending: a deep tree costs nothing
+            raise TreeError('%s: overlays nest at most %d deep (the kernel stacks at most %d filesystems on a disk '
+                            'fs; flatten=true mounts deeper trees)' % (label, MAX_OVERLAY_NESTING, MAX_OVERLAY_NESTING))
+        if overlays_above >= MAX_FLATTENED_NESTING:
+            raise TreeError('%s: overlays nest at most %d deep, flattened (each level adds a layer to the ones above)'
+                            % (label, MAX_FLATTENED_NESTING))
+        return _parse_overlay(raw, common, overlays_above + 1, flatten)
     if kind == 'dir':
         return Node('dir', **common)
     source = _path(raw, 'source', label)
@@ -153,7 +179,7 @@ def _parse_node(raw, label, top, overlays_above):
     return Node(kind, source=source, **common)
 
 
-def _parse_overlay(raw, common, overlays):
+def _parse_overlay(raw, common, overlays, flatten):
     label = common['label']
     upper = _path(raw, 'upper', label, required=False)
     work = _path(raw, 'work', label, required=False)
@@ -174,10 +200,33 @@ def _parse_overlay(raw, common, overlays):
         check_conflicts(options, bool(upper), label)
     except OptionError as error:
         raise TreeError(str(error))
-    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False, overlays_above=overlays)
-              for index, item in enumerate(lowers_raw)]
+    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False, overlays_above=overlays,
+                          flatten=flatten) for index, item in enumerate(lowers_raw)]
     check_layers_disjoint(label, lowers, upper, work)
-    return Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
+    node = Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
+    node.layers, node.flattened = stacked_layers(lowers)
+    if len(node.layers) > MAX_LOWER_LAYERS:
+        raise TreeError('%s.lower: with the nested overlays %s flattened into it, it has %d layers; the kernel allows '
+                        'at most %d' % (label, ', '.join(node.flattened), len(node.layers), MAX_LOWER_LAYERS))
+    return node
+
+
+def stacked_layers(lowers):
+    """The layers of an overlay over ``lowers``, and the labels of the lowers flattened into it.
+
+    The kernel stacks at most MAX_OVERLAY_NESTING overlays. A nested overlay that already stacks that many is not
+    used through its target: its own layers stand in its place, its upper dir first (a lower reads its whiteouts
+    and opaque dirs as any lower does), so this overlay reads the same files and stacks no deeper. The nested
+    overlay is still mounted at its own target. Each lower's layers stack at most one less than the limit, so
+    they fit as they are."""
+    layers, flattened = [], []
+    for lower in lowers:
+        if lower.stack_depth >= MAX_OVERLAY_NESTING:
+            layers += ([Layer(lower.upper, None)] if lower.upper else []) + lower.layers
+            flattened.append(lower.label)
+        else:
+            layers.append(Layer(lower.target, lower))
+    return layers, flattened
 
 
 def check_layers_disjoint(label, lowers, upper, work):

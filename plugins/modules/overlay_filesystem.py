@@ -21,8 +21,8 @@ description:
     missing, and runs only those. A second run reports no change and runs nothing.
   - A target already mounted with other layers is drift. It is refused unless O(on_drift=replace).
   - Every rule the kernel would enforce (upper and work on one mount, separate subtrees, empty work dir,
-    at most 500 lower layers, overlays nested at most 2 deep, option conflicts) is checked before anything
-    changes. If a step fails, the steps this run already made are undone in reverse order and the error names
+    at most 500 lower layers, overlays stacked at most 2 deep, option conflicts) is checked before anything
+    changes. Trees nested deeper are flattened (O(flatten)). If a step fails, the steps this run already made are undone in reverse order and the error names
     the failed step and the kernel's reason.
   - Upper and work dirs and their data are never removed or changed.
   - Runs on one host are serialized with a lock file in C(/run/lock).
@@ -78,6 +78,29 @@ options:
         as it was.
     type: bool
     default: false
+  flatten:
+    description:
+      - The kernel stacks at most two overlays (an overlay whose lower is another overlay). With V(true), a tree
+        nested deeper is mounted by flattening where it would stack past that. The nested overlay's own layers,
+        its upper dir first and then its lowers in order, stand in its place in the overlay above it, which reads
+        the same files. Whiteouts and opaque dirs of that upper work as in any lower. The nested overlay is still
+        mounted at its own target. The plan names each flattened level.
+      - With V(false), a tree nested more than two deep is refused before any change.
+      - An upper dir that holds redirects or metacopy files is read as a lower only by an overlay that enables
+        C(redirect_dir) or C(metacopy) too.
+    type: bool
+    default: true
+  report:
+    description:
+      - How much of each tree the result holds. Whatever is chosen, RV(changed), RV(summary) and a failure's
+        message are the same.
+      - V(full) returns RV(plan), RV(steps), RV(filesystems), RV(xml), RV(mounts) and the diff for every tree.
+      - V(changed) returns them only for the trees this run changes (or, in check mode, would change). At a
+        thousand trees of which a few change, the result stays small.
+      - V(summary) returns none of them, only RV(summary), and with diff mode the diff of the trees that change.
+    type: str
+    choices: [full, changed, summary]
+    default: full
 attributes:
   check_mode:
     support: full
@@ -173,8 +196,25 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+summary:
+  description: How many trees the input has, how many of them this run changes, and how many steps it runs.
+  returned: success
+  type: dict
+  sample: {filesystems: 200, changed: 1, steps: 2}
+  contains:
+    filesystems:
+      description: The number of input trees.
+      type: int
+    changed:
+      description: The number of trees the plan changes.
+      type: int
+    steps:
+      description: The number of steps of the plan.
+      type: int
 plan:
-  description: The ordered steps, one sentence each. It is empty when nothing had to change.
+  description:
+    - The ordered steps, one sentence each. It is empty when nothing had to change.
+    - Left out with O(report=summary).
   returned: success, and on a failure while the steps ran
   type: list
   elements: str
@@ -186,22 +226,27 @@ steps:
     - The same steps as RV(plan), each with its kind (C(action)), the tree node it serves (C(node)) and its data
       (target, device, layers; for an overlay mount the C(payload) the kernel gets, the mount(2) data string or
       the fsconfig(2) parameters in order).
+    - Left out with O(report=summary).
   returned: success, and on a failure while the steps ran
   type: list
   elements: dict
 filesystems:
-  description: The canonical YAML form of every input tree, in input order.
+  description:
+    - The canonical YAML form of every input tree, in input order.
+    - With O(report=changed) only the trees this run changes; left out with O(report=summary).
   returned: success, and on failures after the input was parsed
   type: list
   elements: dict
 xml:
   description:
-    - The canonical XML form of every input tree (given as XML or YAML), one C(<filesystem>) each,
-      inside C(<filesystems>).
+    - The canonical XML form of the trees in RV(filesystems) (given as XML or YAML), one C(<filesystem>) each,
+      inside C(<filesystems>). It is made on the controller, only when RV(filesystems) is returned.
   returned: success
   type: str
 mounts:
-  description: The live mounts at the trees' targets after the run, as C(/proc/self/mountinfo) reports them.
+  description:
+    - The live mounts at the trees' targets after the run, as C(/proc/self/mountinfo) reports them.
+    - With O(report=changed) only those of the trees this run changes; left out with O(report=summary).
   returned: success, and on failures after the input was parsed
   type: list
   elements: dict
@@ -245,6 +290,8 @@ ARGUMENT_SPEC = dict(
     create_dirs=dict(type='bool', default=True),
     on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
     lazy_unmount=dict(type='bool', default=False),
+    report=dict(type='str', default='full', choices=['full', 'changed', 'summary']),
+    flatten=dict(type='bool', default=True),
 )
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 
@@ -199,6 +200,67 @@ def test_diff_mode_shows_the_mount_state_before_and_after(host):
     assert result['diff']['before'] == '%s: not mounted\n' % host.path('m')
     # no upper dir: the kernel makes the superblock read-only
     assert result['diff']['after'].startswith('%s: overlay from overlay (ro,lowerdir=%s:' % (host.path('m'), host.path('base')))
+
+
+def test_report_changed_and_summary_hold_only_the_trees_that_change(host):
+    host.make_dirs('base')
+    trees = [{'upper': host.path(name, 'upper'), 'work': host.path(name, 'work'), 'lower': [host.path('base')],
+              'target': host.path(name, 'rootfs')} for name in ('a', 'b', 'c')]
+    assert not host.play(filesystems=trees[:2]).get('failed')
+    changed = host.play(filesystems=trees, report='changed', check=True)
+    assert changed['summary'] == {'filesystems': 3, 'changed': 1, 'steps': len(changed['plan'])}
+    assert [tree['target'] for tree in changed['filesystems']] == [host.path('c', 'rootfs')]
+    assert changed['mounts'] == [] and changed['xml'].count('<filesystem ') == 1, changed
+    summary = host.play(filesystems=trees, report='summary', diff=True)
+    assert summary['changed'] is True and summary['summary'] == changed['summary']
+    assert not set(summary) & {'plan', 'steps', 'filesystems', 'xml', 'mounts'}, sorted(summary)
+    assert summary['diff']['before'] == '%s: not mounted\n' % host.path('c', 'rootfs')
+    again = host.play(filesystems=trees, report='changed')
+    assert (again['changed'], again['summary']['changed'], again['filesystems'], again['mounts']) == (False, 0, [], [])
+
+
+def test_a_six_deep_tree_mounts_flattened_reads_as_nested_reruns_unchanged_and_unmounts(host):
+    """Level i: upper uI, lowers [level i+1, dI]; dI holds fI. The deepest dir holds common, hidden and opaque/deep;
+    the upper of level 3, flattened into the levels above it, overrides common, whites out hidden and makes opaque
+    opaque with a file of its own: the top view must show what the nested tree would."""
+    depth = 6
+    for level in range(depth):
+        host.make_dirs(**{'d%d/f%d' % (level, level): 'level %d' % level})
+    host.make_dirs(**{'d5/common': 'from d5', 'd5/hidden': 'hidden', 'd5/opaque/deep': 'deep',
+                      'u3/common': 'from u3', 'u3/opaque/shallow': 'shallow'})
+    os.mknod(host.path('u3', 'hidden'), 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
+    os.setxattr(host.path('u3', 'opaque'), 'trusted.overlay.opaque', b'y')
+    tree = {'type': 'overlay', 'upper': host.path('u5'), 'work': host.path('w5'), 'lower': [host.path('d5')],
+            'target': host.path('t5')}
+    for level in reversed(range(depth - 1)):
+        tree = {'type': 'overlay', 'upper': host.path('u%d' % level), 'work': host.path('w%d' % level),
+                'lower': [tree, host.path('d%d' % level)], 'target': host.path('t%d' % level)}
+    del tree['type']
+    result = converge_twice(host, filesystem=tree)
+    flattened = [step['description'] for step in result['steps'] if step.get('flattened')]
+    assert len(flattened) == 4 and 'with the layers of filesystem.lower[0] in their place' in flattened[-1], flattened
+    assert sorted(overlays(host)) == sorted(host.path('t%d' % level) for level in range(depth))
+    assert overlays(host)[host.path('t0')][0] == [host.path('u%d' % level) for level in (1, 2, 3, 4)] + [
+        host.path('t5')] + [host.path('d%d' % level) for level in (4, 3, 2, 1, 0)]
+    top = host.path('t0')
+    assert sorted(os.listdir(top)) == ['common', 'f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'opaque']
+    with open(os.path.join(top, 'common')) as handle:
+        assert handle.read() == 'from u3'
+    assert os.listdir(os.path.join(top, 'opaque')) == ['shallow']
+    assert sorted(os.listdir(host.path('t4'))) == ['common', 'f4', 'f5', 'hidden', 'opaque']  # below level 3
+    unmounted = host.play(filesystem=tree, state='unmounted')
+    assert not unmounted.get('failed'), unmounted.get('msg')
+    assert mounts_under(host.root) == [] and os.listdir(host.path('u3', 'opaque')) == ['shallow']
+
+
+def test_without_flatten_a_six_deep_tree_is_refused_before_any_change(host):
+    tree = {'lower': [host.path('d')], 'target': host.path('t3'), 'type': 'overlay'}
+    for level in (2, 1, 0):
+        tree = {'type': 'overlay', 'lower': [tree, host.path('d')], 'target': host.path('t%d' % level)}
+    del tree['type']
+    result = host.play(filesystem=tree, flatten=False)
+    assert result.get('failed') and 'overlays nest at most 2 deep' in result['msg'], result
+    assert mounts_under(host.root) == []
 
 
 # --- paths are data -----------------------------------------------------------------------------

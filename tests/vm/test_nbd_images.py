@@ -243,15 +243,21 @@ def test_a_killed_qemu_nbd_is_detected_and_repaired_on_the_next_run(guest):
     assert guest.play(filesystem=tree)['changed'] is False
 
 
-def test_two_concurrent_runs_attach_different_images_to_different_devices(guest):
+def nbd_trees(guest, names):
+    """Tree NAME: an overlay over a qcow2 image through nbd (holding the file `which`) and a dir of its own."""
     trees = []
-    for name in ('a', 'b'):
+    for name in names:
         image = guest.qcow2('%s.qcow2' % name, 'which', name)
         guest.dirs('%s/base' % name)
         trees.append({'upper': guest.path(name, 'upper'), 'work': guest.path(name, 'work'),
                       'target': guest.path(name, 'rootfs'),
                       'lower': [{'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': image,
                                  'target': guest.path(name, 'image')}, guest.path(name, 'base')]})
+    return trees
+
+
+def test_two_concurrent_runs_attach_different_images_to_different_devices(guest):
+    trees = nbd_trees(guest, ('a', 'b'))
     results = {}
     threads = [threading.Thread(target=lambda tree=tree: results.setdefault(tree['target'], guest.play(filesystem=tree)))
                for tree in trees]
@@ -263,10 +269,6 @@ def test_two_concurrent_runs_attach_different_images_to_different_devices(guest)
     for name in ('a', 'b'):
         assert guest.sh('cat %s' % guest.path(name, 'rootfs', 'which')).stdout == name
     assert len(set(device for device, _pid in guest.connected_nbds())) == 2
-
-
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
 
 
 def test_each_nbd_step_failing_leaves_the_guest_as_before(guest):
@@ -306,3 +308,35 @@ def test_each_nbd_step_failing_leaves_the_guest_as_before(guest):
         'the nbd module is loaded, the nbd devices in use, the qemu-nbd processes and every file of the tree but',
         'the work dirs\' own entries. `load_module` fails with nbd unloaded first. The next run then converges.', '',
         '| step | state | its command fails |', '| --- | --- | --- |'] + rows) + '\n', first=False)
+
+
+def test_a_run_killed_at_any_point_over_nbd_trees_is_converged_by_the_next_one(guest):
+    """The nbd side of tests/integration/test_crashes.py: the module killed (SIGKILL, in the guest) once it has
+    mounted or unmounted a share of its mounts; the next run converges with one nbd device and one qemu-nbd per
+    image, and the run after it changes nothing."""
+    trees = nbd_trees(guest, ['c%d' % number for number in range(3)])
+    total = 2 * len(trees)
+    killed = 0
+    for share in (2, 4):  # of the 6 mounts: an nbd tree half done, then a tree and a half
+        for state, until in (('mounted', '-ge %d' % share), ('unmounted', '-le %d' % (total - share))):
+            # ansible pipelines the module: its process is a bare /usr/bin/python3 reading the module from stdin
+            guest.sh('nohup sh -c %s >/dev/null 2>&1 &' % shlex.quote(
+                'echo $$ > /run/overlayfs-test-killer; '
+                'for i in $(seq 1200); do if [ $(grep -cF %s /proc/self/mountinfo) %s ]; then '
+                'pkill -9 -fx /usr/bin/python3 && touch /run/overlayfs-test-killed; break; fi; '
+                'sleep 0.05; done' % (shlex.quote(guest.root + '/'), until)))
+            guest.play(filesystems=trees, state=state)  # killed: a MODULE FAILURE, or done before the kill
+            killed += guest.sh('rm /run/overlayfs-test-killed', check=False).returncode == 0
+            guest.sh('kill $(cat /run/overlayfs-test-killer) 2>/dev/null; rm -f /run/overlayfs-test-killer; true')
+            recovered = guest.play(filesystems=trees, state=state)
+            assert not recovered.get('failed'), recovered.get('msg')
+            assert guest.play(filesystems=trees, state=state)['changed'] is False, (state, share)
+            mounted = [target for _id, target in guest.mount_ids()]
+            assert len(mounted) == len(set(mounted)) == (total if state == 'mounted' else 0)
+            serving = len(trees) if state == 'mounted' else 0
+            assert (len(guest.connected_nbds()), len(guest.qemu_nbd_processes())) == (serving, serving), state
+    assert killed >= 2  # of the 4 runs, most die mid-run
+
+
+if __name__ == '__main__':
+    sys.exit(pytest.main([__file__, '-q']))

@@ -343,5 +343,33 @@ def test_a_device_mount_the_kernel_gives_read_write_is_unmounted_and_reported(tm
     with pytest.raises(ApplyError) as error:
         Executor(host.run_command).apply([steps.mount_device(IMAGE_NODE, target, '/dev/loop7', True)])
     assert ('the kernel accepted /dev/loop7 on %s but gave less than asked: it is mounted read-write; asked: ext4 '
-            'read-only; unmounted it again' % target) in str(error.value)
+            'read-only. Undid the 1 step(s) of this run' % target) in str(error.value)
     assert host.others == {}
+
+
+def test_the_mounts_of_a_run_are_read_back_in_one_pass_and_a_short_one_undoes_the_whole_run(tmp_path, monkeypatch):
+    """One read of the mount table per run, however many mounts it makes (scale); the short mount is named by its
+    step number, and the steps after it are undone too."""
+    host = FakeHost(monkeypatch)
+    reads = []
+    monkeypatch.setattr(executor_module, 'read_mountinfo', lambda: reads.append(1) or host.mountinfo())
+    plan = [overlay_step(tmp_path / ('m%d' % number)) for number in range(5)]
+    Executor(host.run_command).apply(plan)
+    assert (len(reads), len(host.overlays)) == (1, 5)
+
+    host.overlays.clear()
+    fake_mount = syscalls.mount_overlay
+
+    def second_one_short(target, payload, readonly, at=None):
+        fake_mount(target, payload, readonly, at=at)
+        if target.endswith('m1'):
+            host.overlays[target] = host.overlays[target].replace('upperdir=/u', 'upperdir=/elsewhere')
+        return []
+    monkeypatch.setattr(syscalls, 'mount_overlay', second_one_short)
+    with pytest.raises(ApplyError) as error:
+        Executor(host.run_command).apply(plan)
+    message = str(error.value)
+    assert message.startswith('step 2 of 5 (mount overlay on %s' % (tmp_path / 'm1')), message
+    assert 'gave less than asked: upper /elsewhere and work /w' in message
+    assert message.endswith('. Undid the 5 step(s) of this run'), message
+    assert (len(reads), host.overlays) == (2, {})

@@ -37,6 +37,7 @@ def test_an_overlay_mount_returns_what_was_asked_and_the_payload_the_kernel_gets
     assert mount.to_dict() == {
         'action': 'mount', 'kind': 'overlay', 'node': 'filesystems[0]', 'target': '/m',
         'lowers': ('/l1', '/l,2'), 'upper': '/u', 'work': '/w', 'options': {'index': 'off'}, 'readonly': False,
+        'flattened': (),
         'payload': {'api': 'mount', 'data': 'lowerdir=/l1:/l\\,2,upperdir=/u,workdir=/w,index=off', 'parameters': ()},
         'description': 'mount overlay on /m (lowerdir=/l1:/l\\,2,upperdir=/u,workdir=/w,index=off)',
         'beneath': None,

@@ -205,10 +205,41 @@ def test_overlay_nesting_two_deep_is_accepted():
     assert root.lowers[0].kind == 'overlay'
 
 
-def test_overlay_nesting_three_deep_is_refused_at_the_third_level():
+def test_overlay_nesting_three_deep_is_refused_at_the_third_level_without_flattening():
     innermost = overlay('/n2', ['/a'], '/u2', '/w2')
     middle = overlay('/n1', [innermost], '/u1', '/w1')
-    refused([overlay('/m', ['/x', middle], '/u', '/w')], 'filesystems[0].lower[1].lower[0]', 'at most 2 deep')
+    with pytest.raises(TreeError, match=r'filesystems\[0\]\.lower\[1\]\.lower\[0\]: overlays nest at most 2 deep '
+                                        r'.*flatten=true mounts deeper trees'):
+        parse_filesystems([overlay('/m', ['/x', middle], '/u', '/w')], flatten=False)
+
+
+def nested(depth):
+    """An overlay ``depth`` deep: level i has upper /uI, work /wI, target /tI, and its lowers are the next level
+    (if any) and the dir /dI."""
+    tree = overlay('/t%d' % (depth - 1), ['/d%d' % (depth - 1)], '/u%d' % (depth - 1), '/w%d' % (depth - 1))
+    for level in reversed(range(depth - 1)):
+        tree = overlay('/t%d' % level, [tree, '/d%d' % level], '/u%d' % level, '/w%d' % level)
+    return tree
+
+
+def test_a_six_deep_tree_is_flattened_where_it_would_stack_past_the_kernel():
+    [root] = parse_filesystems([nested(6)])
+    levels = [root]
+    while levels[-1].lowers[0].kind == 'overlay':
+        levels.append(levels[-1].lowers[0])
+    assert [level.stack_depth for level in levels] == [2, 2, 2, 2, 2, 1]
+    # the two deepest levels nest as the kernel allows; above them, the level below stands in by its own layers
+    assert levels[4].layer_paths() == ['/t5', '/d4'] and levels[4].flattened == []
+    assert levels[3].layer_paths() == ['/u4', '/t5', '/d4', '/d3']
+    assert levels[3].flattened == ['filesystems[0].lower[0].lower[0].lower[0].lower[0]']
+    assert root.layer_paths() == ['/u1', '/u2', '/u3', '/u4', '/t5', '/d4', '/d3', '/d2', '/d1', '/d0']
+    assert [level.target for level in root.walk() if level.kind == 'overlay'] == ['/t%d' % n for n in range(6)]
+
+
+def test_an_overlay_without_an_upper_is_flattened_into_its_lowers_alone():
+    inner = {'type': 'overlay', 'lower': [overlay('/n', ['/a'], '/nu', '/nw'), '/b'], 'target': '/r'}
+    [root] = parse_filesystems([overlay('/m', [inner], '/u', '/w')])
+    assert root.lowers[0].stack_depth == 2 and root.layer_paths() == ['/n', '/b']
 
 
 def test_nesting_counts_overlays_not_other_layers():
@@ -426,12 +457,21 @@ def test_readonly_takes_the_boolean_spellings_ansible_takes(spelling, value):
     assert tree.readonly is value
 
 
-def test_a_tree_nested_thousands_deep_is_refused_at_the_third_overlay():
+@pytest.mark.parametrize('flatten, refused_at, rule', [(False, 2, 'at most 2 deep'),
+                                                        (True, 100, 'at most 100 deep, flattened')])
+def test_a_tree_nested_thousands_deep_is_refused_before_descending_into_it(flatten, refused_at, rule):
     tree = {'lower': ['/a', '/b'], 'target': '/t'}
     for index in range(5000):
         tree = {'lower': [dict(tree, type='overlay'), '/x%d' % index], 'target': '/t%d' % index}
-    with pytest.raises(TreeError, match=r'filesystems\[0\]\.lower\[0\]\.lower\[0\]: overlays nest at most 2 deep'):
-        parse_filesystems([tree])
+    with pytest.raises(TreeError, match=r'filesystems\[0\]%s: overlays nest %s' % (r'\.lower\[0\]' * refused_at, rule)):
+        parse_filesystems([tree], flatten=flatten)
+
+
+def test_flattening_past_the_kernel_lower_limit_is_refused_naming_what_was_flattened():
+    with pytest.raises(TreeError, match=r'with the nested overlays filesystems\[0\]\.lower\[0\] flattened into it, it '
+                                        r'has 501 layers; the kernel allows at most 500'):
+        parse_filesystems([overlay('/m', [overlay('/n', [overlay('/o', ['/a'], '/ou', '/ow')] +
+                                                  ['/l%d' % n for n in range(499)], '/nu', '/nw')], '/u', '/w')])
 
 
 @pytest.mark.parametrize('second_upper, second_work', [
