@@ -113,8 +113,8 @@ def machine():
     """One line on where the figures come from."""
     with open('/proc/cpuinfo') as handle:
         models = [line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')]
-    return '%s, %d CPU(s) (%s), Python %s' % (platform.platform(), os.cpu_count(), models[0] if models else '?',
-                                             platform.python_version())
+    model = models[0] if models else '?'
+    return '%s, %d CPU(s) (%s), Python %s' % (platform.platform(), os.cpu_count(), model, platform.python_version())
 
 
 def write_result(name, text):

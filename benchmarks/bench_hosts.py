@@ -46,8 +46,8 @@ def converged(root, hosts):
         with open(os.path.join(root, 'result.json.' + name)) as handle:
             result = json.load(handle)
         targets = sorted(entry['target'] for entry in result.get('mounts', []))
-        if result.get('failed') or result['changed'] or targets != sorted(tree['target']
-                                                                           for tree in hosts[name]['host_trees']):
+        wanted = sorted(tree['target'] for tree in hosts[name]['host_trees'])
+        if result.get('failed') or result['changed'] or targets != wanted:
             sys.exit('%s did not converge: %s' % (name, result.get('msg') or targets))
 
 
@@ -70,8 +70,8 @@ def main():
              '| hosts | no-op task | cold | unchanged | cold per host | unchanged per host |',
              '| --- | --- | --- | --- | --- | --- |']
     for count, noop, cold, unchanged in rows:
-        lines.append('| %d | %.2f | %.2f | %.2f | %.3f | %.3f |' % (count, noop, cold, unchanged,
-                                                                   (cold - noop) / count, (unchanged - noop) / count))
+        per_host = ((cold - noop) / count, (unchanged - noop) / count)
+        lines.append('| %d | %.2f | %.2f | %.2f | %.3f | %.3f |' % ((count, noop, cold, unchanged) + per_host))
     first, last = rows[0], rows[-1]
     lines += ['', 'per-host cost at %d hosts / at %d: cold %.2f, unchanged %.2f (flat is 1 or less)'
               % (last[0], first[0], ((last[2] - last[1]) / last[0]) / ((first[2] - first[1]) / first[0]),

@@ -79,8 +79,8 @@ def growth(root, noop):
         trees = container_trees(root, size, 'm%d' % size)
         row['module cold'] = playbook(root, MODULE, {'trees': trees}).seconds
         row['module unchanged'] = median_of(lambda: playbook(root, MODULE, {'trees': trees}).seconds)
-        row['module unchanged, summary'] = median_of(lambda: playbook(root, MODULE, {'trees': trees,
-                                                                                      'report': 'summary'}).seconds)
+        summary = {'trees': trees, 'report': 'summary'}
+        row['module unchanged, summary'] = median_of(lambda: playbook(root, MODULE, summary).seconds)
         release(os.path.join(root, 'm%d' % size))
         row['bash mount loop'] = bash_loop(root, container_trees(root, size, 'b%d' % size))
         release(os.path.join(root, 'b%d' % size))
@@ -172,7 +172,7 @@ def report(rows, noop, sizes, table):
 def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
-    import matplotlib.pyplot as pyplot
+    from matplotlib import pyplot
     figure, axes = pyplot.subplots(figsize=(8, 5))
     for key in [key for key in rows[0] if key != 'N'] + ['ansible.posix.mount loop cold']:
         points = [(row['N'], row[key]) for row in rows if key in row]

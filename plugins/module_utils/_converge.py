@@ -69,11 +69,10 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
             final = observed
         else:
             try:
-                Executor(run_command).apply(steps)
+                final = observed.after(Executor(run_command).apply(steps))
             except ApplyError as error:
                 raise ConvergeError(str(error), plan=describe(steps), steps=step_dicts(steps), filesystems=canonical,
                                     mounts=mount_table(roots, observe(roots)))
-            final = observe(roots)
             after = mount_state(roots, final)
     return report(params.get('report', 'full'), roots, canonical, steps, final, before, after)
 

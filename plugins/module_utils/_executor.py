@@ -73,6 +73,7 @@ class Executor(object):
         return self.handlers[type(one)](one)
 
     def apply(self, steps):
+        """Run the plan; return the mount table after it (read once, at the end)."""
         undo = []
         self.made = []  # (step number, ReadBack) of each mount the plan made
         for number, one in enumerate(steps, 1):
@@ -82,16 +83,15 @@ class Executor(object):
             except Exception as error:  # whatever broke the step, a bug too, the run is undone and says why
                 message = 'step %d of %d (%s) failed: %s' % (number, len(steps), one.description, _reason(error))
                 raise ApplyError(message + self._undo(steps, undo, 'before it'))
-        self._read_back(steps, undo)
+        return self._read_back(steps, undo)
 
     def _read_back(self, steps, undo):
         """The kernel can accept a mount and give less than asked. Every mount of the run is read back in one pass
         over the mount table once all are made (one pass per mount would cost the table's size each time); one
-        that gives less fails the run, and the whole run is undone."""
-        if not self.made:
-            return
+        that gives less fails the run, and the whole run is undone. Return the mount table as read."""
+        mounts = read_mountinfo()
         at_mountpoint = {}
-        for entry in read_mountinfo():
+        for entry in mounts:
             at_mountpoint.setdefault(entry.mountpoint, []).append(entry)
         for number, check in self.made:
             stacked = at_mountpoint.get(os.path.realpath(check.step.target), [])
@@ -106,6 +106,7 @@ class Executor(object):
                                               ' (kernel: %s)' % '; '.join(check.kernel_messages)
                                               if check.kernel_messages else '')
                              + self._undo(steps, undo, 'of this run'))
+        return mounts
 
     def _undo(self, steps, undo, made):
         """Undo in reverse order, and stop at the first undo step that fails: the steps before it are what it stands

@@ -137,6 +137,11 @@ class Observed(object):
         self._nbd_numbered = dict(((nbd.major, nbd.minor), nbd) for nbd in self.nbds)
         self._export_at = dict((export.path, export) for export in self.exports)
 
+    def after(self, mounts):
+        """What a run that changed only the mount table leaves: the same paths and devices, with ``mounts``. For
+        the result's mount table and diff, which look at nothing else."""
+        return Observed(mounts, self.loops, self.paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views)
+
     def facts(self, path):
         return self.paths[path]
 

@@ -265,10 +265,10 @@ def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
 
 def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=()):
     flat = ', with the layers of %s in their place (flattened)' % ', '.join(flattened) if flattened else ''
+    description = 'mount overlay on %s (%s)%s%s' % (target, payload.summary(), ro_suffix(readonly), flat)
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
                         options=dict(options), readonly=readonly, payload=payload, flattened=tuple(flattened),
-                        description='mount overlay on %s (%s)%s%s' % (target, payload.summary(), ro_suffix(readonly),
-                                                                        flat))
+                        description=description)
 
 
 def mount_device(node, target, device, readonly, ref=None, device_text=None):

@@ -68,7 +68,7 @@ class Node(object):
         self.position = 0  # place in the input batch (roots are applied in dependency order)
         # An overlay's layers as it is mounted (stacked_layers): Layer records, topmost first, and the labels of
         # the nested overlays whose own layers stand in their place (flattened)
-        self.layers = [Layer(lower.target, lower) for lower in self.lowers]
+        self.layers = [Layer(lower.target, lower, lower.label) for lower in self.lowers]
         self.flattened = []
 
     @property
@@ -110,9 +110,10 @@ class Node(object):
 
 class Layer(NamedTuple):
     """One lowerdir= entry of an overlay: a lower node's target, or (``node`` None) the upper dir of a nested
-    overlay that was flattened into this one."""
+    overlay that was flattened into this one. ``label`` names it in messages."""
     path: str
     node: Optional['Node']
+    label: str
 
 
 def parse_filesystems(raw_list, label='filesystems', flatten=True):
@@ -202,9 +203,9 @@ def _parse_overlay(raw, common, overlays, flatten):
         raise TreeError(str(error))
     lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False, overlays_above=overlays,
                           flatten=flatten) for index, item in enumerate(lowers_raw)]
-    check_layers_disjoint(label, lowers, upper, work)
     node = Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
     node.layers, node.flattened = stacked_layers(lowers)
+    check_layers_disjoint(label, node.layers, upper, work)
     if len(node.layers) > MAX_LOWER_LAYERS:
         raise TreeError('%s.lower: with the nested overlays %s flattened into it, it has %d layers; the kernel allows '
                         'at most %d' % (label, ', '.join(node.flattened), len(node.layers), MAX_LOWER_LAYERS))
@@ -222,23 +223,29 @@ def stacked_layers(lowers):
     layers, flattened = [], []
     for lower in lowers:
         if lower.stack_depth >= MAX_OVERLAY_NESTING:
-            layers += ([Layer(lower.upper, None)] if lower.upper else []) + lower.layers
+            layers += ([Layer(lower.upper, None, lower.label + '.upper')] if lower.upper else []) + lower.layers
             flattened.append(lower.label)
         else:
-            layers.append(Layer(lower.target, lower))
+            layers.append(Layer(lower.target, lower, lower.label))
     return layers, flattened
 
 
-def check_layers_disjoint(label, lowers, upper, work):
-    """The kernel refuses a layer that repeats or contains another (ELOOP: conflicting/overlapping path)."""
-    layers = [('%s.lower[%d]' % (label, index), lower.target) for index, lower in enumerate(lowers)]
+def check_layers_disjoint(label, layers, upper, work):
+    """The kernel refuses a layer that repeats or contains another (ELOOP: conflicting/overlapping path), flattened
+    layers included. Linear: each path looks up its own ancestors among the paths before it, and itself among
+    theirs. (Upper and work in one another is the separate-subtrees rule's to name.)"""
+    named = [(layer.label, layer.path) for layer in layers]
     if upper:
-        layers += [('%s.upper' % label, upper), ('%s.work' % label, work)]
-    for index, (name, path) in enumerate(layers):
-        for other_name, other_path in layers[:index]:
-            if _related(path, other_path) and not (name.endswith('.work') and other_name.endswith('.upper')):
+        named += [('%s.upper' % label, upper), ('%s.work' % label, work)]
+    at, below = {}, {}  # path -> (name, path) of an earlier layer at it, or of one at or below it
+    for name, path in named:
+        for other in [at.get(ancestor) for ancestor in path_and_ancestors(path)] + [below.get(path)]:
+            if other and (name, other[0]) != ('%s.work' % label, '%s.upper' % label):
                 raise TreeError('%s: %s overlaps %s %s; the kernel refuses repeated or nested layers'
-                                % (name, path, other_name, other_path))
+                                % (name, path, other[0], other[1]))
+        at.setdefault(path, (name, path))
+        for ancestor in path_and_ancestors(path):
+            below.setdefault(ancestor, (name, path))
 
 
 def _image_driver(raw, label):

@@ -92,7 +92,7 @@ options:
     default: true
   report:
     description:
-      - How much of each tree the result holds. Whatever is chosen, RV(changed), RV(summary) and a failure's
+      - How much of each tree the result holds. Whatever is chosen, C(changed), RV(summary) and a failure's
         message are the same.
       - V(full) returns RV(plan), RV(steps), RV(filesystems), RV(xml), RV(mounts) and the diff for every tree.
       - V(changed) returns them only for the trees this run changes (or, in check mode, would change). At a

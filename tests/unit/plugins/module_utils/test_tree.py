@@ -457,8 +457,10 @@ def test_readonly_takes_the_boolean_spellings_ansible_takes(spelling, value):
     assert tree.readonly is value
 
 
-@pytest.mark.parametrize('flatten, refused_at, rule', [(False, 2, 'at most 2 deep'),
-                                                        (True, 100, 'at most 100 deep, flattened')])
+@pytest.mark.parametrize('flatten, refused_at, rule', [
+    (False, 2, 'at most 2 deep'),
+    (True, 100, 'at most 100 deep, flattened'),
+])
 def test_a_tree_nested_thousands_deep_is_refused_before_descending_into_it(flatten, refused_at, rule):
     tree = {'lower': ['/a', '/b'], 'target': '/t'}
     for index in range(5000):
@@ -492,3 +494,16 @@ def test_overlays_with_their_own_upper_dirs_side_by_side_are_fine():
     trees = [{'upper': '/srv/%s/upper' % name, 'work': '/srv/%s/work' % name, 'lower': ['/srv/l1'],
               'target': '/srv/%s/m' % name} for name in ('a', 'ab', 'b')]
     assert len(parse_filesystems(trees)) == 3
+
+
+def test_a_flattened_upper_that_overlaps_a_layer_of_the_overlay_above_is_refused_naming_both():
+    inner = overlay('/srv/n1', [overlay('/srv/n2', ['/srv/a'], '/srv/u2', '/srv/w2')], '/srv/x/u1', '/srv/w1')
+    refused([overlay('/srv/m', [inner, '/srv/x'], '/srv/u', '/srv/w')],
+            'filesystems[0].lower[1]: /srv/x overlaps filesystems[0].lower[0].upper /srv/x/u1; the kernel refuses '
+            'repeated or nested layers')
+
+
+def test_layers_are_checked_in_linear_time_a_500_layer_overlay_included():
+    lowers = ['/srv/l%d/deeper/still' % number for number in range(499)] + ['/srv/l7/deeper']
+    refused([overlay('/srv/m', lowers, '/srv/u', '/srv/w')],
+            'filesystems[0].lower[499]: /srv/l7/deeper overlaps filesystems[0].lower[7] /srv/l7/deeper/still')

@@ -147,6 +147,15 @@ def test_an_overlay_is_a_mount_of_its_spec_by_the_helper():
                                            'on_volatile_marker': 'fail'}
 
 
+def test_a_tree_nested_three_deep_persists_the_flattened_layers_the_module_mounts():
+    innermost = overlay('/srv/n2', ['/srv/a'], '/srv/u2', '/srv/w2')
+    tree = overlay('/srv/m', [overlay('/srv/n1', [innermost], '/srv/u1', '/srv/w1')], '/srv/u', '/srv/w')
+    result = rendered(item(tree))
+    assert spec(result, '/srv/m')['lowers'] == ['/srv/u1', '/srv/n2']  # /srv/n1 stacks 2 deep: its layers instead
+    assert spec(result, '/srv/n1')['lowers'] == ['/srv/n2']
+    assert setting(unit(result, 'srv-m.mount'), 'RequiresMountsFor').split()[:2] == ['/srv/u1', '/srv/n2']
+
+
 def test_the_helper_and_its_modules_come_with_any_overlay():
     result = rendered(item(SIMPLE))
     package = boot.HELPER_LIB + '/' + boot.PACKAGE.replace('.', '/')
