@@ -45,7 +45,7 @@ def scratch(prefix):
     try:
         yield root
     finally:
-        subprocess.run(['umount', '--recursive', '--lazy', root], check=False)
+        release(root)
         os.rmdir(root)
 
 
@@ -92,8 +92,9 @@ def playbook(root, text, variables, inventory='localhost,', forks=None):
 
 
 def release(path):
-    """Unmount what is at and below ``path`` (a tmpfs of container_trees, or any mount)."""
-    subprocess.run(['umount', '--recursive', '--lazy', path], capture_output=True, check=False)
+    """Unmount the mount at ``path`` and everything below it: one umount2(MNT_DETACH) takes the whole subtree
+    (umount --recursive would unmount each mount in turn, rereading a table of 50,000 mounts each time)."""
+    subprocess.run(['umount', '--lazy', path], capture_output=True, check=False)
 
 
 def mount_count():

@@ -193,7 +193,7 @@ def main():
         rows = growth(root, noop)
         sizes = result_sizes(root)
         table = big_table(root)
-    text = report(rows, noop, sizes, table)
+        text = report(rows, noop, sizes, table)
     print(text)
     print('written: %s' % write_result('scale.txt', text))
     picture = os.path.join(os.path.dirname(write_result('scale.json', json.dumps(rows, indent=1))), 'scale.png')

@@ -95,18 +95,34 @@ class PathFacts(NamedTuple):
     symlink_inside: Optional[Tuple[str, str]] = None  # the first symlink below it, and where it points
 
 
-def observe_path(path, list_entries=False):
+class Resolver(object):
+    """realpath(3) of normalized absolute paths, with one lstat per distinct prefix: the paths of a batch share
+    their parents, and a thousand trees would lstat the same dirs thousands of times. Good for one observation
+    (the host may change after it)."""
+
+    def __init__(self):
+        self.resolved = {'/': '/'}
+
+    def __call__(self, path):
+        if path not in self.resolved:
+            parent, name = path.rsplit('/', 1)
+            candidate = os.path.join(self(parent or '/'), name)
+            self.resolved[path] = os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+        return self.resolved[path]
+
+
+def observe_path(path, list_entries=False, resolve=os.path.realpath):
     is_symlink = os.path.islink(path)
     try:
         info = os.stat(path)
     except OSError as error:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
-            return PathFacts(path, os.path.realpath(path), exists=is_symlink, is_symlink=is_symlink)
-        return PathFacts(path, os.path.realpath(path), exists=True, unreadable=error.strerror)
+            return PathFacts(path, resolve(path), exists=is_symlink, is_symlink=is_symlink)
+        return PathFacts(path, resolve(path), exists=True, unreadable=error.strerror)
     is_dir = stat.S_ISDIR(info.st_mode)
     is_block = stat.S_ISBLK(info.st_mode)
     return PathFacts(
-        path, os.path.realpath(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
+        path, resolve(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
         is_block=is_block, identity=(info.st_dev, info.st_ino),
         rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
         entries=_entries(path) if list_entries and is_dir else (),
@@ -296,23 +312,24 @@ def observe(roots):
     """Observe everything the trees mention."""
     settle_starting_exports()
     mounts = read_mountinfo()
-    views = container_views(roots, mounts)
+    resolve = Resolver()
+    views = container_views(roots, mounts, resolve)
     paths, confined = {}, set()
     for root in roots:
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
-                    paths[path] = observe_path(path, list_entries=path == node.work)
+                    paths[path] = observe_path(path, list_entries=path == node.work, resolve=resolve)
             for path in (node.target, node.upper, node.work):  # what a run may create, mount on or unmount
                 if path and path not in confined:
                     confined.add(path)
-                    paths[path] = paths[path]._replace(**confinement(path, views))
+                    paths[path] = paths[path]._replace(**confinement(path, views, resolve))
     return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
                     nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release,
                     views=views)
 
 
-def container_views(roots, mounts):
+def container_views(roots, mounts, resolve=os.path.realpath):
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
     the batch. Resolved path -> what it is, for messages."""
     views = {}
@@ -325,20 +342,18 @@ def container_views(roots, mounts):
     for root in roots:
         for node in root.walk():
             if node.kind == 'overlay':
-                views.setdefault(os.path.realpath(node.target), 'the merged view of the overlay at %s' % node.target)
+                views.setdefault(resolve(node.target), 'the merged view of the overlay at %s' % node.target)
                 if node.upper:
-                    views.setdefault(os.path.realpath(node.upper), 'the upper dir of the overlay at %s' % node.target)
+                    views.setdefault(resolve(node.upper), 'the upper dir of the overlay at %s' % node.target)
     return views
 
 
-def confinement(path, views):
+def confinement(path, views, resolve=os.path.realpath):
     """Where ``path`` enters one of the views, and the first symlink below it. Symlinks above it are the host's,
     and are followed (one lstat per component); below it the module follows none. Fields of PathFacts."""
     parts = [part for part in path.split('/') if part]
-    resolved = '/'
-    for index, part in enumerate(parts[:-1]):
-        candidate = os.path.join(resolved, part)
-        resolved = os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+    for index in range(len(parts) - 1):
+        resolved = resolve('/' + '/'.join(parts[:index + 1]))
         if resolved in views:
             below = parts[index + 1:]
             return dict(beneath=(resolved, '/'.join(below)), symlink_inside=_first_symlink(resolved, below))
