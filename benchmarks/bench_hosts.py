@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from _common import MODULE, NOOP, container_trees, machine, playbook, scratch, write_result
+from _common import MODULE, NOOP, container_trees, machine, playbook, release, scratch, write_result
 
 HOSTS = [int(count) for count in os.environ.get('BENCH_HOSTS', '10,30,60').split(',')]
 TREES = int(os.environ.get('BENCH_TREES', '20'))
@@ -62,6 +62,8 @@ def main():
             unchanged = playbook(root, PER_HOST, {}, inventory=path, forks=FORKS).seconds
             playbook(root, PER_HOST, {'result_file': result_file}, inventory=path, forks=FORKS)  # untimed: results
             converged(root, hosts)
+            for name in hosts:  # each count on a table without the trees of the one before
+                release(os.path.join(root, '%d-hosts' % count, name, 'ct'))
             rows.append((count, noop, cold, unchanged))
             print('%d hosts: no-op %.2f s, cold %.2f s, unchanged %.2f s' % (count, noop, cold, unchanged), flush=True)
     lines = ['Machine: %s' % machine(),

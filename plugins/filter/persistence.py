@@ -15,6 +15,7 @@ from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persisten
     helper_sources,
     render,
 )
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import plain
 
 
 def nbd_devices(mounts):
@@ -24,12 +25,12 @@ def nbd_devices(mounts):
 
 
 def overlay_persistence(items, mounts=None, on_volatile_marker=None, python=None, nbd_options=None,
-                        service_mgr=None):
+                        service_mgr=None, persistence=None, nofail=None):
     """Render the persistence of the role's items (see plugin_utils/persistence.py)."""
     settings = {'on_volatile_marker': on_volatile_marker, 'python': python, 'nbd_options': nbd_options,
                 'helper_sources': helper_sources(), 'service_mgr': service_mgr}
     try:
-        return render(items, nbd_devices(mounts), settings)
+        return render(plain(items), nbd_devices(mounts), settings, {'persistence': persistence, 'nofail': nofail})
     except PersistenceError as error:
         raise AnsibleFilterError('overlay_persistence: %s' % error)
 

@@ -223,26 +223,32 @@ def env_value(text):
 
 # --- rendering --------------------------------------------------------------------------------------------
 
-def render(items, devices=None, settings=None):
+def render(items, devices=None, settings=None, defaults=None):
     """Render the persistence of the role's items (role_items.normalize_items, in either form; persistence
     auto follows the service_mgr setting, systemd unless it says otherwise).
 
     ``devices`` pins the nbd device of each nbd image layer, by the layer's target: ``{target: '/dev/nbdN'}``
     (entries for other targets are ignored, so one map serves every item). ``settings``: see SETTINGS; an item
-    in state absent or with persistence none is left out.
+    in state absent or with persistence none is left out. ``defaults``: as normalize_items takes them.
 
     Returns ``{'files': {absolute path: text}, 'executables': [path, ...], 'fstab': [line, ...],
     'units': [mount unit to enable, ...]}``, each in the order the filesystems come up. Every file starts with
     MARKER (the executables on their second line).
     """
     options = _settings(settings)
+    try:
+        normalized = normalize_items(items, defaults, options['service_mgr'])
+    except ItemError as error:
+        raise PersistenceError(str(error))
+    return render_normalized(normalized, devices, settings)
+
+
+def render_normalized(normalized, devices=None, settings=None):
+    """render() of items that normalize_items returned, with that service_mgr (not normalized again)."""
+    options = _settings(settings)
     devices = devices or {}
     if not isinstance(devices, dict):
         raise PersistenceError('devices must be a mapping of image layer targets to nbd devices')
-    try:
-        normalized = normalize_items(items, service_mgr=options['service_mgr'])
-    except ItemError as error:
-        raise PersistenceError(str(error))
     roots, item_of = [], {}
     for item in normalized:
         if item['state'] == 'absent' or item['persistence'] == 'none':

@@ -150,14 +150,20 @@ def test_units_are_enabled_once_reenabled_when_changed_and_disabled_when_stale(t
     first = apply(persistence({UNIT: UNIT_TEXT}, units=['srv-m.mount']), root, systemctl=systemctl)
     assert first.enabled == ['srv-m.mount'] and not first.reloaded  # a root: systemd is not told
     assert os.path.islink(root + '/etc/systemd/system/local-fs.target.requires/srv-m.mount')
-    assert systemctl.calls == [['--root=' + root, 'reenable', '--', 'srv-m.mount']]  # no file before: no query
+    assert systemctl.calls == [['--root=' + root, 'enable', '--', 'srv-m.mount']]  # a new file: no old links
 
     systemctl.calls[:] = []
     assert not apply(persistence({UNIT: UNIT_TEXT}, units=['srv-m.mount']), root, systemctl=systemctl).changed
-    assert systemctl.calls == [['--root=' + root, 'is-enabled', '--', 'srv-m.mount']]
+    assert systemctl.calls == []  # its link is there: systemctl is not asked
+
+    os.unlink(root + '/etc/systemd/system/local-fs.target.requires/srv-m.mount')  # disabled by hand
+    assert apply(persistence({UNIT: UNIT_TEXT}, units=['srv-m.mount']), root, systemctl=systemctl).enabled == ['srv-m.mount']
+    assert os.path.islink(root + '/etc/systemd/system/local-fs.target.requires/srv-m.mount')
 
     nofail = UNIT_TEXT.replace('RequiredBy=', 'WantedBy=')
+    systemctl.calls[:] = []
     assert apply(persistence({UNIT: nofail}, units=['srv-m.mount']), root, systemctl=systemctl).enabled == ['srv-m.mount']
+    assert systemctl.calls == [['--root=' + root, 'reenable', '--', 'srv-m.mount']]  # rewritten: the old link goes
     assert os.path.islink(root + '/etc/systemd/system/local-fs.target.wants/srv-m.mount')
     assert not os.path.lexists(root + '/etc/systemd/system/local-fs.target.requires/srv-m.mount')
 
@@ -171,7 +177,7 @@ def test_units_are_enabled_once_reenabled_when_changed_and_disabled_when_stale(t
 def test_a_failing_systemctl_fails_with_its_message(tmp_path):
     def broken(argv):
         return 1, '', 'Failed to connect to bus'
-    with pytest.raises(PersistenceFilesError, match=r'systemctl --root=.* reenable -- srv-m.mount exited 1: Failed to connect'):
+    with pytest.raises(PersistenceFilesError, match=r'systemctl --root=.* enable -- srv-m.mount exited 1: Failed to connect'):
         apply(persistence({UNIT: UNIT_TEXT}, units=['srv-m.mount']), str(tmp_path), systemctl=broken)
 
 
