@@ -111,23 +111,27 @@ class Resolver(object):
         return self.resolved[path]
 
 
-def observe_path(path, list_entries=False, resolve=os.path.realpath):
-    is_symlink = os.path.islink(path)
+def observe_path(path, work_dir=False, resolve=os.path.realpath):
+    """The facts of one path; of a work dir (``work_dir``) also its entries and volatile marker."""
+    is_symlink = False
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            is_symlink = True
+            info = os.stat(path)
     except OSError as error:
         if error.errno in (errno.ENOENT, errno.ENOTDIR):
             return PathFacts(path, resolve(path), exists=is_symlink, is_symlink=is_symlink)
-        return PathFacts(path, resolve(path), exists=True, unreadable=error.strerror)
+        return PathFacts(path, resolve(path), exists=True, unreadable=error.strerror, is_symlink=is_symlink)
     is_dir = stat.S_ISDIR(info.st_mode)
     is_block = stat.S_ISBLK(info.st_mode)
     return PathFacts(
         path, resolve(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
         is_block=is_block, identity=(info.st_dev, info.st_ino),
         rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
-        entries=_entries(path) if list_entries and is_dir else (),
+        entries=_entries(path) if work_dir and is_dir else (),
         # The kernel refuses to mount on a work dir that holds this marker.
-        volatile_leftover=is_dir and os.path.isdir(volatile_marker(path)),
+        volatile_leftover=work_dir and is_dir and os.path.isdir(volatile_marker(path)),
         is_symlink=is_symlink,
     )
 
@@ -319,7 +323,7 @@ def observe(roots):
         for node in root.walk():
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
-                    paths[path] = observe_path(path, list_entries=path == node.work, resolve=resolve)
+                    paths[path] = observe_path(path, work_dir=path == node.work, resolve=resolve)
             for path in (node.target, node.upper, node.work):  # what a run may create, mount on or unmount
                 if path and path not in confined:
                     confined.add(path)

@@ -144,6 +144,8 @@ def escape_path(path):
 
 def unescape_path(text):
     """Inverse of escape_path, as the kernel's ovl_unescape does it."""
+    if '\\' not in text:
+        return text
     out = []
     chars = iter(text)
     for char in chars:
@@ -153,6 +155,8 @@ def unescape_path(text):
 
 def split_lowerdir(text):
     """Split a lowerdir value on unescaped ':' and unescape each layer."""
+    if '\\' not in text:
+        return [layer for layer in text.split(':') if layer]
     layers, current, escaped = [], [], False
     for char in text:
         if escaped:

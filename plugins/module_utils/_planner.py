@@ -231,9 +231,7 @@ class _Planner(object):
 
     def _batch_target_above(self, path, itself=False):
         """The nearest target of this batch that ``path`` lies under (or is, with ``itself``); None if none."""
-        ancestors = path_and_ancestors(path)
-        if not itself:
-            next(ancestors)
+        ancestors = path_and_ancestors(path)[0 if itself else 1:]
         return next((self.batch_nodes[above] for above in ancestors if above in self.batch_nodes), None)
 
     def _require_lower_dir(self, node):

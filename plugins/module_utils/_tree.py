@@ -11,6 +11,7 @@ plugins/plugin_utils/_xml_codec.py); every rule here names the offending field.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from typing import NamedTuple, Optional
 
@@ -70,6 +71,8 @@ class Node(object):
         # the nested overlays whose own layers stand in their place (flattened)
         self.layers = [Layer(lower.target, lower, lower.label) for lower in self.lowers]
         self.flattened = []
+        # walk()'s answer, built once: a run walks every tree many times, and a node's lowers never change
+        self._subtree = (self,) + tuple(node for lower in self.lowers for node in lower.walk())
 
     @property
     def mounted_readonly(self):
@@ -88,9 +91,7 @@ class Node(object):
 
     def walk(self):
         """Pre-order: this node, then its lowers in order (top-down)."""
-        yield self
-        for lower in self.lowers:
-            yield from lower.walk()
+        return self._subtree
 
     def layer_paths(self):
         """The lowerdir= list of an overlay, topmost first."""
@@ -287,6 +288,8 @@ def normalize_path(value, where):
 
 def fold_path(path):
     """'//a/./b/' -> '/a/b': how the tree and mountinfo compare paths (posixpath keeps a leading '//')."""
+    if '//' not in path and '/./' not in path and not path.endswith(('/', '/.')):
+        return path
     folded = posixpath.normpath(path)
     return '/' + folded.lstrip('/') if folded.startswith('/') else folded
 
@@ -420,12 +423,15 @@ def order_by_dependency(roots):
     return ordered
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def path_and_ancestors(path):
-    """'/a/b' -> '/a/b', '/a', '/': every path a normalized path is_within."""
-    yield path
+    """'/a/b' -> ('/a/b', '/a', '/'): every path a normalized path is_within. Cached: the paths of a batch share
+    their ancestors, and each rule looks them up."""
+    ancestors = [path]
     while path != '/':
         path = path.rsplit('/', 1)[0] or '/'
-        yield path
+        ancestors.append(path)
+    return tuple(ancestors)
 
 
 def to_yaml(node):

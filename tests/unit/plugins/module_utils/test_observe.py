@@ -104,7 +104,7 @@ def test_path_facts_of_real_paths(tmp_path):
     (tmp_path / 'file').write_text('x')
     os.symlink('dir', str(tmp_path / 'link'))
 
-    directory = observe_path(str(tmp_path / 'dir'), list_entries=True)
+    directory = observe_path(str(tmp_path / 'dir'), work_dir=True)
     assert directory.exists and directory.is_dir and not directory.is_file and not directory.is_block
     assert directory.entries == ('index', 'work')
     assert directory.volatile_leftover
@@ -112,6 +112,7 @@ def test_path_facts_of_real_paths(tmp_path):
 
     regular = observe_path(str(tmp_path / 'file'))
     assert regular.is_file and not regular.is_dir and regular.entries == () and not regular.volatile_leftover
+    assert not observe_path(str(tmp_path / 'dir')).volatile_leftover  # read for a work dir only
 
     link = observe_path(str(tmp_path / 'link'))
     assert link.realpath == str(tmp_path / 'dir') and link.identity == directory.identity
@@ -136,7 +137,7 @@ def test_path_facts_of_a_block_device():
 def test_a_path_that_cannot_be_read_exists_with_its_error(monkeypatch):
     def stat(path):
         raise OSError(errno.EIO, 'Input/output error', path)
-    monkeypatch.setattr(os, 'stat', stat)
+    monkeypatch.setattr(os, 'lstat', stat)
     facts = observe_path('/srv/on-a-dead-device')
     assert facts.exists and not facts.is_dir and facts.unreadable == 'Input/output error'
 

@@ -457,7 +457,7 @@ def test_real_directories_work_dir_rules(tmp_path):
     roots = roots_of(tree)
 
     def observe_real():
-        paths = dict((path, observe_path(path, list_entries=path == node.work)) for node in roots[0].walk()
+        paths = dict((path, observe_path(path, work_dir=path == node.work)) for node in roots[0].walk()
                      for path in (node.target, node.upper, node.work) if path)
         return Observed(mountinfo.parse(ROOT_MOUNT), [], paths)
 

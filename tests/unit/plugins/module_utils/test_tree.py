@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import copy
+import posixpath
 
 import pytest
 import yaml
+from hypothesis import given, strategies as st
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     MAX_LOWER_LAYERS,
     TreeError,
+    fold_path,
     is_within,
     parse_filesystems,
     path_and_ancestors,
@@ -449,6 +452,14 @@ def test_double_slash_and_trailing_slash_are_normalized(given, normalized):
     assert form['lower'] == ['/lower/a', '/lower/b']
     assert form['upper'] == '/u/x'
     assert form['work'] == '/w'
+
+
+@given(st.text(alphabet='/.a', max_size=12).map(lambda tail: '/' + tail).filter(lambda path: '..' not in path.split('/')))
+def test_fold_path_agrees_with_normpath_on_every_spelling(path):
+    """Its shortcut for paths already folded gives what normpath gives (less a leading '//'); '..' is refused
+    before it."""
+    folded = posixpath.normpath(path)
+    assert fold_path(path) == '/' + folded.lstrip('/')
 
 
 @pytest.mark.parametrize('spelling, value', [('yes', True), ('true', True), ('on', True), ('no', False), (0, False)])
