@@ -3,13 +3,15 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Parse ``xml`` on the controller (targets need no lxml), run the module, add the canonical XML."""
+"""Parse ``xml`` on the controller (targets need no lxml), run the module, add the canonical XML (when the
+controller has lxml: a YAML tree needs none)."""
 
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import (
+    HAS_LXML,
     XmlError,
     filesystems_to_xml,
     xml_to_filesystems,
@@ -43,6 +45,6 @@ class ActionModule(ActionBase):
         if result.get('failed'):
             if xml is not None and 'msg' in result:
                 result['msg'] = yaml_labels_to_xml(result['msg'])
-        elif result.get('filesystems'):
+        elif result.get('filesystems') and HAS_LXML:
             result['xml'] = filesystems_to_xml(result['filesystems'])
         return result

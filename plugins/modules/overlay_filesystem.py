@@ -241,7 +241,7 @@ xml:
   description:
     - The canonical XML form of the trees in RV(filesystems) (given as XML or YAML), one C(<filesystem>) each,
       inside C(<filesystems>). It is made on the controller, only when RV(filesystems) is returned.
-  returned: success
+  returned: success, when the controller has the lxml Python library (a YAML tree needs none)
   type: str
 mounts:
   description:

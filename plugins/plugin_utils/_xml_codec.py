@@ -12,14 +12,20 @@ libvirt spelling. Structure only: the tree's rules are checked by module_utils/t
 
 from __future__ import annotations
 
+import codecs
 import re
 
 try:
     from lxml import etree
-except ImportError:  # reported by the action plugin, which names the missing library
+except ImportError:  # only xml needs it: parse_document names the missing library, and the result has no xml
     etree = None
+HAS_LXML = etree is not None
 
 XML_DECLARATION = re.compile(r'\A\s*<\?xml[^>]*\?>')
+DECLARED_ENCODING = re.compile(r"""encoding\s*=\s*["']([^"']*)["']""")
+# What libvirt adds to every <filesystem> it reports (virsh dumpxml of a running domain): the device's alias and
+# address are libvirt's bookkeeping, not part of the tree. Accepted and ignored (docs/reference.md lists them).
+LIBVIRT_BOOKKEEPING = ('alias', 'address')
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 OVERLAY_OPTION_NAMES = ('redirect_dir', 'index', 'uuid', 'nfs_export', 'xino', 'metacopy', 'verity',
@@ -35,8 +41,9 @@ def parse_document(text):
     """Parse untrusted XML: no DTD, no entities, no network, bounded size and depth."""
     if etree is None:
         raise XmlError('the lxml Python library is required on the controller to parse xml')
+    _check_declared_encoding(text if isinstance(text, str) else text[:256].decode('latin-1'))
     if isinstance(text, str):
-        # Ansible hands over decoded text: an encoding declaration no longer applies.
+        # Ansible hands over decoded text: the encoding declaration no longer applies.
         text = XML_DECLARATION.sub('', text, count=1)
     data = text.encode('utf-8') if isinstance(text, str) else text
     if len(data) > MAX_DOCUMENT_BYTES:
@@ -60,6 +67,20 @@ def parse_document(text):
     return root
 
 
+def _check_declared_encoding(text):
+    """An encoding declaration must name a real encoding (as text it no longer applies, but a name that is no
+    encoding is a mistake worth naming)."""
+    declaration = XML_DECLARATION.match(text)
+    encoding = DECLARED_ENCODING.search(declaration.group(0)) if declaration else None
+    if not encoding:
+        return
+    try:
+        codecs.lookup(encoding.group(1))
+    except LookupError:
+        raise XmlError("the XML declaration names the encoding %r, which does not exist (say encoding='UTF-8', "
+                       "or leave the declaration out)" % encoding.group(1))
+
+
 def xml_to_filesystems(text):
     """Every <filesystem> of the document (a <filesystem>, a <domain>, or any wrapper) in YAML form."""
     root = parse_document(text)
@@ -78,6 +99,8 @@ def _filesystem(element, where):
     # libvirt's default filesystem type is 'mount'
     kind = element.get('type', 'mount')
     _allow_attributes(element, where, ('type', 'accessmode'))
+    for bookkeeping in [child for child in element if child.tag in LIBVIRT_BOOKKEEPING]:
+        element.remove(bookkeeping)
     tree = _node(element, kind, where)
     if element.get('accessmode') is not None:
         tree['accessmode'] = element.get('accessmode')

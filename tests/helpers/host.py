@@ -125,8 +125,9 @@ class Host(object):
         with open(self.path(name), 'w') as handle:
             handle.write(content)
 
-    def play(self, check=False, diff=False, **module_args):
-        """Run the module once through ansible-playbook; return the registered result."""
+    def play(self, check=False, diff=False, env=None, **module_args):
+        """Run the module once through ansible-playbook (with ``env`` added to its environment); return the
+        registered result."""
         self.runs += 1
         vars_file = os.path.join(self.runs_dir, 'run%d-vars.json' % self.runs)
         result_file = os.path.join(self.runs_dir, 'run%d-result.json' % self.runs)
@@ -141,7 +142,7 @@ class Host(object):
             argv.append('--check')
         if diff:
             argv.append('--diff')
-        completed = run(argv)
+        completed = run(argv, **(env or {}))
         assert completed.returncode == 0, completed.stdout + completed.stderr
         with open(result_file) as handle:
             return json.load(handle)

@@ -565,3 +565,21 @@ def test_a_symlink_planted_in_a_containers_view_carries_no_mkdir_and_no_mount_ou
         assert ('is reached through a symlink inside %s, which is not followed there' % merged) in str(raced.value)
         assert os.listdir(host.path('outside')) == ['sub'] and os.listdir(host.path('outside', 'sub')) == []
         assert [entry.mountpoint for entry in mounts_under(host.root)] == [merged]
+
+
+def test_a_yaml_tree_needs_no_lxml_on_the_controller(host, tmp_path):
+    """lxml is needed for xml only: on a controller without it a YAML tree mounts (the result has no xml), and
+    xml input is refused naming the library."""
+    (tmp_path / 'lxml').mkdir()
+    (tmp_path / 'lxml' / '__init__.py').write_text("raise ImportError('lxml is not installed here')\n")
+    without_lxml = {'PYTHONPATH': '%s:%s' % (tmp_path, os.environ.get('PYTHONPATH', ''))}
+    host.make_dirs('base', 'upper', 'work')
+    tree = {'upper': host.path('upper'), 'work': host.path('work'), 'lower': [host.path('base')],
+            'target': host.path('m')}
+    result = host.play(filesystem=tree, env=without_lxml)
+    assert not result.get('failed') and result['changed'] is True, result
+    assert 'xml' not in result and result['filesystems'] == [dict(tree, type='overlay')]
+    assert list(overlays(host)) == [host.path('m')]
+    refused = host.play(xml="<filesystem type='mount'><source dir='/s'/><target dir='/t'/></filesystem>",
+                        env=without_lxml)
+    assert refused['failed'] and 'the lxml Python library is required on the controller' in refused['msg']

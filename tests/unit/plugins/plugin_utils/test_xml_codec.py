@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 
@@ -230,6 +231,34 @@ def test_whole_lxc_domain_yields_every_filesystem():
     assert [root.target for root in parse_filesystems(filesystems)] == ['/srv/ct1/rootfs-data', '/srv/ct1/rootfs']
 
 
+def live(domain):
+    """The domain as virsh dumpxml shows it running: libvirt adds an id, and an alias (and, for some drivers, an
+    address) to every device."""
+    aliases = itertools.count()
+    live_xml = re.sub('</filesystem>', lambda _end: "<alias name='fs%d'/><address type='none'/></filesystem>"
+                      % next(aliases), domain)
+    return live_xml.replace("<domain type='lxc'>", "<domain type='lxc' id='4242'>")
+
+
+def test_live_xml_of_a_running_domain_reads_as_its_definition():
+    live_xml = live(DOMAIN)
+    assert "<alias name='fs1'/>" in live_xml and "<address type='none'/>" in live_xml
+    assert xml_to_filesystems(live_xml) == xml_to_filesystems(DOMAIN)
+
+
+@pytest.mark.parametrize('as_bytes', [False, True])
+def test_an_encoding_that_does_not_exist_is_named(as_bytes):
+    text = DOMAIN.replace("encoding='UTF-8'", "encoding='klingon'")
+    xml_error(text.encode('utf-8') if as_bytes else text, "encoding 'klingon'", 'does not exist')
+
+
+@pytest.mark.parametrize('encoding', ['UTF-8', 'utf8', 'ISO-8859-1', 'latin1', 'US-ASCII'])
+def test_a_real_encoding_declaration_is_accepted_as_text_and_as_bytes(encoding):
+    text = DOMAIN.replace("encoding='UTF-8'", "encoding='%s'" % encoding)
+    assert xml_to_filesystems(text) == xml_to_filesystems(DOMAIN)
+    assert xml_to_filesystems(text.encode(encoding)) == xml_to_filesystems(DOMAIN)
+
+
 def test_domain_as_bytes_is_accepted():
     assert len(xml_to_filesystems(DOMAIN.encode('utf-8'))) == 2
 
@@ -401,8 +430,10 @@ OVERLAY_HEAD = "<filesystem type='overlay'><source dir='/u'/><source dir='/w'/>"
     ("<filesystem type='mount'><source dir='/s'/><target dir='/t'/><readonly x='1'/></filesystem>",
      ['/filesystem[1]/readonly', "'x'"]),
     ("<filesystems><filesystem type='mount'><source dir='/s'/><target dir='/t'/></filesystem>"
-     "<filesystem type='mount'><source dir='/s'/><target dir='/t2'/><alias name='fs1'/></filesystem></filesystems>",
-     ['/filesystem[2]', '<alias>']),
+     "<filesystem type='mount'><source dir='/s'/><target dir='/t2'/><boot order='1'/></filesystem></filesystems>",
+     ['/filesystem[2]', '<boot>']),
+    (OVERLAY_HEAD + "<backingStore type='dir'><target dir='/a'/><alias name='fs0'/></backingStore>"
+     "<target dir='/m'/></filesystem>", ['/filesystem[1]/backingStore[1]', '<alias>']),
     ('<domain type="lxc"><devices/></domain>', ['no <filesystem>', '<domain>']),
     ('<pool type="fs"><name>overlay</name></pool>', ['no <filesystem>', '<pool>']),
 ])
