@@ -1,6 +1,6 @@
 # Build and test tooling for the containerhost.overlayfs collection.
 #
-#   make setup        .venv with requirements.txt, Debian test packages, collection layout,
+#   make setup        .venv with requirements-dev.txt, Debian test packages, collection layout,
 #                     offline pip bootstrap for ansible-test
 #   make demo         scripts/demo.sh
 #   make unit         pytest tests/unit
@@ -12,6 +12,7 @@
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
 #   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
 #                     (the VM images build in the background from the start: integration's oracles need them)
+#   make galaxy-importer  the checker Galaxy runs on upload, over the tarball (scripts/galaxy-importer.sh)
 #   make bench        benchmarks/: the module as N grows against a bash mount loop, a no-op task and an
 #                     ansible.posix.mount loop; the role against the module; many hosts (ratios, a plot)
 #   make clean        remove .venv, .cache and tests/output
@@ -64,15 +65,15 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test molecule
+	vm-image vm-test molecule galaxy-importer
 
 setup: venv debian-packages collection-layout get-pip-standin
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt
+	$(VENV_PYTHON) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
 debian-packages:
@@ -117,6 +118,17 @@ integration: setup
 # The role's fast scenario: localhost, in a private mount namespace, persistence under a scratch root.
 molecule: setup
 	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
+
+# galaxy-importer over the Galaxy tarball (scripts/galaxy-importer.sh), from a venv of its own.
+IMPORTER_STAMP := $(CURDIR)/.cache/importer-venv/.installed
+
+$(IMPORTER_STAMP): requirements-importer.txt
+	@test -x $(CURDIR)/.cache/importer-venv/bin/python || $(PYTHON) -m venv $(CURDIR)/.cache/importer-venv
+	$(CURDIR)/.cache/importer-venv/bin/pip install --quiet -r requirements-importer.txt
+	@touch $@
+
+galaxy-importer: setup $(IMPORTER_STAMP)
+	bash scripts/galaxy-importer.sh
 
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
 # docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server

@@ -1,0 +1,92 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The Galaxy tarball as a user gets it: built from the files git ships, installed with no network into an empty
+collections path, and used from there (ansible-doc of every plugin and the role, and the demo), with the
+checkout out of sight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import REPO, checked, mounts_under
+
+# What a user needs, and what stays in the repository (galaxy.yml build_ignore).
+SHIPPED = ('plugins/modules/overlay_filesystem.py', 'plugins/action/overlay_filesystem.py', 'meta/runtime.yml',
+           'roles/overlay_mounts/meta/main.yml', 'roles/overlay_mounts/meta/argument_specs.yml',
+           'examples/demo.yml', 'docs/reference.md', 'requirements.txt', 'LICENSE', 'README.md')
+NOT_SHIPPED = ('Makefile', 'scripts/', 'requirements-dev.txt', 'requirements-bench.txt', 'tests/', '.ci/',
+               'extensions/', 'benchmarks/bench_scale.py', 'docs/design.md', 'docs/testing-vm.md',
+               'changelogs/fragments/', '.gitignore', '.cache/', '.venv/', '.ansible/')
+
+
+@pytest.fixture(scope='module')
+def tarball(tmp_path_factory):
+    """The tarball scripts/build-tarball.sh builds (what `make galaxy-importer` checks)."""
+    output = tmp_path_factory.mktemp('built')
+    return checked([os.path.join(REPO, 'scripts', 'build-tarball.sh'), str(output)]).stdout.strip()
+
+
+@pytest.fixture(scope='module')
+def installed(tarball, tmp_path_factory):
+    """The tarball installed offline, in a network namespace of its own (no network at all), into an empty
+    path; returns the environment that finds only that copy."""
+    collections = tmp_path_factory.mktemp('collections')
+    environment = user_environment(collections)
+    checked(['unshare', '--net', 'ansible-galaxy', 'collection', 'install', '--offline', '-p', str(collections),
+             tarball], env=environment)
+    return collections, environment
+
+
+def user_environment(collections):
+    """A shell of a user who installed the collection: no PYTHONPATH into the checkout, only ``collections``."""
+    environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR='1',
+                       ANSIBLE_DEPRECATION_WARNINGS='0')
+    environment.pop('PYTHONPATH', None)
+    return environment
+
+
+def test_the_tarball_holds_what_users_need_and_nothing_of_development(tarball):
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+    for path in SHIPPED:
+        assert path in names, path
+    for path in NOT_SHIPPED:
+        assert not [name for name in names if name == path.rstrip('/') or name.startswith(path)], path
+
+
+def test_every_plugin_and_the_role_document_themselves_from_the_installed_copy(installed):
+    collections, environment = installed
+    root = os.path.join(str(collections), 'ansible_collections', 'containerhost', 'overlayfs')
+    found = {'module': [], 'filter': [], 'role': ['overlay_mounts']}
+    for kind in ('module', 'filter'):
+        listing = checked(['ansible-doc', '-t', kind, '--list', '--json', 'containerhost.overlayfs'],
+                          env=environment).stdout
+        found[kind] = sorted(name.rsplit('.', 1)[1] for name in json.loads(listing))
+    assert found['module'] == ['overlay_filesystem', 'persistence_files']
+    assert found['filter'] == ['overlay_mounts_items', 'overlay_persistence', 'overlay_trees']
+    for kind, names in found.items():
+        for name in names:
+            completed = checked(['ansible-doc', '-t', kind, 'containerhost.overlayfs.' + name], env=environment)
+            assert root in completed.stdout or kind == 'role', completed.stdout[:500]  # read from the copy
+            assert not completed.stderr.strip(), completed.stderr
+
+
+def test_the_demo_runs_from_the_installed_copy(installed, host):
+    collections, environment = installed
+    demo = os.path.join(str(collections), 'ansible_collections', 'containerhost', 'overlayfs', 'examples', 'demo.yml')
+    completed = subprocess.run(
+        ['unshare', '--net', 'ansible-playbook', '-i', 'localhost,', '-c', 'local',
+         '-e', 'ansible_python_interpreter=' + sys.executable, '-e', 'demo_root=' + host.root, demo],
+        capture_output=True, text=True, env=environment, cwd=str(collections), check=False)
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    assert 'failed=0' in completed.stdout
+    assert mounts_under(host.root) == []  # the demo unmounts what it mounted
