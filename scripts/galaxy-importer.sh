@@ -11,8 +11,9 @@ log=$(mktemp)
 trap 'rm -f "$config" "$log"' EXIT
 printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' >"$config"
 status=0
-PATH="$PWD/$venv/bin:$PATH" GALAXY_IMPORTER_CONFIG="$config" "$venv/bin/python" -m galaxy_importer.main "$tarball" \
-  >"$log" 2>&1 || status=$?
+# From .cache/build: it leaves its importer_result.json in the directory it runs in.
+(cd .cache/build && PATH="$OLDPWD/$venv/bin:$PATH" GALAXY_IMPORTER_CONFIG="$config" "$OLDPWD/$venv/bin/python" \
+  -m galaxy_importer.main "$tarball") >"$log" 2>&1 || status=$?
 cat "$log"
 if [ "$status" -ne 0 ] || grep -qE '^(ERROR|WARNING)' "$log"; then
   echo "galaxy-importer: $tarball has errors or warnings (exit status $status)" >&2
