@@ -13,6 +13,7 @@
 #   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
 #                     (the VM images build in the background from the start: integration's oracles need them)
 #   make galaxy-importer  the checker Galaxy runs on upload, over the tarball (scripts/galaxy-importer.sh)
+#   make lint         ansible-lint, production profile (.ansible-lint)
 #   make bench        benchmarks/: the module as N grows against a bash mount loop, a no-op task and an
 #                     ansible.posix.mount loop; the role against the module; many hosts (ratios, a plot)
 #   make clean        remove .venv, .cache and tests/output
@@ -65,7 +66,7 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test molecule galaxy-importer
+	vm-image vm-test molecule galaxy-importer lint
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -129,6 +130,11 @@ $(IMPORTER_STAMP): requirements-importer.txt
 
 galaxy-importer: setup $(IMPORTER_STAMP)
 	bash scripts/galaxy-importer.sh
+
+# ansible-lint (production profile, .ansible-lint) over the role, the examples, the molecule scenarios and every
+# playbook, from the same venv.
+lint: setup $(IMPORTER_STAMP)
+	$(CURDIR)/.cache/importer-venv/bin/ansible-lint
 
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
 # docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server
