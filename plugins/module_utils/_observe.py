@@ -162,6 +162,10 @@ class Observed(object):
         the result's mount table and diff, which look at nothing else."""
         return Observed(mounts, self.loops, self.paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views)
 
+    def with_paths(self, paths):
+        """The same observation with the facts of ``paths``."""
+        return Observed(self.mounts, self.loops, paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views)
+
     def facts(self, path):
         return self.paths[path]
 

@@ -30,6 +30,8 @@ author:
   - containerhost.overlayfs developers (@containerhost)
 extends_documentation_fragment:
   - containerhost.overlayfs.overlay_tree
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
 options:
   state:
     description:
@@ -102,6 +104,9 @@ options:
     choices: [full, changed, summary]
     default: full
 attributes:
+  action_group:
+    support: full
+    membership: [containerhost.overlayfs.overlayfs]
   check_mode:
     support: full
     description: Reports the exact plan and changes nothing.

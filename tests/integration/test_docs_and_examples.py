@@ -25,6 +25,7 @@ COLLECTION = 'containerhost.overlayfs.'
 @pytest.mark.parametrize('kind, name, texts', [
     ('module', 'overlay_filesystem', ('OPTIONS', 'on_drift', 'on_volatile_marker', 'EXAMPLES', 'RETURN VALUES',
                                       'backingStore')),
+    ('module', 'overlay_filesystem_info', ('OPTIONS', 'targets', 'under', 'unexpressed', 'EXAMPLES')),
     ('module', 'persistence_files', ('OPTIONS', 'rendered', 'EXAMPLES', 'RETURN VALUES', 'daemon-reload')),
     ('filter', 'overlay_trees', ('canonical YAML',)),
     ('filter', 'overlay_persistence', ('overlay.containerhost', 'mounts', 'on_volatile_marker')),

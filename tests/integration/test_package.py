@@ -71,7 +71,7 @@ def test_every_plugin_and_the_role_document_themselves_from_the_installed_copy(i
         listing = checked(['ansible-doc', '-t', kind, '--list', '--json', 'containerhost.overlayfs'],
                           env=environment).stdout
         found[kind] = sorted(name.rsplit('.', 1)[1] for name in json.loads(listing))
-    assert found['module'] == ['overlay_filesystem', 'persistence_files']
+    assert found['module'] == ['overlay_filesystem', 'overlay_filesystem_info', 'persistence_files']
     assert found['filter'] == ['overlay_mounts_items', 'overlay_persistence', 'overlay_trees']
     for kind, names in found.items():
         for name in names:
