@@ -10,7 +10,8 @@
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
-#   make test         setup, then unit, integration, molecule, vm-test and sanity; non-zero exit if any fails
+#   make test         setup, then unit, integration, molecule, vm-test, sanity, lint and galaxy-importer; non-zero
+#                     exit if any fails
 #                     (the VM images build in the background from the start: integration's oracles need them)
 #   make galaxy-importer  the checker Galaxy runs on upload, over the tarball (scripts/galaxy-importer.sh)
 #   make lint         ansible-lint, production profile (.ansible-lint)
@@ -120,21 +121,24 @@ integration: setup
 molecule: setup
 	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
 
-# galaxy-importer over the Galaxy tarball (scripts/galaxy-importer.sh), from a venv of its own.
-IMPORTER_STAMP := $(CURDIR)/.cache/importer-venv/.installed
+# The ecosystem's tools (requirements-tools.txt) in a venv of their own: galaxy-importer pins its own ansible-lint.
+TOOLS_VENV := $(CURDIR)/.cache/tools-venv
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
-$(IMPORTER_STAMP): requirements-importer.txt
-	@test -x $(CURDIR)/.cache/importer-venv/bin/python || $(PYTHON) -m venv $(CURDIR)/.cache/importer-venv
-	$(CURDIR)/.cache/importer-venv/bin/pip install --quiet -r requirements-importer.txt
+$(TOOLS_STAMP): requirements-tools.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
 	@touch $@
 
-galaxy-importer: setup $(IMPORTER_STAMP)
+# galaxy-importer over the Galaxy tarball (scripts/galaxy-importer.sh): no error, no warning.
+galaxy-importer: setup $(TOOLS_STAMP)
 	bash scripts/galaxy-importer.sh
 
 # ansible-lint (production profile, .ansible-lint) over the role, the examples, the molecule scenarios and every
-# playbook, from the same venv.
-lint: setup $(IMPORTER_STAMP)
-	$(CURDIR)/.cache/importer-venv/bin/ansible-lint
+# playbook; antsibull-changelog lint over the changelog and its fragments.
+lint: setup $(TOOLS_STAMP)
+	$(TOOLS_VENV)/bin/ansible-lint
+	$(TOOLS_VENV)/bin/antsibull-changelog lint
 
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
 # docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server
@@ -183,17 +187,20 @@ vm-test: setup vm-image
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
 
-# Runs all the suites even when one fails, then fails if any did.
+# Runs all the suites even when one fails, then fails if any did. The VM tests mostly wait for their guests, so
+# the checks that need no VM (sanity, lint, galaxy-importer) run while they do; vm-test's lines carry their release.
 test: setup
 	@$(MAKE) --no-print-directory vm-image >.cache/vm-image.log 2>&1 & \
 	failed=(); \
-	for suite in unit integration molecule vm-test sanity; do \
-	  echo "==> make $$suite"; \
-	  $(MAKE) --no-print-directory $$suite || failed+=("$$suite"); \
-	done; \
+	run() { echo "==> make $$1"; $(MAKE) --no-print-directory "$$1" || failed+=("$$1"); }; \
+	for suite in unit integration molecule; do run "$$suite"; done; \
+	echo "==> make vm-test (in the background)"; \
+	$(MAKE) --no-print-directory vm-test & vm_test=$$!; \
+	for suite in sanity lint galaxy-importer; do run "$$suite"; done; \
+	wait "$$vm_test" || failed+=(vm-test); \
 	wait; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration, molecule, vm-test and sanity all succeeded"
+	echo "make test: unit, integration, molecule, vm-test, sanity, lint and galaxy-importer all succeeded"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run galaxy-importer, the checker Galaxy runs on upload, over the tarball scripts/build-tarball.sh builds, from
-# its own venv (make galaxy-importer makes it). Fails on any error or warning. Its ansible-test step is off: it
+# the tools venv (make galaxy-importer makes it). Fails on any error or warning. Its ansible-test step is off: it
 # needs a container engine; `make sanity` runs ansible-test sanity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.cache/importer-venv
+venv=.cache/tools-venv
 tarball=$(scripts/build-tarball.sh .cache/build)
 config=$(mktemp)
 log=$(mktemp)
