@@ -10,11 +10,12 @@
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
-#   make test         setup, then unit, integration, molecule, vm-test, sanity, lint and galaxy-importer; non-zero
-#                     exit if any fails
+#   make test         setup, then unit, integration, molecule, vm-test, sanity, lint, galaxy-importer and
+#                     execution-environment; non-zero exit if any fails
 #                     (the VM images build in the background from the start: integration's oracles need them)
 #   make galaxy-importer  the checker Galaxy runs on upload, over the tarball (scripts/galaxy-importer.sh)
-#   make lint         ansible-lint, production profile (.ansible-lint)
+#   make lint         ansible-lint, production profile (.ansible-lint), and antsibull-changelog lint
+#   make execution-environment  ansible-builder introspect and create over meta/execution-environment.yml
 #   make bench        benchmarks/: the module as N grows against a bash mount loop, a no-op task and an
 #                     ansible.posix.mount loop; the role against the module; many hosts (ratios, a plot)
 #   make clean        remove .venv, .cache and tests/output
@@ -67,7 +68,7 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test molecule galaxy-importer lint
+	vm-image vm-test molecule galaxy-importer lint execution-environment
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -134,6 +135,11 @@ $(TOOLS_STAMP): requirements-tools.txt
 galaxy-importer: setup $(TOOLS_STAMP)
 	bash scripts/galaxy-importer.sh
 
+# meta/execution-environment.yml as ansible-builder reads it (scripts/execution-environment.sh): introspect and
+# create, no image build.
+execution-environment: setup $(TOOLS_STAMP)
+	bash scripts/execution-environment.sh
+
 # ansible-lint (production profile, .ansible-lint) over the role, the examples, the molecule scenarios and every
 # playbook; antsibull-changelog lint over the changelog and its fragments.
 lint: setup $(TOOLS_STAMP)
@@ -196,11 +202,11 @@ test: setup
 	for suite in unit integration molecule; do run "$$suite"; done; \
 	echo "==> make vm-test (in the background)"; \
 	$(MAKE) --no-print-directory vm-test & vm_test=$$!; \
-	for suite in sanity lint galaxy-importer; do run "$$suite"; done; \
+	for suite in sanity lint galaxy-importer execution-environment; do run "$$suite"; done; \
 	wait "$$vm_test" || failed+=(vm-test); \
 	wait; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration, molecule, vm-test, sanity, lint and galaxy-importer all succeeded"
+	echo "make test: unit, integration, molecule, vm-test, sanity, lint, galaxy-importer and execution-environment all succeeded"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache
