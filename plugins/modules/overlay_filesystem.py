@@ -61,7 +61,7 @@ options:
         incomplete.
       - V(fail) stops before any change, with a message that says so.
       - V(discard) removes the mark and mounts the upper dir as it is. Its contents may be incomplete after a
-        crash, which is what C(volatile) means. The role M(containerhost.overlayfs.overlay_mounts) writes the
+        crash, which is what C(volatile) means. The role P(containerhost.overlayfs.overlay_mounts#role) writes the
         same choice into the persistence, so the boot follows it too.
     type: str
     choices: [fail, discard]
