@@ -5,7 +5,7 @@
 #   make demo         scripts/demo.sh
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
-#   make sanity       ansible-test sanity on a copy of the tree (see below)
+#   make sanity       ansible-test sanity and units on a copy of the tree (see below)
 #   make vm-image     build (or reuse the cached) Debian 12 and 13 test VM images, in parallel: tests/vm/build-image.sh
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
@@ -176,6 +176,7 @@ sanity: setup
 	  | tar -x -C $(SANITY_COPY) -f -
 	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
+	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test units --python $(SANITY_PYTHON) --venv --requirements
 
 # The VM images are cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE; each is rebuilt
 # (about two minutes) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.
