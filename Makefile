@@ -170,10 +170,7 @@ bench: setup $(BENCH_STAMP)
 sanity: setup
 	@rm -rf $(SANITY_COPY)
 	@mkdir -p $(SANITY_COPY)
-	@git ls-files -z --cached --others --exclude-standard \
-	  | while IFS= read -r -d '' f; do if [ -e "$$f" ] || [ -L "$$f" ]; then printf '%s\0' "$$f"; fi; done \
-	  | tar -c --null --verbatim-files-from --no-recursion -T - -f - \
-	  | tar -x -C $(SANITY_COPY) -f -
+	@bash scripts/copy-tree.sh $(SANITY_COPY)
 	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test units --python $(SANITY_PYTHON) --venv --requirements
