@@ -91,7 +91,7 @@ class _Reader(object):
         """The overlays that are trees of their own: the top mount at its target, not nested in one other (or
         at one of the targets ``also``)."""
         return [entry for entry in self.overlays
-                if (self.used_by[entry.mountpoint] != 1 or entry.mountpoint in also)
+                if (not self._nested(entry.mountpoint) or entry.mountpoint in also)
                 and self.observed.mounts_at(entry.mountpoint)[-1] is entry]
 
     def nested_in(self, entry):
@@ -99,9 +99,13 @@ class _Reader(object):
         nested = []
         for path in entry.overlay_layers()[0]:
             stacked = self.observed.mounts_at(fold_path(path)) if path.startswith('/') else []
-            if stacked and stacked[-1].fstype == 'overlay' and self.used_by[fold_path(path)] == 1:
+            if stacked and stacked[-1].fstype == 'overlay' and self._nested(fold_path(path)):
                 nested.append(stacked[-1])
         return nested
+
+    def _nested(self, path):
+        """An overlay at ``path`` is nested in the tree of the one overlay that stands on it."""
+        return self.used_by[path] == 1
 
     def tree(self, entry):
         self._top_at(entry.mountpoint)  # a stacked duplicate is no tree
@@ -142,7 +146,7 @@ class _Reader(object):
                 raise Unexpressed('its lower layer %s is not a directory' % path)
             return path
         if entry.fstype == 'overlay':
-            return self._overlay(entry) if self.used_by[path] == 1 else path
+            return self._overlay(entry) if self._nested(path) else path
         return self._device_or_bind(entry, path)
 
     def _device_or_bind(self, entry, path):
