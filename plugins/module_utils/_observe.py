@@ -288,7 +288,28 @@ def qemu_nbd_server(pid):
             image_format = arg.split('=', 1)[1]
         elif arg in ('-r', '--read-only'):
             readonly = True
-    return ImageServer(os.path.realpath(os.path.join(cwd, argv[-1])), image_format, readonly)
+    image = argv[-1]
+    if not os.path.isabs(image):
+        image = _open_file_ending_in(pid, image) or os.path.join(cwd, image)
+    return ImageServer(os.path.realpath(image), image_format, readonly)
+
+
+def _open_file_ending_in(pid, relative):
+    """The file process ``pid`` holds open whose path ends in ``relative``: where a relative image argument points
+    once qemu-nbd has daemonized (``--connect`` does, and its working dir is / from then on)."""
+    tail = '/' + os.path.normpath(relative)
+    try:
+        descriptors = os.listdir('/proc/%d/fd' % pid)
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            target = os.readlink('/proc/%d/fd/%s' % (pid, descriptor))
+        except OSError:
+            continue
+        if target.endswith(tail):
+            return target
+    return None
 
 
 def read_fuse_exports(mounts, export_dir=EXPORT_DIR):

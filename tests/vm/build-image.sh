@@ -62,6 +62,9 @@ install_host_packages() {
   [ "${#missing[@]}" -eq 0 ] && return 0
   log "installing host packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The two releases' builds may both get here: apt-get takes its locks without waiting, so they take turns
+  exec 9>/run/lock/containerhost-overlayfs-vm-apt.lock
+  flock 9
   apt-get update -qq
   local apt_log
   apt_log=$(mktemp)
@@ -71,6 +74,7 @@ install_host_packages() {
     die "apt-get install ${missing[*]} failed (log above)"
   fi
   rm -f "$apt_log"
+  exec 9>&-
 }
 
 # The first URI of an enabled `deb` source for this machine's own release in its apt sources (deb822

@@ -340,3 +340,48 @@ def test_a_run_killed_at_any_point_over_nbd_trees_is_converged_by_the_next_one(g
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q']))
+
+
+INFO_ROUND_TRIP = '''- hosts: testvm
+  gather_facts: false
+  tasks:
+    - name: Read the trees back
+      containerhost.overlayfs.overlay_filesystem_info:
+        under: "{{ root }}"
+      register: found
+    - name: Feed them to the module
+      containerhost.overlayfs.overlay_filesystem:
+        filesystems: "{{ found.filesystems }}"
+      register: fed
+    - name: Keep the results for the test
+      ansible.builtin.copy:
+        content: "{{ {'found': found, 'fed': fed} | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0600"
+'''
+
+
+def test_an_nbd_tree_set_up_by_hand_reads_back_with_its_image_and_format_and_plans_nothing(guest):
+    guest.qcow2('base.qcow2', 'hello', 'from the qcow2 image')
+    guest.dirs('image', 'runtime', 'upper', 'work', 'merged')
+    # qemu-nbd as a user would start it: short options, the image relative to its working dir
+    guest.sh('set -e; modprobe nbd; cd %(root)s; qemu-nbd -f qcow2 -r -c /dev/nbd13 base.qcow2; udevadm settle; '
+             'mount -o ro /dev/nbd13 %(root)s/image; mount -t overlay overlay -o lowerdir=%(root)s/image:%(root)s/'
+             'runtime,upperdir=%(root)s/upper,workdir=%(root)s/work %(root)s/merged' % {'root': shlex.quote(guest.root)})
+    mounted = guest.mount_ids()
+    base = os.path.join(guest.workdir, 'info')
+    with open(base + '.yml', 'w') as handle:
+        handle.write(INFO_ROUND_TRIP)
+    with open(base + '.json', 'w') as handle:
+        json.dump({'root': guest.root, 'result_file': '/tmp/overlayfs-test-info.json'}, handle)
+    completed = ansible_playbook(guest.vm, base + '.yml', base + '.json')
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads(guest.sh('cat /tmp/overlayfs-test-info.json').stdout)
+    assert results['found']['filesystems'] == [{
+        'type': 'overlay', 'upper': guest.path('upper'), 'work': guest.path('work'),
+        'lower': [{'type': 'file', 'source': guest.path('base.qcow2'), 'driver': 'nbd', 'format': 'qcow2',
+                   'target': guest.path('image')}, guest.path('runtime')],
+        'target': guest.path('merged')}], results['found']
+    assert (results['fed']['changed'], results['fed']['plan']) == (False, []), results['fed']
+    assert guest.mount_ids() == mounted
+    assert [device for device, _pid in guest.connected_nbds()] == ['nbd13']

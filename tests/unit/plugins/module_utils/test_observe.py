@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
@@ -15,6 +17,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe i
     PathFacts,
     confinement,
     observe_path,
+    qemu_nbd_server,
     read_loop_devices,
 )
 
@@ -165,3 +168,23 @@ def test_confinement_follows_the_hosts_symlinks_and_finds_the_first_one_inside_a
     assert clean == dict(beneath=(view, 'etc/new/sub'), symlink_inside=None)
     assert confinement(view, views) == {}  # the view itself is not inside it
     assert confinement(str(tmp_path / 'srv' / 'elsewhere'), views) == {}
+
+
+# Stands in for a daemonized qemu-nbd: holds the image open, then changes its working dir to / as qemu-nbd does.
+DAEMONIZED = ("import os, sys, time; handle = open(sys.argv[-1]); os.chdir('/'); print('ready', flush=True); "
+              "time.sleep(60)")
+
+
+def test_a_relative_image_of_a_daemonized_qemu_nbd_is_the_file_it_holds_open(tmp_path):
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'images' / 'base.qcow2').write_bytes(b'QFI\xfb')
+    os.symlink(sys.executable, str(tmp_path / 'qemu-nbd'))
+    argv = [str(tmp_path / 'qemu-nbd'), '-c', DAEMONIZED, '-f', 'qcow2', '-r', 'images/base.qcow2']
+    process = subprocess.Popen(argv, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == 'ready\n', process.stderr.read()
+        server = qemu_nbd_server(process.pid)
+        assert server.serves(os.path.realpath(str(tmp_path / 'images' / 'base.qcow2')), 'qcow2', True), vars(server)
+    finally:
+        process.kill()
+        process.wait()
