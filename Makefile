@@ -18,6 +18,9 @@
 #   make execution-environment  ansible-builder introspect and create over meta/execution-environment.yml
 #   make bench        benchmarks/: the module as N grows against a bash mount loop, a no-op task and an
 #                     ansible.posix.mount loop; the role against the module; many hosts (ratios, a plot)
+#   make pictures     redraw the docs' layer-stack pictures (docs/pictures) and their links: tests/helpers/doc_pictures.py
+#   make docs-rst     the pictures, then the guides' RST for the docsite (docs/docsite/rst): scripts/docsite.py
+#   make docs         the docsite from the tarball (antsibull-docs, Sphinx), warnings and links checked: scripts/docsite.sh
 #   make clean        remove .venv, .cache and tests/output
 #
 # Every target works from a fresh clone, run as root.
@@ -68,7 +71,7 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test molecule galaxy-importer lint execution-environment
+	vm-image vm-test molecule galaxy-importer lint execution-environment pictures docs-rst docs
 
 setup: venv debian-packages collection-layout get-pip-standin
 
@@ -111,6 +114,9 @@ get-pip-standin: venv
 demo: setup
 	bash scripts/demo.sh
 
+pictures: setup
+	$(VENV_PYTHON) -m ansible_collections.containerhost.overlayfs.tests.helpers.doc_pictures
+
 unit: setup
 	$(VENV_PYTHON) -m pytest tests/unit -q
 
@@ -145,6 +151,21 @@ execution-environment: setup $(TOOLS_STAMP)
 lint: setup $(TOOLS_STAMP)
 	$(TOOLS_VENV)/bin/ansible-lint
 	$(TOOLS_VENV)/bin/antsibull-changelog lint
+
+# The docsite's tools (requirements-docs.txt: antsibull-docs, Sphinx, pandoc) in a venv of their own.
+DOCS_VENV := $(CURDIR)/.cache/docs-venv
+DOCS_STAMP := $(DOCS_VENV)/.installed
+
+$(DOCS_STAMP): requirements-docs.txt
+	@test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet -r requirements-docs.txt
+	@touch $@
+
+docs-rst: pictures $(DOCS_STAMP)
+	$(DOCS_VENV)/bin/python scripts/docsite.py write
+
+docs: setup $(DOCS_STAMP)
+	bash scripts/docsite.sh
 
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
 # docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server
@@ -200,11 +221,11 @@ test: setup
 	for suite in unit integration molecule; do run "$$suite"; done; \
 	echo "==> make vm-test (in the background)"; \
 	$(MAKE) --no-print-directory vm-test & vm_test=$$!; \
-	for suite in sanity lint galaxy-importer execution-environment; do run "$$suite"; done; \
+	for suite in sanity lint galaxy-importer execution-environment docs; do run "$$suite"; done; \
 	wait "$$vm_test" || failed+=(vm-test); \
 	wait; \
 	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration, molecule, vm-test, sanity, lint, galaxy-importer and execution-environment all succeeded"
+	echo "make test: unit, integration, molecule, vm-test, sanity, lint, galaxy-importer, execution-environment and docs all succeeded"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache

@@ -28,6 +28,7 @@ COLLECTION = 'containerhost.overlayfs.'
     ('module', 'overlay_filesystem_info', ('OPTIONS', 'targets', 'under', 'unexpressed', 'EXAMPLES')),
     ('module', 'persistence_files', ('OPTIONS', 'rendered', 'EXAMPLES', 'RETURN VALUES', 'daemon-reload')),
     ('filter', 'overlay_trees', ('canonical YAML',)),
+    ('filter', 'overlay_picture', ('SVG', 'data-role')),
     ('filter', 'overlay_persistence', ('overlay.containerhost', 'mounts', 'on_volatile_marker')),
     ('filter', 'overlay_mounts_items', ('service_mgr', 'image_drivers')),
     ('role', 'overlay_mounts', ('overlay_mounts_filesystems', 'required_by', 'wanted_by',

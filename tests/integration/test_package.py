@@ -22,8 +22,9 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import REPO,
 # What a user needs, and what stays in the repository (galaxy.yml build_ignore).
 SHIPPED = ('plugins/modules/overlay_filesystem.py', 'plugins/action/overlay_filesystem.py', 'meta/runtime.yml',
            'roles/overlay_mounts/meta/main.yml', 'roles/overlay_mounts/meta/argument_specs.yml',
-           'examples/demo.yml', 'docs/reference.md', 'requirements.txt', 'LICENSE', 'README.md')
-NOT_SHIPPED = ('Makefile', 'scripts/', 'requirements-dev.txt', 'requirements-bench.txt', 'tests/', '.ci/',
+           'examples/demo.yml', 'docs/reference.md', 'docs/docsite/extra-docs.yml', 'docs/docsite/rst/reference.rst',
+           'docs/pictures/reference-nested-overlay-seed.svg', 'requirements.txt', 'LICENSE', 'README.md')
+NOT_SHIPPED = ('Makefile', 'scripts/', 'requirements-dev.txt', 'requirements-bench.txt', 'requirements-docs.txt', 'tests/', '.ci/',
                'extensions/', 'benchmarks/bench_scale.py', 'docs/design.md', 'docs/testing-vm.md',
                'changelogs/fragments/', '.gitignore', '.cache/', '.venv/', '.ansible/')
 
@@ -72,7 +73,7 @@ def test_every_plugin_and_the_role_document_themselves_from_the_installed_copy(i
                           env=environment).stdout
         found[kind] = sorted(name.rsplit('.', 1)[1] for name in json.loads(listing))
     assert found['module'] == ['overlay_filesystem', 'overlay_filesystem_info', 'persistence_files']
-    assert found['filter'] == ['overlay_mounts_items', 'overlay_persistence', 'overlay_trees']
+    assert found['filter'] == ['overlay_mounts_items', 'overlay_persistence', 'overlay_picture', 'overlay_trees']
     for kind, names in found.items():
         for name in names:
             completed = checked(['ansible-doc', '-t', kind, 'containerhost.overlayfs.' + name], env=environment)
