@@ -72,15 +72,17 @@ class Run(NamedTuple):
     tasks: int  # how many tasks ran (TASK lines of the output)
 
 
-def playbook(root, text, variables, inventory='localhost,', forks=None):
-    """Run a playbook (local connection unless the inventory says otherwise); fail loudly, else its Run."""
+def playbook(root, text, variables, inventory='localhost,', forks=None, interpreter=sys.executable):
+    """Run a playbook (local connection unless the inventory says otherwise); fail loudly, else its Run.
+    ``interpreter=None`` leaves the Python interpreter to the inventory."""
     path = os.path.join(root, 'play-%d.yml' % time.monotonic_ns())
     with open(path, 'w') as handle:
         handle.write(text)
     with open(path + '.json', 'w') as handle:
         json.dump(variables, handle)
-    argv = ['ansible-playbook', '-i', inventory, '-c', 'local', '-e', '@' + path + '.json',
-            '-e', 'ansible_python_interpreter=' + sys.executable, path]
+    argv = ['ansible-playbook', '-i', inventory, '-c', 'local', '-e', '@' + path + '.json', path]
+    if interpreter:
+        argv[-1:-1] = ['-e', 'ansible_python_interpreter=' + interpreter]
     if forks:
         argv += ['--forks', str(forks)]
     start = time.monotonic()

@@ -3,24 +3,27 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Benchmark: one playbook over many inventory hosts, each with its own trees, as the number of hosts grows.
 
-The hosts (BENCH_HOSTS, default 10,30,60) are local connections, each with its own scratch root and its own
-BENCH_TREES (default 20) trees, run with --forks BENCH_FORKS (default 10). For each number of hosts: the module's
-batch task cold and unchanged, and one no-op task (ansible.builtin.ping) over the same inventory. Prints the
-controller's cost per host per task, (seconds - no-op seconds) / hosts, which must not grow with the number of
-hosts, and checks that every host converged (a third, untimed run changes nothing and finds each of the host's
-trees mounted once). Writes
+The hosts (BENCH_HOSTS, default 10,30,60,120) are local connections, each with its own scratch root, its own
+BENCH_TREES (default 20) trees and its own mount namespace, as separate machines have their own mount tables (a
+persistent namespace per host, which its interpreter enters: a script running ``nsenter --mount=NS python``), run
+with --forks BENCH_FORKS (default 10). For each number of hosts: the module's batch task cold and unchanged, and
+one no-op task (ansible.builtin.ping) over the same inventory. Prints the controller's cost per host per task,
+(seconds - no-op seconds) / hosts, which must not grow with the number of hosts, and checks that every host
+converged (a third, untimed run changes nothing and finds each of the host's trees mounted once). Writes
 benchmarks/results/hosts.txt. Run as root with ``make bench``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 import sys
 
 from _common import MODULE, NOOP, container_trees, machine, playbook, release, scratch, write_result
 
-HOSTS = [int(count) for count in os.environ.get('BENCH_HOSTS', '10,30,60').split(',')]
+HOSTS = [int(count) for count in os.environ.get('BENCH_HOSTS', '10,30,60,120').split(',')]
 TREES = int(os.environ.get('BENCH_TREES', '20'))
 FORKS = int(os.environ.get('BENCH_FORKS', '10'))
 PER_HOST = MODULE.replace('{{ trees }}', '{{ host_trees }}').replace('{{ result_file }}',
@@ -28,12 +31,21 @@ PER_HOST = MODULE.replace('{{ trees }}', '{{ host_trees }}').replace('{{ result_
 
 
 def inventory(root, count):
-    """An inventory of ``count`` local hosts, each with its own trees under its own root."""
+    """An inventory of ``count`` local hosts, each with its own trees under its own root, in its own mount namespace
+    (made after the host's scratch tmpfs, which it holds a copy of)."""
     hosts = {}
+    os.makedirs(os.path.join(root, 'ns'), exist_ok=True)
     for number in range(count):
         name = 'host%02d' % number
-        hosts[name] = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
-                       'host_trees': container_trees(os.path.join(root, '%d-hosts' % count, name), TREES)}
+        trees = container_trees(os.path.join(root, '%d-hosts' % count, name), TREES)
+        namespace = os.path.join(root, 'ns', '%d-%s' % (count, name))
+        open(namespace, 'w').close()
+        subprocess.run(['unshare', '--mount=' + namespace, '--propagation', 'private', 'true'], check=True)
+        interpreter = namespace + '.python'  # Ansible takes an interpreter path, not a command line
+        with open(interpreter, 'w') as handle:
+            handle.write('#!/bin/sh\nexec nsenter --mount=%s %s "$@"\n' % (namespace, sys.executable))
+        os.chmod(interpreter, 0o755)
+        hosts[name] = {'ansible_connection': 'local', 'host_trees': trees, 'ansible_python_interpreter': interpreter}
     path = os.path.join(root, 'inventory-%d.json' % count)
     with open(path, 'w') as handle:
         json.dump({'all': {'hosts': hosts}}, handle)
@@ -57,12 +69,14 @@ def main():
         result_file = os.path.join(root, 'result.json')
         for count in HOSTS:
             path, hosts = inventory(root, count)
-            noop = playbook(root, NOOP, {}, inventory=path, forks=FORKS).seconds
-            cold = playbook(root, PER_HOST, {}, inventory=path, forks=FORKS).seconds
-            unchanged = playbook(root, PER_HOST, {}, inventory=path, forks=FORKS).seconds
-            playbook(root, PER_HOST, {'result_file': result_file}, inventory=path, forks=FORKS)  # untimed: results
+            run = functools.partial(playbook, root, inventory=path, forks=FORKS, interpreter=None)
+            noop = run(NOOP, {}).seconds
+            cold = run(PER_HOST, {}).seconds
+            unchanged = run(PER_HOST, {}).seconds
+            run(PER_HOST, {'result_file': result_file})  # untimed: results
             converged(root, hosts)
-            for name in hosts:  # each count on a table without the trees of the one before
+            for name in hosts:  # the namespace goes, and its mounts with it
+                release(os.path.join(root, 'ns', '%d-%s' % (count, name)))
                 release(os.path.join(root, '%d-hosts' % count, name, 'ct'))
             rows.append((count, noop, cold, unchanged))
             print('%d hosts: no-op %.2f s, cold %.2f s, unchanged %.2f s' % (count, noop, cold, unchanged), flush=True)
