@@ -91,3 +91,11 @@ def test_the_demo_runs_from_the_installed_copy(installed, host):
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     assert 'failed=0' in completed.stdout
     assert mounts_under(host.root) == []  # the demo unmounts what it mounted
+
+
+def test_tool_caches_at_any_depth_stay_out_of_git_and_so_out_of_the_tarball():
+    # the tarball is made from the files git would commit (scripts/copy-tree.sh), so .gitignore keeps caches out
+    caches = ['.ansible/x', 'roles/overlay_mounts/.ansible/x', 'extensions/molecule/localhost/.ansible/x',
+              '.pytest_cache/x', 'tests/unit/.pytest_cache/x', '.hypothesis/x', 'tests/integration/.hypothesis/x']
+    completed = checked(['git', 'check-ignore', '--no-index'] + caches, cwd=REPO)
+    assert completed.stdout.split() == caches
