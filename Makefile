@@ -128,14 +128,15 @@ integration: setup
 molecule: setup
 	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
 
-# The ecosystem's tools (requirements-tools.txt) in a venv of their own: galaxy-importer pins its own ansible-lint.
+# Each tool set in a venv of its own, .cache/NAME-venv from requirements-NAME.txt: the ecosystem's tools (tools;
+# galaxy-importer pins its own ansible-lint) and the docsite's (docs: antsibull-docs, Sphinx, pandoc).
+$(CURDIR)/.cache/%-venv/.installed: requirements-%.txt
+	@test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet -r $<
+	@touch $@
+
 TOOLS_VENV := $(CURDIR)/.cache/tools-venv
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
-
-$(TOOLS_STAMP): requirements-tools.txt
-	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
-	@touch $@
 
 # galaxy-importer over the Galaxy tarball (scripts/galaxy-importer.sh): no error, no warning.
 galaxy-importer: setup $(TOOLS_STAMP)
@@ -152,14 +153,8 @@ lint: setup $(TOOLS_STAMP)
 	$(TOOLS_VENV)/bin/ansible-lint
 	$(TOOLS_VENV)/bin/antsibull-changelog lint
 
-# The docsite's tools (requirements-docs.txt: antsibull-docs, Sphinx, pandoc) in a venv of their own.
 DOCS_VENV := $(CURDIR)/.cache/docs-venv
 DOCS_STAMP := $(DOCS_VENV)/.installed
-
-$(DOCS_STAMP): requirements-docs.txt
-	@test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
-	$(DOCS_VENV)/bin/pip install --quiet -r requirements-docs.txt
-	@touch $@
 
 docs-rst: pictures $(DOCS_STAMP)
 	$(DOCS_VENV)/bin/python scripts/docsite.py write

@@ -15,6 +15,7 @@ pages, links to other files of the repository to the repository, and each layer-
 
 from __future__ import annotations
 
+import functools
 import glob
 import html.parser
 import json
@@ -40,11 +41,15 @@ def guides():
     return [name for section in sections for name in section['toctree']]
 
 
-def blob_url(relative):
-    """Where a repository file is read on the web (galaxy.yml's repository)."""
+@functools.lru_cache(maxsize=None)
+def repository():
+    """galaxy.yml's repository: where the docsite's links to other files of the repository go."""
     with open(os.path.join(REPO, 'galaxy.yml'), encoding='utf-8') as handle:
-        repository = yaml.safe_load(handle)['repository']
-    return '%s/blob/main/%s' % (repository, relative)
+        return yaml.safe_load(handle)['repository']
+
+
+def blob_url(relative):
+    return '%s/blob/main/%s' % (repository(), relative)
 
 
 def plain_text(inlines):
@@ -151,6 +156,7 @@ class _Anchors(html.parser.HTMLParser):
             self.hrefs.append(attributes['href'])
 
 
+@functools.lru_cache(maxsize=None)  # a page is the target of many links
 def _read_anchors(path):
     parser = _Anchors()
     with open(path, encoding='utf-8') as handle:
@@ -174,6 +180,14 @@ def broken_links(html_dir):
     return broken, checked
 
 
+def _text_of(path):
+    """A file's text, or None if it is missing."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding='utf-8') as handle:
+        return handle.read()
+
+
 def main(command, *arguments):
     if command == 'links':
         broken, checked = broken_links(arguments[0])
@@ -188,8 +202,7 @@ def main(command, *arguments):
             with open(path, 'w', encoding='utf-8') as handle:
                 handle.write(text)
         return 0
-    stale = [os.path.relpath(path, REPO) for path, text in files.items()
-             if not os.path.exists(path) or open(path, encoding='utf-8').read() != text]
+    stale = [os.path.relpath(path, REPO) for path, text in files.items() if _text_of(path) != text]
     stale += [os.path.relpath(path, REPO) for path in set(glob.glob(os.path.join(RST, '*.rst'))) - set(files)]
     if stale:
         print('not what docs/*.md make (run make docs-rst): ' + ', '.join(sorted(stale)), file=sys.stderr)

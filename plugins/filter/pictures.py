@@ -11,7 +11,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._picture import layer_stack_svg
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, xml_to_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, raw_trees
 
 
 def overlay_picture(value):
@@ -20,7 +20,7 @@ def overlay_picture(value):
         raise AnsibleFilterError('overlay_picture: takes one tree, a mapping or an XML string, not %s'
                                  % type(value).__name__)
     try:
-        raw = xml_to_filesystems(value) if isinstance(value, str) else [value]
+        raw = raw_trees(value)
         if len(raw) != 1:
             raise AnsibleFilterError('overlay_picture: the XML holds %d filesystems; it takes one' % len(raw))
         root, = parse_filesystems(raw, label='filesystem')

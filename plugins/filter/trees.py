@@ -10,7 +10,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, xml_to_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, raw_trees
 
 
 def overlay_trees(value):
@@ -19,7 +19,7 @@ def overlay_trees(value):
     raw = []
     try:
         for item in items:
-            raw.extend(xml_to_filesystems(item) if isinstance(item, str) else [item])
+            raw.extend(raw_trees(item))
         roots = parse_filesystems(raw)
     except (XmlError, TreeError) as error:
         raise AnsibleFilterError('overlay_trees: %s' % error)

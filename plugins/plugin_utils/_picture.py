@@ -30,10 +30,10 @@ COLOURS = {  # fill, text
     'block': ('#e3f2fd', '#0d47a1'),
     'mount': ('#f3e5f5', '#4a148c'),
     'bind': ('#f3e5f5', '#4a148c'),
-    'source': ('#fafafa', '#263238'),
 }
 MOUNT_KINDS = {'mount': 'bind mount', 'bind': 'bind mount inside the container', 'block': 'block device',
                'file': 'image'}
+IMAGE_DRIVERS = {'loop': 'a loop device', 'nbd': 'qemu-nbd', 'fuse': "qemu-storage-daemon's FUSE export"}
 
 
 class Row(NamedTuple):
@@ -103,8 +103,7 @@ def _source_row(node, depth, prefix, at_target=True):
     mounted, unless the row above says so)."""
     mode = (', at %s' % printable(node.target) if at_target else '') + (', read-only' if node.mounted_readonly else '')
     if node.kind == 'file':
-        via = 'a loop device' if node.driver == 'loop' else 'qemu-nbd' if node.driver == 'nbd' else \
-            "qemu-storage-daemon's FUSE export"
+        via = IMAGE_DRIVERS[node.driver]
         text = '%s%s image %s, through %s%s' % (prefix, node.image_format, printable(node.source), via, mode)
         extra = (('target', node.target), ('format', node.image_format), ('driver', node.driver))
     else:

@@ -95,6 +95,11 @@ def xml_to_filesystems(text):
     return [_filesystem(element, '/filesystem[%d]' % index) for index, element in enumerate(elements, 1)]
 
 
+def raw_trees(value):
+    """A tree (mapping) or an XML string -> the raw YAML trees it holds (the filters take either)."""
+    return xml_to_filesystems(value) if isinstance(value, str) else [value]
+
+
 def _filesystem(element, where):
     # libvirt's default filesystem type is 'mount'
     kind = element.get('type', 'mount')

@@ -55,8 +55,9 @@ def render(page, text):
                 stem = '%s-%s' % (page[:-len('.md')], _slug(heading))
                 count[stem] = count.get(stem, 0) + 1
                 name = stem + ('-%d' % count[stem] if count[stem] > 1 else '') + '.svg'
-                svg = overlay_picture('\n'.join(lines[index + 1:end]))
-                pictures.append(Picture(name, '\n'.join(lines[index + 1:end]), svg))
+                xml = '\n'.join(lines[index + 1:end])
+                svg = overlay_picture(xml)
+                pictures.append(Picture(name, xml, svg))
                 inserts.append((_below(lines, end), '![%s](pictures/%s)' % (_title(svg), name)))
             index = end
         elif line.startswith('#'):
