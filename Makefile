@@ -50,8 +50,9 @@ SANITY_COPY := $(CURDIR)/.cache/sanity/ansible_collections/containerhost/overlay
 
 # Debian packages the tests need: util-linux (mount, umount, losetup, findmnt, unshare),
 # e2fsprogs (mkfs.ext4), shellcheck (ansible-test sanity's shellcheck test for *.sh files), qemu-utils (qemu-img,
-# qemu-nbd) and qemu-system-common (qemu-storage-daemon, for image layers served through FUSE).
-DEB_PACKAGES := util-linux e2fsprogs shellcheck qemu-utils qemu-system-common
+# qemu-nbd), qemu-system-common (qemu-storage-daemon, for image layers served through FUSE) and uidmap (newuidmap,
+# which unshare --map-users runs to enter idmapped trees as a container would).
+DEB_PACKAGES := util-linux e2fsprogs shellcheck qemu-utils qemu-system-common uidmap
 
 # Prepended once (recursive make calls inherit the already-prepended values).
 ifeq ($(filter $(VENV)/bin,$(subst :, ,$(PATH))),)

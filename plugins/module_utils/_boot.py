@@ -15,6 +15,8 @@ Two programs, both this module's ``main()`` behind a launcher that the role inst
   that systemd, libmount or mount(8) parse: util-linux 2.41 hands every option to fsconfig(2), whose values
   stop at 255 bytes, and splits them on commas itself; 2.38 does neither. A Debian 12 host upgraded to 13
   boots the same way.
+- Before the overlay, the helper mounts each of its idmapped layers (the spec's ``idmapped``) as the module does
+  (``syscalls.mount_idmapped``), so persistence needs no ``X-mount.idmap=`` from the target's util-linux (2.39+).
 - ``containerhost-overlayfs-export start|stop IMAGE FORMAT``, the boot-time service of an image layer with
   driver fuse: qemu-storage-daemon's read-only FUSE export, exactly as the module starts it.
 
@@ -29,6 +31,7 @@ import subprocess
 import sys
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_shortfalls, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
@@ -43,8 +46,8 @@ HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE,
 EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
-BUNDLE = ('_boot', '_devices', '_hostfs', '_mountinfo', '_options', '_syscalls')  # this module's import closure
-SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker')
+BUNDLE = ('_boot', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
+SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker', 'idmapped')
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
 EX_FAIL = 32  # mount failure
@@ -119,7 +122,8 @@ def mount(spec_path, target):
     spec = read_spec(spec_path)
     if os.path.realpath(target) != os.path.realpath(spec['target']):
         raise HelperError('%s describes the overlay on %s, not on %s' % (spec_path, spec['target'], target), EX_USAGE)
-    if mounted_as_specified(spec, read_mountinfo()):
+    mounts = read_mountinfo()
+    if mounted_as_specified(spec, mounts):
         _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
         return
     marker = volatile_marker(spec['work']) if spec['upper'] else None
@@ -129,11 +133,35 @@ def mount(spec_path, target):
         hostfs.discard_volatile_marker(marker)
         _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
              'as it is' % (marker, spec['target']))
+    made = []
     try:
         payload = overlay_payload(spec['lowers'], spec['upper'], spec['work'], spec['options'])
+        for layer in spec['idmapped']:
+            made += mount_idmapped_layer(layer, mounts)
         syscalls.mount_overlay(spec['target'], payload, spec['readonly'])
-    except (OptionError, syscalls.MountError) as error:
+    except (OptionError, IdMapError, syscalls.MountError) as error:
+        for target in reversed(made):  # nothing half-built stays
+            syscalls.unmount(target)
         raise HelperError(str(error))
+
+
+def mount_idmapped_layer(layer, mounts):
+    """Mount one idmapped layer of a spec, unless it is mounted with its mapping already; return the targets
+    mounted."""
+    idmap = parse_idmap(layer['idmap'], 'the idmap of the layer %s' % layer['source'])
+    stacked = [entry for entry in mounts if entry.mountpoint == layer['target']]
+    if stacked:
+        owners = (hostfs.owner(layer['source']), hostfs.owner(layer['target']))
+        problems = idmap_shortfalls(stacked[-1], idmap, syscalls.mount_idmap(layer['target']), owners)
+        if not hostfs.same_file(layer['source'], layer['target']):
+            problems.append('it is not a mount of %s' % layer['source'])
+        if problems:
+            raise HelperError('the idmapped mount of %s on %s is there already, but %s' % (
+                layer['source'], layer['target'], '; '.join(problems)))
+        return []
+    os.makedirs(layer['target'], exist_ok=True)
+    syscalls.mount_idmapped(layer['source'], layer['target'], idmap)
+    return [layer['target']]
 
 
 def mount_main(argv):

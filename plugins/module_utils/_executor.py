@@ -21,6 +21,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _ho
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
     bind_shortfalls,
     device_shortfalls,
@@ -65,6 +66,7 @@ class Executor(object):
             step.MountOverlay: self._mount_overlay,
             step.MountDevice: self._mount_device,
             step.MountBind: self._mount_bind,
+            step.MountIdmapped: self._mount_idmapped,
             step.Unmount: self._unmount,
             step.CannotRestore: self._cannot_restore,
         }
@@ -129,6 +131,9 @@ class Executor(object):
         if one.beneath:
             root, below = one.beneath
             made = syscalls.make_dirs_beneath(root, below)
+            if one.owner and below in made:
+                with syscalls.pinned_dir(root, below) as path:
+                    os.chown(path, *one.owner)
             return step.remove_empty_dirs(one.node, made, beneath=root) if made else None
         missing = []
         path = one.path
@@ -140,6 +145,8 @@ class Executor(object):
             for path in reversed(missing):
                 os.mkdir(path, 0o755)
                 created.append(path)
+            if one.owner and missing:
+                os.chown(one.path, *one.owner, follow_symlinks=False)
         except OSError:
             _remove_all_if_empty(created)
             raise
@@ -226,6 +233,14 @@ class Executor(object):
         # the target must now be the source dir itself (stat, not mountinfo's device: btrfs subvolumes differ)
         self._made(one, 'the bind of %s' % one.source, 'bind' + step.ro_suffix(one.readonly),
                    lambda entry: bind_shortfalls(entry, hostfs.same_file(one.target, one.source), one.readonly))
+        return _unmount_again(one)
+
+    def _mount_idmapped(self, one):
+        with _reached(one) as at:
+            syscalls.mount_idmapped(one.source, one.target, one.idmap, at=at)
+        self._made(one, 'the idmapped mount of %s' % one.source, one.idmap.summary(),
+                   lambda entry: idmap_shortfalls(entry, one.idmap, syscalls.mount_idmap(one.target),
+                                                  (hostfs.owner(one.source), hostfs.owner(one.target))))
         return _unmount_again(one)
 
     def _made(self, one, what, asked, shortfalls, kernel_messages=()):

@@ -46,6 +46,12 @@ def same_file(path, other):
     return os.path.samefile(path, other)
 
 
+def owner(path):
+    """(uid, gid) of a path as the mount it is on shows them."""
+    info = os.stat(path)
+    return info.st_uid, info.st_gid
+
+
 def process_alive(pid):
     """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
     try:

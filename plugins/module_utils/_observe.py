@@ -17,6 +17,7 @@ import os
 import stat
 from typing import NamedTuple, Optional, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
@@ -28,7 +29,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs im
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, path_and_ancestors
 
 
 class ImageServer(object):
@@ -85,6 +86,7 @@ class PathFacts(NamedTuple):
     is_file: bool = False
     is_block: bool = False
     identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino)
+    owner: Optional[Tuple[int, int]] = None  # (st_uid, st_gid), as the mount the path is on shows them
     rdev: Optional[Tuple[int, int]] = None  # (major, minor) of a block device
     entries: Tuple[str, ...] = ()
     volatile_leftover: bool = False  # a volatile overlay left its marker in this work dir
@@ -127,7 +129,7 @@ def observe_path(path, work_dir=False, resolve=os.path.realpath):
     is_block = stat.S_ISBLK(info.st_mode)
     return PathFacts(
         path, resolve(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
-        is_block=is_block, identity=(info.st_dev, info.st_ino),
+        is_block=is_block, identity=(info.st_dev, info.st_ino), owner=(info.st_uid, info.st_gid),
         rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
         entries=_entries(path) if work_dir and is_dir else (),
         # The kernel refuses to mount on a work dir that holds this marker.
@@ -140,8 +142,10 @@ class Observed(object):
     """What observe() saw, indexed once so every lookup costs the same however many mounts, devices and trees
     the host has."""
 
-    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel='', views=None):
+    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel='', views=None,
+                 idmaps=None):
         self.mounts = mounts
+        self.idmaps = idmaps or {}  # target of an idmapped layer -> the mapping of its mount (syscalls.mount_idmap)
         self.views = views or {}  # container_views
         self.loops = loops
         self.paths = paths
@@ -160,11 +164,13 @@ class Observed(object):
     def after(self, mounts):
         """What a run that changed only the mount table leaves: the same paths and devices, with ``mounts``. For
         the result's mount table and diff, which look at nothing else."""
-        return Observed(mounts, self.loops, self.paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views)
+        return Observed(mounts, self.loops, self.paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views,
+                        self.idmaps)
 
     def with_paths(self, paths):
         """The same observation with the facts of ``paths``."""
-        return Observed(self.mounts, self.loops, paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views)
+        return Observed(self.mounts, self.loops, paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views,
+                        self.idmaps)
 
     def facts(self, path):
         return self.paths[path]
@@ -353,9 +359,15 @@ def observe(roots):
                 if path and path not in confined:
                     confined.add(path)
                     paths[path] = paths[path]._replace(**confinement(path, views, resolve))
-    return Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
-                    nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')), kernel=os.uname().release,
-                    views=views)
+    observed = Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(),
+                        exports=read_fuse_exports(mounts), nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')),
+                        kernel=os.uname().release, views=views)
+    for root in roots:
+        for node in root.walk():
+            top = observed.top_mount_at(node.target) if node.kind == IDMAPPED else None
+            if top is not None and 'idmapped' in top.mount_options:
+                observed.idmaps[node.target] = syscalls.mount_idmap(node.target)
+    return observed
 
 
 def container_views(roots, mounts, resolve=os.path.realpath):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
@@ -24,7 +25,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import MAX_OVERLAY_NESTING, path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
 
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
@@ -59,9 +60,9 @@ class _Planner(object):
         self.images = ImagePlanner(observed)
         # by Node.mount_kind
         self.matcher = {'overlay': self._matches_overlay, 'block': self._matches_block, 'mount': self._matches_mount,
-                        'file': self._matches_file}
+                        'file': self._matches_file, IDMAPPED: self._matches_idmapped}
         self.mounter = {'overlay': self._mount_overlay, 'block': self._mount_block, 'mount': self._mount_mount,
-                        'file': self._mount_file}
+                        'file': self._mount_file, IDMAPPED: self._mount_idmapped}
 
     # --- state: mounted -------------------------------------------------------------------
 
@@ -102,10 +103,8 @@ class _Planner(object):
             raise PlanError('%s is mounted, but not on the layers this tree describes (a lower of it is missing '
                             'or was replaced): %s. Set on_drift=replace to remount it.'
                             % (node.describe(), describe_mount(current)))
-        differences = ''
-        if node.kind == 'overlay':
-            differences = ' (%s)' % '; '.join(overlay_shortfalls(current, node.layer_paths(), node.upper, node.work,
-                                                                 node.options, node.mounted_readonly))
+        differences = self._shortfalls(node, current)
+        differences = ' (%s)' % '; '.join(differences) if differences else ''
         raise PlanError('drift at %s: mounted now: %s%s; wanted: %s. Set on_drift=replace to replace it.'
                         % (node.describe(), describe_mount(current), differences, self._describe_wanted(node)))
 
@@ -113,6 +112,8 @@ class _Planner(object):
         readonly = 'read-only ' if node.mounted_readonly else ''
         if node.kind == 'overlay':
             return '%soverlay (%s)' % (readonly, overlay_mount_data(node.layer_paths(), node.upper, node.work, node.options))
+        if node.kind == IDMAPPED:
+            return '%s idmapped (%s)' % (node.source, node.idmap.summary())
         return '%s%s %s' % (readonly, node.kind, node.source)
 
     # --- matching the live mount table ------------------------------------------------------
@@ -121,14 +122,27 @@ class _Planner(object):
         if current is None:
             return 'absent'
         readonly = node.mounted_readonly
-        if current.readonly != readonly:
+        # an idmapped clone is as read-only as the mount it clones; its overlay uses it read-only either way
+        if current.readonly != readonly and not (node.kind == IDMAPPED and current.readonly):
             return 'drift'
         return self.matcher[node.mount_kind](node, current)
 
+    def _shortfalls(self, node, current):
+        """What the mount ``current`` of an overlay or an idmapped layer gives other than the node asks."""
+        if node.kind == 'overlay':
+            return overlay_shortfalls(current, node.layer_paths(), node.upper, node.work, node.options,
+                                      node.mounted_readonly)
+        if node.kind == IDMAPPED:
+            owners = (self.observed.facts(node.source).owner, self.observed.facts(node.target).owner)
+            return idmap_shortfalls(current, node.idmap, self.observed.idmaps.get(node.target), owners)
+        return []
+
     def _matches_overlay(self, node, current):
-        shortfalls = overlay_shortfalls(current, node.layer_paths(), node.upper, node.work, node.options,
-                                        node.mounted_readonly)
-        return 'drift' if shortfalls else 'match'
+        return 'drift' if self._shortfalls(node, current) else 'match'
+
+    def _matches_idmapped(self, node, current):
+        clones_source = self.observed.facts(node.source).identity == self.observed.facts(node.target).identity
+        return 'match' if clones_source and not self._shortfalls(node, current) else 'drift'
 
     def _matches_block(self, node, current):
         return 'match' if self.observed.facts(node.source).rdev == (current.major, current.minor) else 'drift'
@@ -173,7 +187,9 @@ class _Planner(object):
         if node.upper:
             self._refuse_symlink_inside(node, 'upper', node.upper)
             self._refuse_symlink_inside(node, 'work', node.work)
-            steps += self._dir_steps(node, 'upper', node.upper) + self._dir_steps(node, 'work', node.work)
+            # the root of the merged view is the upper dir's: a new one belongs to the ids root maps to
+            owner = node.idmap.map_owner(0, 0) if node.idmap else None
+            steps += self._dir_steps(node, 'upper', node.upper, owner) + self._dir_steps(node, 'work', node.work)
             self._check_upper_and_work(node)
             steps += self._volatile_marker_steps(node)
         self._check_stacking_depth(node)
@@ -199,6 +215,9 @@ class _Planner(object):
                             'layer is read-only anyway)' % node.describe())
         return self.images.attach(node, readonly)
 
+    def _mount_idmapped(self, node):
+        return [step.mount_idmapped(node.label, node.target, node.source, node.idmap)]
+
     def _mount_block(self, node):
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
@@ -209,7 +228,7 @@ class _Planner(object):
             raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
         return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly)]
 
-    def _dir_steps(self, node, role, path):
+    def _dir_steps(self, node, role, path, owner=None):
         facts = self.observed.facts(path)
         if facts.exists:
             if facts.unreadable and not self.observed.mounts_at(path):
@@ -218,16 +237,16 @@ class _Planner(object):
                 raise PlanError('%s: %s %s exists and is not a directory' % (node.describe(), role, path))
             return []
         if path in self.planned_dirs or self._batch_target_above(path) is not None:
-            return self._planned_mkdir(node, path)
-        if not self.create_dirs:
+            return self._planned_mkdir(node, path, owner)
+        if not self.create_dirs and node.kind != IDMAPPED:  # the mount points of idmapped layers are the collection's
             raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
-        return self._planned_mkdir(node, path)
+        return self._planned_mkdir(node, path, owner)
 
-    def _planned_mkdir(self, node, path):
+    def _planned_mkdir(self, node, path, owner=None):
         if path in self.planned_dirs:
             return []
         self.planned_dirs.add(path)
-        return [step.mkdir(node.label, path)]
+        return [step.mkdir(node.label, path, owner)]
 
     def _batch_target_above(self, path, itself=False):
         """The nearest target of this batch that ``path`` lies under (or is, with ``itself``); None if none."""
@@ -334,7 +353,8 @@ class _Planner(object):
             self._unmounted_node(lower, steps, releases)
 
     def _unmount_step(self, node, current):
-        return self._confined(step.unmount(node.label, node.target, self._confined(_restore(node, current)),
+        restore = _restore(node, current, self.observed.idmaps.get(node.target))
+        return self._confined(step.unmount(node.label, node.target, self._confined(restore),
                                            lazy=self.lazy_unmount, shown=describe_mount(current)))
 
     def _release(self, node, current):
@@ -342,8 +362,13 @@ class _Planner(object):
         return self.images.release(node, current) if node.kind == 'file' else []
 
 
-def _restore(node, current):
-    """How to mount again what an unmount step removes, should the run have to be undone: as it was."""
+def _restore(node, current, shown_idmap):
+    """How to mount again what an unmount step removes, should the run have to be undone: as it was.
+    ``shown_idmap``: the mapping of an idmapped mount there (None where the kernel cannot tell)."""
+    if node.kind == IDMAPPED:
+        if shown_idmap is None:
+            return step.cannot_restore(node.label, node.target)
+        return step.mount_idmapped(node.label, node.target, node.source, shown_idmap)
     layers = current.overlay_layers()
     if layers:
         lowers, upper, work = layers

@@ -21,6 +21,7 @@ import dataclasses
 import os
 from typing import ClassVar, Optional, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload
 
 
@@ -36,9 +37,12 @@ class Step(object):
 
 @dataclasses.dataclass(frozen=True)
 class Mkdir(Step):
+    """``owner`` (uid, gid): of the directory ``path`` itself, when this step makes it (an idmapped tree's upper
+    dir belongs to the ids its root maps to); None leaves it root's."""
     action: ClassVar[str] = 'mkdir'
     path: str
     beneath: Optional[Tuple[str, str]] = None
+    owner: Optional[Tuple[int, int]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +180,20 @@ class MountBind(Step):
 
 
 @dataclasses.dataclass(frozen=True)
+class MountIdmapped(Step):
+    """A clone of the mount at ``source`` on ``target``, showing its files' owners through ``idmap``."""
+    action: ClassVar[str] = 'mount'
+    kind: ClassVar[str] = 'idmapped'
+    target: str
+    source: str
+    idmap: IdMap
+    beneath: Optional[Tuple[str, str]] = None
+
+    def to_dict(self):
+        return dict(Step.to_dict(self), kind=self.kind, idmap=self.idmap.to_yaml())
+
+
+@dataclasses.dataclass(frozen=True)
 class Unmount(Step):
     """``restore`` mounts again what this removes, should the run be undone (CannotRestore when that is not known).
     ``lazy`` (MNT_DETACH) only when the user asked for it (lazy_unmount): the mount goes now, the filesystem when
@@ -197,7 +215,7 @@ class CannotRestore(Step):
     target: str
 
 
-MOUNT_STEPS = (MountOverlay, MountDevice, MountBind)
+MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
 CONFINABLE_STEPS = MOUNT_STEPS + (Unmount,)  # by their target; Mkdir by its path
 
 
@@ -207,8 +225,9 @@ def ro_suffix(readonly):
 
 # --- constructors ------------------------------------------------------------------------------------------
 
-def mkdir(node, path):
-    return Mkdir(node=node, path=path, description='create directory %s' % path)
+def mkdir(node, path, owner=None):
+    owned = ' owned by %d:%d' % owner if owner else ''
+    return Mkdir(node=node, path=path, owner=owner, description='create directory %s%s' % (path, owned))
 
 
 def remove_empty_dirs(node, paths, beneath=None):
@@ -280,6 +299,11 @@ def mount_device(node, target, device, readonly, ref=None, device_text=None):
 def mount_bind(node, target, source, readonly):
     return MountBind(node=node, target=target, source=source, readonly=readonly,
                      description='bind %s on %s%s' % (source, target, ro_suffix(readonly)))
+
+
+def mount_idmapped(node, target, source, idmap):
+    return MountIdmapped(node=node, target=target, source=source, idmap=idmap,
+                         description='mount %s on %s idmapped (%s)' % (source, target, idmap.summary()))
 
 
 def unmount(node, target, restore, lazy=False, shown='', beneath=None):

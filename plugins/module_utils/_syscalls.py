@@ -16,6 +16,9 @@ import contextlib
 import ctypes
 import errno
 import os
+import struct
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, kernel_map, parse_kernel_map
 
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
@@ -32,9 +35,33 @@ MOUNT_ATTR_RDONLY = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 
+# Idmapped mounts (Linux 5.12; overlayfs takes them as layers from 5.19) and reading them back (statmount(2) 6.8,
+# its UIDMAP/GIDMAP 6.15).
+SYS_OPEN_TREE, SYS_MOUNT_SETATTR, SYS_STATX, SYS_STATMOUNT = 428, 442, 332, 457
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 0x1, 0x80000
+AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+MOUNT_ATTR_IDMAP = 0x00100000
+CLONE_NEWUSER = 0x10000000
+STATX_MNT_ID_UNIQUE = 0x4000
+STATX_MNT_ID_OFFSET = 144  # stx_mnt_id in struct statx (256 bytes)
+STATMOUNT_MNT_UIDMAP, STATMOUNT_MNT_GIDMAP = 0x2000, 0x4000
+# struct statmount up to mnt_gidmap (u32 fields I, u64 fields Q); its strings start after the 512-byte header
+STATMOUNT_LAYOUT = '=IIQIIQIIQQIIQQQQQIIQIIIIIIQIIII'
+STATMOUNT_FIELDS = ('size', 'mnt_opts', 'mask', 'sb_dev_major', 'sb_dev_minor', 'sb_magic', 'sb_flags', 'fs_type',
+                    'mnt_id', 'mnt_parent_id', 'mnt_id_old', 'mnt_parent_id_old', 'mnt_attr', 'mnt_propagation',
+                    'mnt_peer_group', 'mnt_master', 'propagate_from', 'mnt_root', 'mnt_point', 'mnt_ns_id',
+                    'fs_subtype', 'sb_source', 'opt_num', 'opt_array', 'opt_sec_num', 'opt_sec_array',
+                    'supported_mask', 'mnt_uidmap_num', 'mnt_uidmap', 'mnt_gidmap_num', 'mnt_gidmap')
+STATMOUNT_HEADER = 512
+
 # openat2(2) (Linux 5.6): resolve a path below a directory without following any symlink.
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x02, 0x04, 0x08
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [('attr_set', ctypes.c_uint64), ('attr_clr', ctypes.c_uint64), ('propagation', ctypes.c_uint64),
+                ('userns_fd', ctypes.c_uint64)]
 
 
 class _OpenHow(ctypes.Structure):
@@ -198,6 +225,114 @@ def unmount(target, lazy=False, at=None):
         err = ctypes.get_errno()
         raise MountError(err, 'unmount %s' % target, [])
 
+
+
+# --- idmapped mounts -------------------------------------------------------------------------------------------
+
+IDMAP_REFUSALS = (errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP)
+
+
+def mount_idmapped(source, target, idmap, at=None):
+    """Mount a clone of ``source`` (the dir and the mount it is on, without the mounts below it) on ``target``, its
+    files' owners shown through ``idmap`` (an _idmap.IdMap). The clone is made detached (open_tree(2)), idmapped
+    while nothing can see it (mount_setattr(2) takes MOUNT_ATTR_IDMAP only there) and then attached (move_mount)."""
+    call = 'mount %s idmapped on %s' % (source, target)
+    tree = _syscall(call + ' (open_tree)', SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source),
+                    OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    try:
+        with user_namespace(idmap) as userns:
+            attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns)
+            try:
+                _syscall(call + ' (mount_setattr)', SYS_MOUNT_SETATTR, tree, b'', AT_EMPTY_PATH, ctypes.byref(attr),
+                         ctypes.sizeof(attr))
+            except MountError as error:
+                if error.errno in IDMAP_REFUSALS:
+                    error.kernel_messages.append('this kernel or the filesystem of %s cannot idmap a mount' % source)
+                raise
+        _syscall(call + ' (move_mount)', SYS_MOVE_MOUNT, tree, b'', AT_FDCWD, os.fsencode(at or target),
+                 MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)
+
+
+@contextlib.contextmanager
+def user_namespace(idmap):
+    """An fd on a new user namespace that maps ids as ``idmap`` does: what mount_setattr(2) takes the mapping from.
+    A child process makes the namespace and exits once the fd is open, so no process is left in it; the
+    namespace lives on only while a mount uses it."""
+    made_read, made_write = os.pipe()
+    done_read, done_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: unshare, say how it went, wait until the parent holds the namespace
+        try:
+            os.close(made_read)
+            os.close(done_write)
+            result = _libc.unshare(CLONE_NEWUSER)
+            os.write(made_write, str(0 if result == 0 else ctypes.get_errno()).encode())
+            os.read(done_read, 1)
+        finally:
+            os._exit(0)
+    os.close(made_write)
+    os.close(done_read)
+    try:
+        err = int(os.read(made_read, 16) or errno.ECHILD)
+        if err:
+            raise MountError(err, 'create a user namespace for an idmapped mount', [])
+        for name, text in (('uid_map', kernel_map(idmap.uid)), ('setgroups', 'deny'),
+                           ('gid_map', kernel_map(idmap.gid))):
+            _write_proc(pid, name, text)
+        userns = os.open('/proc/%d/ns/user' % pid, os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_write)
+        os.close(made_read)
+        os.waitpid(pid, 0)
+    try:
+        yield userns
+    finally:
+        os.close(userns)
+
+
+def _write_proc(pid, name, text):
+    """One write(2), as /proc/PID/uid_map requires."""
+    try:
+        fd = os.open('/proc/%d/%s' % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise MountError(error.errno, 'write %s of the user namespace for an idmapped mount' % name, [])
+
+
+def mount_idmap(path):
+    """The mapping (an IdMap) of the idmapped mount at ``path`` as statmount(2) reads it back; None where the kernel
+    cannot tell (statmount before 6.8, its UIDMAP and GIDMAP before 6.15)."""
+    info = ctypes.create_string_buffer(256)
+    if _libc.syscall(SYS_STATX, AT_FDCWD, os.fsencode(path), AT_SYMLINK_NOFOLLOW, STATX_MNT_ID_UNIQUE, info) < 0:
+        err = ctypes.get_errno()
+        raise MountError(err, 'statx %s' % path, [])
+    if not struct.unpack_from('=I', info, 0)[0] & STATX_MNT_ID_UNIQUE:
+        return None
+    request = struct.pack('=IIQQ', 24, 0, struct.unpack_from('=Q', info, STATX_MNT_ID_OFFSET)[0],
+                          STATMOUNT_MNT_UIDMAP | STATMOUNT_MNT_GIDMAP)
+    answer = ctypes.create_string_buffer(1 << 16)  # 340 ranges of at most 32 bytes each way
+    if _libc.syscall(SYS_STATMOUNT, request, answer, len(answer), 0) < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise MountError(err, 'statmount %s' % path, [])
+    fields = dict(zip(STATMOUNT_FIELDS, struct.unpack_from(STATMOUNT_LAYOUT, answer, 0)))
+    wanted = STATMOUNT_MNT_UIDMAP | STATMOUNT_MNT_GIDMAP
+    if fields['mask'] & wanted != wanted:
+        return None
+    strings = answer.raw[STATMOUNT_HEADER:fields['size']]
+    return IdMap(*(parse_kernel_map(_strings(strings, fields[key], fields[key + '_num']))
+                   for key in ('mnt_uidmap', 'mnt_gidmap')))
+
+
+def _strings(table, offset, count):
+    """``count`` NUL-terminated strings from ``offset`` of a statmount string table."""
+    return tuple(item.decode() for item in table[offset:].split(b'\0')[:count]) if count else ()
 
 # --- paths inside another overlay's merged view or upper dir: no symlink followed, nothing re-resolved ---------
 

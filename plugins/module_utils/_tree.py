@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
     check_conflicts,
@@ -35,13 +36,16 @@ IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': QEMU_FORMATS, 'fuse': QEMU_FORMATS}
 ACCESS_MODES = ('passthrough',)
 
 KEYS = {
-    'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'accessmode'),
-    'dir': ('type', 'target', 'readonly'),
-    'mount': ('type', 'source', 'target', 'readonly', 'accessmode'),
-    'bind': ('type', 'source', 'target', 'readonly', 'accessmode'),
-    'block': ('type', 'source', 'target', 'readonly', 'accessmode'),
-    'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'accessmode'),
+    'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'accessmode', 'idmap'),
+    'dir': ('type', 'target', 'readonly', 'idmap'),
+    'mount': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
+    'bind': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
+    'block': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
+    'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'accessmode', 'idmap'),
 }
+# A lower with an idmap (its own, or its filesystem's) is used through a node of this kind: the idmapped mount of
+# the lower's target, on a path of the collection's own (idmap.idmap_mount_path). The tree's YAML never names it.
+IDMAPPED = 'idmapped'
 
 
 class TreeError(ValueError):
@@ -49,10 +53,15 @@ class TreeError(ValueError):
 
 
 class Node(object):
-    """One element of the tree: an overlay, a lower dir, or something mounted at a target."""
+    """One element of the tree: an overlay, a lower dir, something mounted at a target, or the idmapped mount of a
+    lower (kind IDMAPPED: its ``source`` is the lower's target, its one lower that lower).
+
+    ``idmap`` (an idmap.IdMap): of an IDMAPPED node the mapping it mounts with; of any other, the one it was given.
+    """
 
     def __init__(self, kind, label, target, source=None, upper=None, work=None, lowers=(),
-                 options=None, readonly=False, driver=None, image_format=None, accessmode=None, is_layer=False):
+                 options=None, readonly=False, driver=None, image_format=None, accessmode=None, is_layer=False,
+                 idmap=None):
         self.kind = kind
         self.label = label
         self.target = target
@@ -66,10 +75,11 @@ class Node(object):
         self.image_format = image_format
         self.accessmode = accessmode
         self.is_layer = is_layer
+        self.idmap = idmap
         self.position = 0  # place in the input batch (roots are applied in dependency order)
         # An overlay's layers as it is mounted (stacked_layers): Layer records, topmost first, and the labels of
         # the nested overlays whose own layers stand in their place (flattened)
-        self.layers = [Layer(lower.target, lower, lower.label) for lower in self.lowers]
+        self.layers = [Layer(lower.target, lower, lower.as_given.label) for lower in self.lowers]
         self.flattened = []
         # walk()'s answer, built once: a run walks every tree many times, and a node's lowers never change
         self._subtree = (self,) + tuple(node for lower in self.lowers for node in lower.walk())
@@ -108,6 +118,11 @@ class Node(object):
     def describe(self):
         return '%s (%s at %s)' % (self.label, self.kind, self.target)
 
+    @property
+    def as_given(self):
+        """The node the tree's YAML names: an idmapped mount stands for its lower."""
+        return self.lowers[0] if self.kind == IDMAPPED else self
+
 
 class Layer(NamedTuple):
     """One lowerdir= entry of an overlay: a lower node's target, or (``node`` None) the upper dir of a nested
@@ -115,6 +130,11 @@ class Layer(NamedTuple):
     path: str
     node: Optional['Node']
     label: str
+
+    @property
+    def host_path(self):
+        """The host dir the layer shows: of an idmapped layer, the dir its mount is a clone of."""
+        return self.node.source if self.node is not None and self.node.kind == IDMAPPED else self.path
 
 
 def parse_filesystems(raw_list, label='filesystems', flatten=True):
@@ -136,13 +156,23 @@ def parse_filesystems(raw_list, label='filesystems', flatten=True):
     return order_by_dependency(nodes)
 
 
+class _Context(NamedTuple):
+    """What a node's parse knows of the tree above it."""
+    top: bool
+    overlays_above: int
+    flatten: bool
+    root_target: Optional[str] = None  # the top-level filesystem's (names the idmapped mounts of its layers)
+    idmap: Optional[object] = None  # the top-level filesystem's idmap, for the lowers without their own
+
+
 def parse_filesystem(raw, label, flatten=True):
-    node = _parse_node(raw, label, top=True, overlays_above=0, flatten=flatten)
+    node = _parse_node(raw, label, _Context(top=True, overlays_above=0, flatten=flatten))
     check_paths_disjoint(node)
     return node
 
 
-def _parse_node(raw, label, top, overlays_above, flatten):
+def _parse_node(raw, label, context):
+    top, overlays_above, flatten = context.top, context.overlays_above, context.flatten
     if isinstance(raw, str) and not top:
         raw = {'type': 'dir', 'target': raw}
     if not isinstance(raw, dict):
@@ -163,6 +193,7 @@ def _parse_node(raw, label, top, overlays_above, flatten):
         readonly=_flag(raw, 'readonly', label),
         accessmode=_accessmode(raw, label),
         is_layer=not top,
+        idmap=_idmap(raw, label, kind, top),
     )
     if kind == 'overlay':
         if overlays_above >= MAX_OVERLAY_NESTING and not flatten:  # before descending: a deep tree costs nothing
@@ -171,7 +202,9 @@ def _parse_node(raw, label, top, overlays_above, flatten):
         if overlays_above >= MAX_FLATTENED_NESTING:
             raise TreeError('%s: overlays nest at most %d deep, flattened (each level adds a layer to the ones above)'
                             % (label, MAX_FLATTENED_NESTING))
-        return _parse_overlay(raw, common, overlays_above + 1, flatten)
+        return _parse_overlay(raw, common, context._replace(
+            top=False, overlays_above=overlays_above + 1, root_target=context.root_target or common['target'],
+            idmap=context.idmap or common['idmap']))
     if kind == 'dir':
         return Node('dir', **common)
     source = _path(raw, 'source', label)
@@ -181,7 +214,8 @@ def _parse_node(raw, label, top, overlays_above, flatten):
     return Node(kind, source=source, **common)
 
 
-def _parse_overlay(raw, common, overlays, flatten):
+def _parse_overlay(raw, common, below):
+    """``below``: the context of its lowers."""
     label = common['label']
     upper = _path(raw, 'upper', label, required=False)
     work = _path(raw, 'work', label, required=False)
@@ -202,8 +236,8 @@ def _parse_overlay(raw, common, overlays, flatten):
         check_conflicts(options, bool(upper), label)
     except OptionError as error:
         raise TreeError(str(error))
-    lowers = [_parse_node(item, '%s.lower[%d]' % (label, index), top=False, overlays_above=overlays,
-                          flatten=flatten) for index, item in enumerate(lowers_raw)]
+    lowers = [_idmapped(_parse_node(item, '%s.lower[%d]' % (label, index), below), below)
+              for index, item in enumerate(lowers_raw)]
     node = Node('overlay', upper=upper, work=work, lowers=lowers, options=options, **common)
     node.layers, node.flattened = stacked_layers(lowers)
     check_layers_disjoint(label, node.layers, upper, work)
@@ -227,7 +261,7 @@ def stacked_layers(lowers):
             layers += ([Layer(lower.upper, None, lower.label + '.upper')] if lower.upper else []) + lower.layers
             flattened.append(lower.label)
         else:
-            layers.append(Layer(lower.target, lower, lower.label))
+            layers.append(Layer(lower.target, lower, lower.as_given.label))
     return layers, flattened
 
 
@@ -235,7 +269,7 @@ def check_layers_disjoint(label, layers, upper, work):
     """The kernel refuses a layer that repeats or contains another (ELOOP: conflicting/overlapping path), flattened
     layers included. Linear: each path looks up its own ancestors among the paths before it, and itself among
     theirs. (Upper and work in one another is the separate-subtrees rule's to name.)"""
-    named = [(layer.label, layer.path) for layer in layers]
+    named = [(layer.label, layer.host_path) for layer in layers]
     if upper:
         named += [('%s.upper' % label, upper), ('%s.work' % label, work)]
     at, below = {}, {}  # path -> (name, path) of an earlier layer at it, or of one at or below it
@@ -247,6 +281,31 @@ def check_layers_disjoint(label, layers, upper, work):
         at.setdefault(path, (name, path))
         for ancestor in path_and_ancestors(path):
             below.setdefault(ancestor, (name, path))
+
+
+def _idmap(raw, label, kind, top):
+    if raw.get('idmap') is None:
+        return None
+    if top and kind != 'overlay':
+        raise TreeError('%s.idmap: a top-level %s filesystem has no lower layers to idmap (an idmap goes on an '
+                        'overlay or on its lowers)' % (label, kind))
+    if not top and kind == 'overlay':
+        raise TreeError('%s.idmap: an overlay cannot be idmapped itself (the kernel refuses it); give its lowers '
+                        'the idmap, or the top-level filesystem, whose idmap its lowers take' % label)
+    try:
+        return parse_idmap(raw['idmap'], '%s.idmap' % label)
+    except IdMapError as error:
+        raise TreeError(str(error))
+
+
+def _idmapped(lower, context):
+    """A lower as its overlay uses it: through an idmapped mount when it has an idmap, its own or the top-level
+    filesystem's. A nested overlay is used as it is (its lowers take the mapping)."""
+    idmap = lower.idmap or context.idmap
+    if idmap is None or lower.kind == 'overlay':
+        return lower
+    return Node(IDMAPPED, '%s.idmap' % lower.label, idmap_mount_path(context.root_target, lower.target),
+                source=lower.target, lowers=[lower], readonly=lower.mounted_readonly, is_layer=True, idmap=idmap)
 
 
 def _image_driver(raw, label):
@@ -436,13 +495,13 @@ def path_and_ancestors(path):
 
 def to_yaml(node):
     """The canonical YAML form of a node (what the module returns as ``filesystems``)."""
-    if node.kind == 'dir' and not node.readonly:
+    if node.kind == 'dir' and not node.readonly and not node.idmap:
         return node.target
     result = {'type': node.kind}
     if node.kind == 'overlay':
         if node.upper:
             result.update(upper=node.upper, work=node.work)
-        result['lower'] = [to_yaml(lower) for lower in node.lowers]
+        result['lower'] = [to_yaml(lower.as_given) for lower in node.lowers]
         if node.options:
             result['options'] = dict(node.options)
     elif node.kind != 'dir':
@@ -454,4 +513,6 @@ def to_yaml(node):
         result['readonly'] = True
     if node.accessmode:
         result['accessmode'] = node.accessmode
+    if node.idmap:
+        result['idmap'] = node.idmap.to_yaml()
     return result

@@ -51,6 +51,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._persisten
     SYSTEMD_UNIT_DIR,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
+    IDMAPPED,
     TreeError,
     order_by_dependency,
     parse_filesystem,
@@ -331,7 +332,9 @@ class _Renderer(object):
             'block': self._block,
             'file': self._file,
         }
-        if node.is_mounted_node:  # a dir is used in place: it shows up in its overlay's RequiresMountsFor=
+        # a dir is used in place: it shows up in its overlay's RequiresMountsFor=; an idmapped layer is mounted by
+        # its overlay's helper (its spec's ``idmapped``)
+        if node.is_mounted_node and node.kind != IDMAPPED:
             render_kind[node.mount_kind](node, item)
 
     # --- node kinds -------------------------------------------------------------------------------------
@@ -339,11 +342,14 @@ class _Renderer(object):
     def _overlay(self, node, item):
         self.needs_helper = True
         spec = spec_file(node.target)
-        layers = node.layer_paths() + ([node.upper, node.work] if node.upper else [])
+        layers = [layer.host_path for layer in node.layers] + ([node.upper, node.work] if node.upper else [])
+        idmapped = [layer.node for layer in node.layers if layer.node is not None and layer.node.kind == IDMAPPED]
         self.files[spec] = boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
             'options': dict(node.options), 'readonly': node.mounted_readonly,
             'on_volatile_marker': self.settings['on_volatile_marker'],
+            'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
+                         for mount in idmapped],
         })
         self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
                     requires_mounts_for=layers + [boot.HELPER_LIB],

@@ -31,6 +31,7 @@ MAX_DEPTH = 32
 OVERLAY_OPTION_NAMES = ('redirect_dir', 'index', 'uuid', 'nfs_export', 'xino', 'metacopy', 'verity',
                         'default_permissions', 'userxattr', 'volatile')
 FLAG_OPTIONS = ('default_permissions', 'userxattr', 'volatile')
+ID_RANGE_ATTRIBUTES = ('start', 'target', 'count')  # of libvirt's <idmap><uid .../><gid .../></idmap>
 
 
 class XmlError(ValueError):
@@ -118,12 +119,12 @@ def _node(element, kind, where):
     for child in element:
         children.setdefault(child.tag, []).append(child)
     allowed = {
-        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly'),
-        'dir': ('target', 'readonly'),
-        'mount': ('source', 'target', 'readonly'),
-        'bind': ('source', 'target', 'readonly'),
-        'block': ('source', 'target', 'readonly'),
-        'file': ('source', 'driver', 'target', 'readonly'),
+        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly', 'idmap'),
+        'dir': ('target', 'readonly', 'idmap'),
+        'mount': ('source', 'target', 'readonly', 'idmap'),
+        'bind': ('source', 'target', 'readonly', 'idmap'),
+        'block': ('source', 'target', 'readonly', 'idmap'),
+        'file': ('source', 'driver', 'target', 'readonly', 'idmap'),
     }.get(kind)
     if allowed is None:
         return tree  # an unknown type: the tree's rules name it
@@ -131,7 +132,7 @@ def _node(element, kind, where):
         if tag not in allowed:
             raise XmlError('%s: <%s> is not allowed in a %s (allowed: %s)'
                            % (where, tag, kind, ', '.join('<%s>' % name for name in allowed)))
-    for tag in ('target', 'driver', 'readonly'):
+    for tag in ('target', 'driver', 'readonly', 'idmap'):
         if len(children.get(tag, [])) > 1:
             raise XmlError('%s: more than one <%s>' % (where, tag))
     target = children.get('target')
@@ -140,6 +141,8 @@ def _node(element, kind, where):
     if children.get('readonly'):
         _allow_attributes(children['readonly'][0], where + '/readonly', ())
         tree['readonly'] = True
+    if children.get('idmap'):
+        tree['idmap'] = _idmap(children['idmap'][0], where + '/idmap')
     if kind == 'overlay':
         _overlay(children, tree, where)
     elif kind in ('mount', 'bind', 'block', 'file'):
@@ -178,6 +181,24 @@ def _single_source(children, kind, tree, where):
     if len(present) != 1:
         raise XmlError("%s/source: a %s source needs %s" % (where, kind, ' or '.join("a '%s' attribute" % n for n in names)))
     tree['source'] = _attribute(sources[0], present[0], where + '/source')
+
+
+def _idmap(element, where):
+    """<idmap><uid start target count/>... <gid .../>...</idmap> -> {uid: [...], gid: [...]}; the values stay text
+    for the tree's rules to check (idmap.parse_idmap)."""
+    _allow_attributes(element, where, ())
+    ranges = {}
+    for child in element:
+        if child.tag not in ('uid', 'gid'):
+            raise XmlError('%s: <%s> is not allowed in an <idmap> (allowed: <uid>, <gid>)' % (where, child.tag))
+        child_where = '%s/%s[%d]' % (where, child.tag, len(ranges.get(child.tag, [])) + 1)
+        _allow_attributes(child, child_where, ID_RANGE_ATTRIBUTES)
+        missing = [name for name in ID_RANGE_ATTRIBUTES if child.get(name) is None]
+        if missing:
+            raise XmlError("%s: the %s attribute%s required" % (child_where, ', '.join("'%s'" % name for name in missing),
+                                                                's are' if len(missing) > 1 else ' is'))
+        ranges.setdefault(child.tag, []).append(dict((name, child.get(name)) for name in ID_RANGE_ATTRIBUTES))
+    return ranges
 
 
 def _image_driver(element, where):
@@ -252,6 +273,11 @@ def _element(tag, tree):
             driver.set('type', tree['driver'])
         if tree.get('format'):
             driver.set('format', tree['format'])
+    if tree.get('idmap'):
+        idmap = etree.SubElement(element, 'idmap')
+        for kind in ('uid', 'gid'):
+            for one in tree['idmap'].get(kind, []):
+                etree.SubElement(idmap, kind, **dict((name, str(one[name])) for name in ID_RANGE_ATTRIBUTES))
     if tree.get('upper'):
         etree.SubElement(element, 'source', dir=tree['upper'])
         etree.SubElement(element, 'source', dir=tree['work'])
@@ -274,11 +300,13 @@ def _option_text(value):
 
 # A label stands alone: at the start of the message or after a space or '(', and before the end, a space or
 # punctuation; inside a path (/srv/filesystems[3].target) it is part of the path and stays as it is.
+# After the field: an attribute (options.xino), or an element and its attribute (idmap.uid[0].count).
 YAML_LABEL = re.compile(r'(?<![^\s(])filesystems\[(\d+)\]((?:\.lower\[\d+\])*)(?:\.(upper|work|target|source|options|'
-                        r'format|driver|readonly|type|accessmode|lower)(?:\.(\w+))?)?(?![^\s:;,)])')
+                        r'format|driver|readonly|type|accessmode|lower|idmap)(?:\.(\w+)(?:\[(\d+)\](?:\.(\w+))?)?)?)?'
+                        r'(?![^\s:;,)])')
 FIELD_IN_XML = {'upper': '/source[1]', 'work': '/source[2]', 'target': '/target', 'source': '/source',
                 'format': '/driver', 'driver': '/driver', 'readonly': '/readonly', 'type': '/@type',
-                'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver'}
+                'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver', 'idmap': '/idmap'}
 
 
 def yaml_labels_to_xml(message):
@@ -290,7 +318,11 @@ def yaml_labels_to_xml(message):
             path += '/backingStore[%d]' % (int(index) + 1)
         if match.group(3):
             path += FIELD_IN_XML[match.group(3)]
-        if match.group(4):
+        if match.group(5):
+            path += '/%s[%d]' % (match.group(4), int(match.group(5)) + 1)
+            if match.group(6):
+                path += '/@' + match.group(6)
+        elif match.group(4):
             path += '/@' + match.group(4)
         return path
     return YAML_LABEL.sub(location, message)

@@ -473,6 +473,26 @@ _LIVE = set()
 _LIVE_LOCK = threading.Lock()
 
 
+def run_role(vm, workdir, variables, run_name):
+    """One ansible-playbook run of the overlay_mounts role on ``vm`` with these variables (written to
+    ``workdir``/``run_name``.json); the completed process. Packages are in the image: the role installs none."""
+    vars_file = os.path.join(workdir, run_name + '.json')
+    with open(vars_file, 'w') as handle:
+        json.dump(dict({'overlay_mounts_install_packages': False}, **variables), handle)
+    playbook = os.path.join(workdir, 'role.yml')
+    with open(playbook, 'w') as handle:
+        handle.write('- hosts: testvm\n  gather_facts: false\n  roles:\n    - containerhost.overlayfs.overlay_mounts\n')
+    env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
+    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_file, playbook],
+                          capture_output=True, text=True, env=env, cwd=REPO, check=False)
+
+
+def recap(stdout):
+    """{'ok': n, 'changed': n, 'failed': n, ...} of the play's one host."""
+    line = [line for line in stdout.splitlines() if line.startswith('testvm ')][-1]
+    return dict((key, int(value)) for key, value in (field.split('=') for field in line.split()[2:]))
+
+
 def _register(vm):
     with _LIVE_LOCK:
         _LIVE.add(vm)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import tempfile
 
 import pytest
@@ -36,10 +35,10 @@ import pytest
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import options_match
 from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
+from ansible_collections.containerhost.overlayfs.tests.helpers.vm import recap, run_role
 
 pytestmark = pytest.mark.incremental
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = '/srv/p'
 PROBE = 'overlay-probe.service'  # stands in for a container's unit: it needs ct-nbd's tree
 STORAGE = ROOT + '/var/lib/containers/storage/overlay/%064d/diff'  # container-storage layer paths, 98 bytes each
@@ -222,16 +221,8 @@ class Host(object):
         """One ansible-playbook run of the role over these (settings, tree) items."""
         self.runs += 1
         filesystems = [dict(settings, filesystem=tree) for settings, tree in items]
-        vars_file = os.path.join(self.workdir, 'role%d.json' % self.runs)
-        variables.setdefault('overlay_mounts_install_packages', False)  # in the image; the molecule scenario installs
-        with open(vars_file, 'w') as handle:
-            json.dump(dict(variables, overlay_mounts_filesystems=filesystems), handle)
-        playbook = os.path.join(self.workdir, 'role.yml')
-        with open(playbook, 'w') as handle:
-            handle.write('- hosts: testvm\n  gather_facts: false\n  roles:\n    - containerhost.overlayfs.overlay_mounts\n')
-        env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
-        return subprocess.run(['ansible-playbook', '-i', self.vm.inventory(), '-e', '@' + vars_file, playbook],
-                              capture_output=True, text=True, env=env, cwd=REPO, check=False)
+        return run_role(self.vm, self.workdir, dict(variables, overlay_mounts_filesystems=filesystems),
+                        'role%d' % self.runs)
 
     def converge(self, items, **variables):
         completed = self.role(items, **variables)
@@ -262,12 +253,6 @@ class Host(object):
         state = self.vm.run('systemctl is-system-running --wait', timeout=300).stdout.strip()
         assert state in ('running', 'degraded'), state
         return state
-
-
-def recap(stdout):
-    """{'ok': n, 'changed': n, 'failed': n, ...} of the play's one host."""
-    line = [line for line in stdout.splitlines() if line.startswith('testvm ')][-1]
-    return dict((key, int(value)) for key, value in (field.split('=') for field in line.split()[2:]))
 
 
 def problems_with(host, trees, mounts):

@@ -14,6 +14,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
     FuseExport,
     ImageServer,
@@ -806,3 +807,97 @@ def test_a_symlink_inside_another_overlays_view_is_refused_by_name():
         assert str(error.value) == (
             'filesystems[1] (overlay at /srv/ct/merged/data): target /srv/ct/merged/data: /srv/ct/merged/data is a '
             'symlink (to /) inside the merged view of the overlay at /srv/ct/merged; symlinks there are not followed')
+
+
+# --- idmapped layers ---------------------------------------------------------------------------------------
+
+def id_shift(target):
+    ranges = [{'start': 0, 'target': target, 'count': 65536}]
+    return {'uid': ranges, 'gid': list(ranges)}
+
+
+IDMAPPED_TREE = {'upper': '/srv/i/upper', 'work': '/srv/i/work', 'target': '/srv/i/merged', 'lower': ['/srv/i/base'],
+                 'idmap': id_shift(100000)}
+IDMAP_PATH = idmap_mount_path('/srv/i/merged', '/srv/i/base')
+IDMAPPED_MOUNTED = '60 1 8:1 /srv/i/base %s rw,relatime,idmapped - ext4 /dev/sda1 rw' % IDMAP_PATH
+IDMAPPED_TOP = ('61 1 0:61 / /srv/i/merged rw,relatime - overlay overlay rw,lowerdir=%s,upperdir=/srv/i/upper,'
+                'workdir=/srv/i/work' % IDMAP_PATH)
+
+
+def idmapped_host(roots, lines=(IDMAPPED_MOUNTED, IDMAPPED_TOP), shown=100000, owners=None, **host):
+    """The tree's base dir cloned at its idmapped mount path (one identity), ``shown`` the mapping read back."""
+    base = facts('/srv/i/base', identity=(8, 1))._replace(owner=(0, 0))
+    clone = facts(IDMAP_PATH, identity=(8, 1))._replace(owner=owners or (shown, shown))
+    idmaps = {IDMAP_PATH: parse_idmap(id_shift(shown), 'x') if shown and not owners else None}
+    return observed(roots, lines, override={'/srv/i/base': base, IDMAP_PATH: clone}, idmaps=idmaps, **host)
+
+
+def test_an_idmapped_layer_is_mounted_before_its_overlay_and_a_new_upper_dir_belongs_to_the_mapped_root():
+    roots = roots_of(IDMAPPED_TREE)
+    steps = plan(roots, observed(roots, missing=(IDMAP_PATH, '/srv/i/upper', '/srv/i/merged')), 'mounted',
+                 create_dirs=True)
+    assert summary(steps) == [('mkdir', IDMAP_PATH), ('mount', IDMAP_PATH), ('mkdir', '/srv/i/merged'),
+                              ('mkdir', '/srv/i/upper'), ('mount', '/srv/i/merged')]
+    assert (steps[1].kind, steps[1].source, steps[1].idmap.summary()) == (
+        'idmapped', '/srv/i/base', 'uid 0->100000 (65536), gid 0->100000 (65536)')
+    assert steps[1].to_dict()['idmap'] == id_shift(100000)
+    assert steps[3].owner == (100000, 100000) and steps[2].owner is None
+    assert steps[4].lowers == (IDMAP_PATH,)
+
+
+def test_the_mount_point_of_an_idmapped_layer_is_made_even_without_create_dirs():
+    roots = roots_of(IDMAPPED_TREE)
+    steps = plan(roots, observed(roots, missing=(IDMAP_PATH,)), 'mounted', create_dirs=False)
+    assert summary(steps)[:2] == [('mkdir', IDMAP_PATH), ('mount', IDMAP_PATH)]
+
+
+@pytest.mark.parametrize('shown, owners', [(100000, None), (None, (100000, 100000))])
+def test_an_idmapped_layer_with_its_mapping_matches_read_back_or_by_its_roots_owner(shown, owners):
+    roots = roots_of(IDMAPPED_TREE)
+    assert plan(roots, idmapped_host(roots, shown=shown, owners=owners), 'mounted') == []
+
+
+def test_a_read_only_clone_of_a_layer_on_a_read_only_mount_matches():
+    roots = roots_of(IDMAPPED_TREE)
+    lines = (IDMAPPED_MOUNTED.replace(' rw,relatime,idmapped', ' ro,relatime,idmapped'), IDMAPPED_TOP)
+    assert plan(roots, idmapped_host(roots, lines), 'mounted') == []
+
+
+@pytest.mark.parametrize('shown, owners, why', [
+    (200000, None, 'it maps uid 0->200000 (65536), gid 0->200000 (65536)'),
+    (None, (200000, 200000), 'its root, owned by 0:0 on disk, shows as 200000:200000, not 100000:100000'),
+])
+def test_a_changed_mapping_is_drift_naming_both_mappings(shown, owners, why):
+    roots = roots_of(IDMAPPED_TREE)
+    with pytest.raises(PlanError) as error:
+        plan(roots, idmapped_host(roots, shown=shown, owners=owners), 'mounted')
+    assert 'drift at filesystems[0].lower[0].idmap (idmapped at %s)' % IDMAP_PATH in str(error.value)
+    assert why in str(error.value)
+    assert 'wanted: /srv/i/base idmapped (uid 0->100000 (65536), gid 0->100000 (65536))' in str(error.value)
+
+
+def test_a_changed_mapping_with_replace_remounts_the_layer_and_its_overlay():
+    roots = roots_of(IDMAPPED_TREE)
+    steps = plan(roots, idmapped_host(roots, shown=200000), 'mounted', on_drift='replace')
+    assert summary(steps) == [('unmount', '/srv/i/merged'), ('unmount', IDMAP_PATH), ('mount', IDMAP_PATH),
+                              ('mount', '/srv/i/merged')]
+    assert steps[1].restore.idmap == parse_idmap(id_shift(200000), 'x')  # an undo mounts it back as it was
+
+
+def test_a_mapping_that_cannot_be_read_back_cannot_be_restored_by_an_undo():
+    roots = roots_of(IDMAPPED_TREE)
+    steps = plan(roots, idmapped_host(roots, shown=None, owners=(200000, 200000)), 'mounted', on_drift='replace')
+    assert steps[1].restore.action == 'cannot_restore'
+
+
+def test_a_plain_bind_where_an_idmapped_layer_belongs_is_drift():
+    roots = roots_of(IDMAPPED_TREE)
+    lines = (IDMAPPED_MOUNTED.replace(',idmapped', ''), IDMAPPED_TOP)
+    with pytest.raises(PlanError, match='ext4 from /dev/sda1 is mounted there, not idmapped'):
+        plan(roots, idmapped_host(roots, lines), 'mounted')
+
+
+def test_unmounting_an_idmapped_tree_takes_its_layers_mount_after_the_overlay():
+    roots = roots_of(IDMAPPED_TREE)
+    steps = plan(roots, idmapped_host(roots), 'unmounted')
+    assert summary(steps) == [('unmount', '/srv/i/merged'), ('unmount', IDMAP_PATH)]

@@ -28,7 +28,7 @@ def test_every_step_kind_has_exactly_one_handler():
 def test_step_kinds_have_distinct_actions_except_the_mounts_which_have_a_kind():
     actions = [kind.action for kind in step_kinds() if kind not in steps.MOUNT_STEPS]
     assert len(actions) == len(set(actions)) and all(actions)
-    assert sorted(kind.kind for kind in steps.MOUNT_STEPS) == ['bind', 'device', 'overlay']
+    assert sorted(kind.kind for kind in steps.MOUNT_STEPS) == ['bind', 'device', 'idmapped', 'overlay']
 
 
 def test_an_overlay_mount_returns_what_was_asked_and_the_payload_the_kernel_gets():

@@ -144,7 +144,7 @@ def test_an_overlay_is_a_mount_of_its_spec_by_the_helper():
     ]
     assert spec(result, '/srv/merged') == {'target': '/srv/merged', 'lowers': ['/srv/l1', '/srv/l2'], 'upper': '/srv/u',
                                            'work': '/srv/w', 'options': {}, 'readonly': False,
-                                           'on_volatile_marker': 'fail'}
+                                           'on_volatile_marker': 'fail', 'idmapped': []}
 
 
 def test_a_tree_nested_three_deep_persists_the_flattened_layers_the_module_mounts():
@@ -189,7 +189,7 @@ def test_options_readonly_and_the_volatile_choice_go_in_the_spec():
     result = rendered(item(tree), settings=dict(SETTINGS, on_volatile_marker='discard'))
     assert spec(result, '/srv/ro') == {'target': '/srv/ro', 'lowers': ['/srv/a', '/srv/b'], 'upper': None, 'work': None,
                                        'options': {'redirect_dir': 'nofollow', 'userxattr': 'on'}, 'readonly': True,
-                                       'on_volatile_marker': 'discard'}
+                                       'on_volatile_marker': 'discard', 'idmapped': []}
     assert 'Options=' not in unit(result, 'srv-ro.mount')
     assert setting(unit(result, 'srv-ro.mount'), 'RequiresMountsFor') == '/srv/a /srv/b /usr/local/lib/containerhost-overlayfs'
 
@@ -417,7 +417,7 @@ def test_hostile_but_carried_paths_reach_the_spec_verbatim():
         '/usr/local/lib/containerhost-overlayfs')
     assert spec(result, '/srv/merged 100%') == {'target': '/srv/merged 100%', 'lowers': lowers, 'upper': '/srv/u\tx',
                                                 'work': '/srv/w=y', 'options': {}, 'readonly': False,
-                                                'on_volatile_marker': 'fail'}
+                                                'on_volatile_marker': 'fail', 'idmapped': []}
     line = rendered(item(overlay('/srv/m t', ['/srv/c:d', '/srv/e%f', '/srv/\u00e9=x']), persistence='fstab'))['fstab'][0]
     digest = hashlib.sha256(b'/srv/m t').hexdigest()[:16]
     assert line == ('/etc/containerhost-overlayfs/overlays/srv-m_x20t-' + digest + '.conf /srv/m\\040t overlay.containerhost '

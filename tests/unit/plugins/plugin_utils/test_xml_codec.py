@@ -463,6 +463,56 @@ def test_file_without_format_is_refused_by_the_tree():
     ('filesystems[1].lower[0]: lower dir /srv/filesystems[3].target does not exist (filesystems[0].upper)',
      '/filesystem[2]/backingStore[1]: lower dir /srv/filesystems[3].target does not exist (/filesystem[1]/source[1])'),
     ('filesystems[0]: upper /srv/a filesystems[0].work/b is taken', '/filesystem[1]: upper /srv/a filesystems[0].work/b is taken'),
+    ('filesystems[0].lower[1].idmap.uid[0] and filesystems[0].lower[1].idmap.uid[1] overlap',
+     '/filesystem[1]/backingStore[2]/idmap/uid[1] and /filesystem[1]/backingStore[2]/idmap/uid[2] overlap'),
+    ('filesystems[0].idmap.gid[2].count must be at least 1', '/filesystem[1]/idmap/gid[3]/@count must be at least 1'),
+    ('drift at filesystems[0].lower[0].idmap (idmapped at /run/x)', 'drift at /filesystem[1]/backingStore[1]/idmap (idmapped at /run/x)'),
 ])
 def test_yaml_labels_are_rewritten_as_xml_locations(message, expected):
     assert yaml_labels_to_xml(message) == expected
+
+
+IDMAPPED_XML = """<filesystem type='overlay'>
+  <idmap>
+    <uid start='0' target='100000' count='65536'/>
+    <gid start='0' target='100000' count='65536'/>
+  </idmap>
+  <source dir='/srv/u'/>
+  <source dir='/srv/w'/>
+  <backingStore type='dir'>
+    <idmap>
+      <uid start='0' target='200000' count='1000'/>
+      <uid start='1000' target='300000' count='1000'/>
+      <gid start='0' target='200000' count='2000'/>
+    </idmap>
+    <target dir='/srv/b'/>
+  </backingStore>
+  <backingStore type='dir'><target dir='/srv/c'/></backingStore>
+  <target dir='/srv/t'/>
+</filesystem>"""
+
+
+def test_libvirts_idmap_goes_both_ways_without_loss():
+    tree = to_yaml(parse_filesystems(xml_to_filesystems(IDMAPPED_XML))[0])
+    assert tree['idmap'] == {'uid': [{'start': 0, 'target': 100000, 'count': 65536}],
+                             'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}
+    assert [one['target'] for one in tree['lower'][0]['idmap']['uid']] == [200000, 300000]
+    again = to_yaml(parse_filesystems(xml_to_filesystems(filesystem_to_xml(tree)))[0])
+    assert again == tree
+    assert "<uid start=\"1000\" target=\"300000\" count=\"1000\"/>" in filesystem_to_xml(tree)
+
+
+@pytest.mark.parametrize('idmap, message', [
+    ("<idmap><user start='0' target='1' count='1'/></idmap>",
+     r'^/filesystem\[1\]/idmap: <user> is not allowed in an <idmap> \(allowed: <uid>, <gid>\)$'),
+    ("<idmap><uid start='0' count='1'/><gid start='0' target='1' count='1'/></idmap>",
+     r"^/filesystem\[1\]/idmap/uid\[1\]: the 'target' attribute is required$"),
+    ("<idmap><gid start='0' target='1' count='1'/><gid start='0' size='1'/></idmap>",
+     r"^/filesystem\[1\]/idmap/gid\[2\]: unknown attribute 'size' on <gid>$"),
+    ("<idmap/><idmap/>", r'^/filesystem\[1\]: more than one <idmap>$'),
+    ("<idmap type='x'/>", r"^/filesystem\[1\]/idmap: unknown attribute 'type' on <idmap>$"),
+])
+def test_a_malformed_idmap_element_is_refused_naming_it(idmap, message):
+    with pytest.raises(XmlError, match=message):
+        xml_to_filesystems(IDMAPPED_XML.replace("<target dir='/srv/t'/>", idmap + "<target dir='/srv/t'/>", 1)
+                           .replace(IDMAPPED_XML[IDMAPPED_XML.index('<idmap>'):IDMAPPED_XML.index('</idmap>') + 8], '', 1))

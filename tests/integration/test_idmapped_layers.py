@@ -1,0 +1,173 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Idmapped layers, for real: one base dir owned by root, two trees over it in two id ranges, written from inside
+user namespaces as unprivileged containers would write them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked, converge_twice, quietly, tree_digest
+
+RANGES = {'a': 100000, 'b': 200000}
+COUNT = 65536
+
+
+def idmap(target):
+    ranges = [{'start': 0, 'target': target, 'count': COUNT}]
+    return {'uid': ranges, 'gid': list(ranges)}
+
+
+def tree(host, name, target_id, **extra):
+    return dict({'upper': host.path('upper-' + name), 'work': host.path('work-' + name),
+                 'target': host.path('merged-' + name), 'lower': [host.path('base')], 'idmap': idmap(target_id)},
+                **extra)
+
+
+def owner(path):
+    info = os.lstat(path)
+    return info.st_uid, info.st_gid
+
+
+def idmapped_mounts():
+    return [entry for entry in read_mountinfo() if entry.mountpoint.startswith(IDMAP_DIR + '/')]
+
+
+@pytest.fixture
+def subids(host):
+    """newuidmap (which unshare --map-users runs) maps only the ranges /etc/subuid and /etc/subgid give root: this
+    test's ranges, over the host's files in this private mount namespace only."""
+    lines = ''.join('root:%d:%d\n' % (start, COUNT) for start in RANGES.values())
+    host.write('subids', lines)
+    bound = []
+    try:
+        for name in ('/etc/subuid', '/etc/subgid'):
+            checked(['mount', '--bind', host.path('subids'), name])
+            bound.append(name)
+        yield
+    finally:
+        for name in bound:
+            quietly(['umount', name])
+
+
+@pytest.fixture
+def base(host):
+    """The base image: root-owned files, as a distribution's rootfs has them."""
+    host.make_dirs('base/data', **{'base/etc/conf': 'base setting\n', 'base/bin/tool': 'binary'})
+    yield host.path('base')
+    for entry in reversed(idmapped_mounts()):  # they live outside the scratch root
+        quietly(['umount', '--lazy', entry.mountpoint])
+    for name in os.listdir(IDMAP_DIR) if os.path.isdir(IDMAP_DIR) else ():  # their mount points stay until reboot
+        quietly(['rmdir', os.path.join(IDMAP_DIR, name)])
+
+
+def as_container(host, name, script):
+    """Run ``script`` in a user namespace whose root is host uid/gid RANGES[name], as an unprivileged container's
+    processes run."""
+    start = RANGES[name]
+    return checked(['unshare', '--user', '--map-users=%d,0,%d' % (start, COUNT),
+                    '--map-groups=%d,0,%d' % (start, COUNT), '--setuid', '0', '--setgid', '0',
+                    'sh', '-euc', script], cwd=host.path('merged-' + name))
+
+
+def test_one_base_two_ranges_each_container_writes_its_own_upper_dir_with_its_host_ids(host, base, subids):
+    digest_before = tree_digest(base)
+    trees = [tree(host, name, start) for name, start in sorted(RANGES.items())]
+    first = converge_twice(host, filesystems=trees)
+    assert [step['kind'] for step in first['steps'] if step['action'] == 'mount'] == ['idmapped', 'overlay'] * 2
+    assert len(idmapped_mounts()) == 2
+    assert all('idmapped' in entry.mount_options for entry in idmapped_mounts())
+
+    for name, start in RANGES.items():
+        merged = host.path('merged-' + name)
+        assert owner(os.path.join(merged, 'etc/conf')) == (start, start)
+        assert owner(merged) == (start, start)  # the upper dir the module made belongs to the container's root
+        as_container(host, name, 'echo new > created; echo %s >> etc/conf; mkdir data/sub; id -u > data/sub/who'
+                     % name)
+        upper = host.path('upper-' + name)
+        for written in ('created', 'etc/conf', 'data/sub', 'data/sub/who'):
+            assert owner(os.path.join(upper, written)) == (start, start), written
+        with open(os.path.join(upper, 'etc/conf')) as handle:
+            assert handle.read() == 'base setting\n%s\n' % name
+        with open(os.path.join(upper, 'data/sub/who')) as handle:
+            assert handle.read() == '0\n'  # root inside its namespace
+
+    assert tree_digest(base) == digest_before
+    assert owner(os.path.join(base, 'etc/conf')) == (0, 0)
+    assert not os.path.exists(os.path.join(base, 'created'))
+    again = host.play(filesystems=trees)
+    assert (again['changed'], again['plan']) == (False, [])
+
+
+def test_a_container_cannot_write_through_the_other_ranges_view(host, base, subids):
+    converge_twice(host, filesystems=[tree(host, 'a', RANGES['a']), tree(host, 'b', RANGES['b'])])
+    completed = quietly(['unshare', '--user', '--map-users=%d,0,%d' % (RANGES['a'], COUNT),
+                         '--map-groups=%d,0,%d' % (RANGES['a'], COUNT), '--setuid', '0', '--setgid', '0',
+                         'sh', '-c', 'echo x > %s' % host.path('merged-b/etc/conf')])
+    assert completed.returncode != 0, completed.stdout + completed.stderr
+    assert 'Permission denied' in completed.stderr
+
+
+def test_a_changed_mapping_is_drift_and_replace_remounts_both_mounts(host, base):
+    converge_twice(host, filesystems=[tree(host, 'a', RANGES['a'])])
+    changed = [tree(host, 'a', 300000)]
+    refused = host.play(filesystems=changed)
+    assert refused['failed']
+    assert 'filesystems[0].lower[0].idmap' in refused['msg']
+    assert 'it maps uid 0->100000 (65536), gid 0->100000 (65536)' in refused['msg']
+    assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
+
+    replaced = host.play(filesystems=changed, on_drift='replace')
+    assert not replaced.get('failed'), replaced.get('msg')
+    assert owner(host.path('merged-a/etc/conf')) == (300000, 300000)
+    assert len(idmapped_mounts()) == 1
+    again = host.play(filesystems=changed)
+    assert (again['changed'], again['plan']) == (False, [])
+
+
+def test_unmount_removes_the_idmapped_mounts_of_the_tree_and_nothing_else(host, base):
+    host.make_dirs('other')
+    trees = [tree(host, 'a', RANGES['a']),
+             tree(host, 'b', RANGES['b'], lower=[host.path('base'), host.path('other')])]
+    converge_twice(host, filesystems=trees)
+    assert len(idmapped_mounts()) == 3  # base for a; base and other for b
+    result = host.play(filesystems=[trees[1]], state='unmounted')
+    assert not result.get('failed'), result.get('msg')
+    assert len(idmapped_mounts()) == 1
+    assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
+    assert not os.path.ismount(host.path('merged-b'))
+
+
+def test_an_overlay_of_idmapped_block_and_nested_layers_maps_every_layer(host, base):
+    host.make_dirs(**{'inner/x': 'inner file'})
+    nested = {'type': 'overlay', 'target': host.path('nested'), 'upper': host.path('nested-upper'),
+              'work': host.path('nested-work'), 'lower': [host.path('inner')]}
+    trees = [tree(host, 'a', RANGES['a'], lower=[nested, host.path('base')])]
+    converge_twice(host, filesystems=trees)
+    assert owner(host.path('merged-a/x')) == (100000, 100000)  # through the nested overlay's idmapped lower
+    assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
+    assert len(idmapped_mounts()) == 2
+
+
+def test_a_filesystem_that_cannot_be_idmapped_fails_with_the_kernels_reason_and_is_undone(host, base):
+    proc = host.path('proc')
+    os.makedirs(proc)
+    checked(['mount', '-t', 'proc', 'proc', proc])
+    trees = [tree(host, 'a', RANGES['a'], lower=[{'type': 'mount', 'source': proc, 'target': host.path('p')},
+                                                host.path('base')])]
+    before = sorted(os.listdir(host.root))
+    result = host.play(filesystems=trees)
+    assert result['failed']
+    assert 'mount_setattr' in result['msg'] and 'Invalid argument' in result['msg']
+    assert 'cannot idmap a mount' in result['msg']
+    assert 'Undid' in result['msg']
+    assert idmapped_mounts() == []
+    assert not os.path.ismount(host.path('p'))
+    assert sorted(os.listdir(host.root)) == before
