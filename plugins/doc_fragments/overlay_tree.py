@@ -25,6 +25,11 @@ options:
         C(type='block') is a block device
         (C(<source dev>)). C(<readonly/>) makes a mount read-only. C(<driver type='overlay' index='off' .../>)
         carries overlay mount options.
+      - "An C(<idmap>) (libvirt's: C(<uid start='0' target='100000' count='65536'/>) and C(<gid .../>) ranges) in a
+        C(<backingStore>) exposes that layer to its overlay through an idmapped mount: its files' owners show
+        shifted, as an unprivileged container in that id range needs them, without a copy or a chown. In a
+        top-level C(<filesystem>) it applies to every lower without its own, nested overlays' lowers included.
+        Needs Linux 5.19 or later and a filesystem that supports idmapped mounts under the layer."
       - Top-level C(type='mount') and C(type='bind') (bind a host dir), C(type='block') and C(type='file') are
         accepted too. A C(<filesystem>) without C(type) is a C(mount), as in libvirt.
       - See C(docs/reference.md) in the collection for every element and attribute.
@@ -34,11 +39,13 @@ options:
       - One filesystem tree in YAML form, the same tree as O(xml).
       - "Keys of an overlay: C(type) (default V(overlay)), C(upper), C(work), C(lower) (a list, topmost first),
         C(target), C(options) (overlay mount options such as C(index), C(metacopy), C(redirect_dir), C(xino),
-        C(userxattr), C(volatile)), C(readonly)."
+        C(userxattr), C(volatile)), C(readonly), C(idmap)."
       - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
         V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver) V(loop), V(nbd) or
         V(fuse), C(target)),
-        V(block) (C(source), C(target)) or V(mount) (C(source), C(target))."
+        V(block) (C(source), C(target)) or V(mount) (C(source), C(target)). Each but V(overlay) takes an C(idmap)."
+      - "C(idmap): C({uid: [{start: 0, target: 100000, count: 65536}], gid: [...]}), as the XML's C(<idmap>); on a
+        top-level overlay it applies to every lower without its own."
       - Top-level C(type) may also be V(mount) or V(bind) (bind a host dir, C(source), C(target)), V(block) or V(file).
     type: dict
   filesystems:

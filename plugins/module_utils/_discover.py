@@ -8,7 +8,8 @@
 ``read_host`` observes (the mount table, loop and nbd devices, FUSE exports, and the facts of every layer path);
 ``discover`` is a pure function of what it saw. Each layer of an overlay is read from what is mounted at its path:
 another overlay (nested, or its own tree when several overlays stand on it), a loop, nbd or FUSE-export device
-(an image layer, resolved to its image and format), another block device, a bind mount, or nothing (a dir). What
+(an image layer, resolved to its image and format), another block device, a bind mount, the idmapped mount of a
+tree's layer (that layer, with its mapping), or nothing (a dir). What
 a tree cannot say is reported with the reason, never guessed.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, idmap_mount_path
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
     Observed,
@@ -49,7 +52,10 @@ class Discovered(NamedTuple):
 def read_host():
     """Observe what discovery needs, in one pass: the mount table and devices, then every path an overlay names."""
     mounts = read_mountinfo()
-    observed = Observed(mounts, read_loop_devices(), {}, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts))
+    idmaps = dict((entry.mountpoint, syscalls.mount_idmap(entry.mountpoint)) for entry in mounts
+                  if 'idmapped' in entry.mount_options)
+    observed = Observed(mounts, read_loop_devices(), {}, nbds=read_nbd_devices(), exports=read_fuse_exports(mounts),
+                        idmaps=idmaps)
     paths = set()
     for entry in mounts:
         layers = entry.overlay_layers()
@@ -109,7 +115,7 @@ class _Reader(object):
 
     def tree(self, entry):
         self._top_at(entry.mountpoint)  # a stacked duplicate is no tree
-        raw = self._overlay(entry)
+        raw = self._overlay(entry, entry.mountpoint)
         try:
             return to_yaml(parse_filesystem(raw, 'filesystem'))
         except TreeError as error:
@@ -117,7 +123,8 @@ class _Reader(object):
 
     # --- one node per mount -------------------------------------------------------------------------------
 
-    def _overlay(self, entry):
+    def _overlay(self, entry, root):
+        """``root``: the target of the tree's top overlay (it names the tree's idmapped mounts)."""
         lowers, upper, work = entry.overlay_layers()
         options = entry.super_options
         if options.get('datadir+'):
@@ -126,7 +133,7 @@ class _Reader(object):
             raise Unexpressed('it is degraded: its superblock is read-only though it has an upper dir (the kernel '
                               'could not set up the work dir %s)' % work)
         node = {'type': 'overlay', 'target': entry.mountpoint,
-                'lower': [self._layer(_absolute(path, 'lower layer')) for path in lowers]}
+                'lower': [self._layer(_absolute(path, 'lower layer'), root) for path in lowers]}
         if upper:
             node.update(upper=_absolute(upper, 'upper dir'), work=_absolute(work, 'work dir'))
         declared = _declared_options(options, bool(upper))
@@ -136,7 +143,7 @@ class _Reader(object):
             node['readonly'] = True
         return node
 
-    def _layer(self, path):
+    def _layer(self, path, root):
         entry = self._top_at(path)
         if entry is None:
             facts = self.observed.paths.get(path)
@@ -146,8 +153,34 @@ class _Reader(object):
                 raise Unexpressed('its lower layer %s is not a directory' % path)
             return path
         if entry.fstype == 'overlay':
-            return self._overlay(entry) if self._nested(path) else path
+            return self._overlay(entry, root) if self._nested(path) else path
+        if 'idmapped' in entry.mount_options:
+            return self._idmapped(entry, path, root)
         return self._device_or_bind(entry, path)
+
+    def _idmapped(self, entry, path, root):
+        """The layer an idmapped mount at ``path`` is a clone of, with its mapping."""
+        idmap = self.observed.idmaps.get(path)
+        if idmap is None:
+            raise Unexpressed('its layer at %s is an idmapped mount whose mapping this kernel cannot read back '
+                              '(statmount(2) reads it from Linux 6.15)' % path)
+        layer = self._cloned_layer(entry, path, root)
+        node = self._layer(layer, root) if self.observed.mounts_at(layer) else layer
+        return dict({'type': 'dir', 'target': node} if isinstance(node, str) else node, idmap=idmap.to_yaml())
+
+    def _cloned_layer(self, entry, path, root):
+        """The tree's layer whose idmapped mount is ``entry``: the dir it clones, seen where its filesystem is
+        mounted, that names ``path`` (idmap.idmap_mount_path). Mountinfo alone cannot tell a clone of a bind mount
+        from one of its source: the name can."""
+        candidates = [fold_path('%s/%s' % (other.mountpoint, entry.root[len(other.root):]))
+                      for other in self.observed.mounts_of_device(entry.major, entry.minor)
+                      if 'idmapped' not in other.mount_options and is_within(entry.root, other.root)]
+        for candidate in candidates:
+            if idmap_mount_path(root, candidate) == path:
+                return candidate
+        raise Unexpressed('its layer at %s is an idmapped mount of %s that no tree made (a tree mounts its '
+                          'idmapped layers under %s, each named for the tree and the layer)'
+                          % (path, ' or '.join(candidates) or entry.root, IDMAP_DIR))
 
     def _device_or_bind(self, entry, path):
         loop = self.observed.loop_by_number(entry.major, entry.minor)

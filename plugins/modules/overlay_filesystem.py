@@ -24,7 +24,14 @@ description:
     at most 500 lower layers, overlays stacked at most 2 deep, option conflicts) is checked before anything
     changes. Trees nested deeper are flattened (O(flatten)). If a step fails, the steps this run already made are undone in reverse order and the error names
     the failed step and the kernel's reason.
-  - Upper and work dirs and their data are never removed or changed.
+  - Upper and work dirs and their data are never removed or changed. An upper dir the module creates for a tree
+    with a top-level C(idmap) belongs to the ids that root maps to (the container's root), so the container can
+    write at the top of its view.
+  - A layer with an C(idmap) is exposed to its overlay through an idmapped mount of its own, under
+    C(/run/containerhost-overlayfs/idmap), made with C(open_tree(2)), C(mount_setattr(2)) and C(move_mount(2));
+    the user namespace that carries the mapping lives only while the mount uses it. A second run reads the mapping
+    back with C(statmount(2)) (Linux 6.15 and later; before that, the owner of the layer's root is compared). A
+    changed mapping is drift.
   - Runs on one host are serialized with a lock file in C(/run/lock).
 author:
   - containerhost.overlayfs developers (@containerhost)
@@ -183,6 +190,24 @@ EXAMPLES = r'''
     filesystems:
       - {upper: /srv/ct3/upper, work: /srv/ct3/work, lower: [/srv/images/base], target: /srv/ct3/rootfs}
       - {upper: /srv/ct4/upper, work: /srv/ct4/work, lower: [/srv/images/base], target: /srv/ct4/rootfs}
+
+- name: One base image for two unprivileged containers, each in its own id range (idmapped layers, no chown)
+  containerhost.overlayfs.overlay_filesystem:
+    filesystems:
+      - upper: /srv/ct5/upper
+        work: /srv/ct5/work
+        lower: [/srv/images/base]
+        target: /srv/ct5/rootfs
+        idmap:
+          uid: [{start: 0, target: 100000, count: 65536}]
+          gid: [{start: 0, target: 100000, count: 65536}]
+      - upper: /srv/ct6/upper
+        work: /srv/ct6/work
+        lower: [/srv/images/base]
+        target: /srv/ct6/rootfs
+        idmap:
+          uid: [{start: 0, target: 200000, count: 65536}]
+          gid: [{start: 0, target: 200000, count: 65536}]
 
 - name: Show what unmounting would do, without doing it
   containerhost.overlayfs.overlay_filesystem:

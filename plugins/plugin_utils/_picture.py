@@ -7,7 +7,8 @@
 
 Pure: a parsed tree (module_utils._tree.Node) in, SVG text out. Each row of the picture is a ``<g>`` whose
 ``data-*`` attributes say what it shows (role, path, depth; for an image its format, driver and mount point; for
-a nested overlay the kernel reads through its layers, flattened), so a test can read the picture back and compare
+a nested overlay the kernel reads through its layers, flattened; for an idmapped layer its mapping and the path of
+its idmapped mount), so a test can read the picture back and compare
 it with the tree. Rows run top-down in the order overlayfs looks files up: the upper dir first, then the lowers in
 order; a nested overlay is a framed stack of its own.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 from xml.sax.saxutils import escape, quoteattr
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED
 
 ROW_HEIGHT = 26
 INDENT = 18
@@ -81,21 +84,33 @@ def _overlay_rows(node, depth, name, rows, frames, flattened=False):
                     node.target, (('flattened', 'true'),) if flattened else ()))
     if node.upper:
         # a nested overlay's upper takes the writes made through that overlay's own target, not the tree's
+        writes = ': writes land here' if depth == 0 else ''
+        if depth == 0 and node.idmap:
+            writes += " with the writer's host ids"
         rows.append(Row(depth + 1, 'upper', 'upper %s%s (work dir %s)'
-                        % (printable(node.upper), ': writes land here' if depth == 0 else '', printable(node.work)),
-                        node.upper, (('work', node.work),)))
+                        % (printable(node.upper), writes, printable(node.work)), node.upper, (('work', node.work),)))
     else:
         rows.append(Row(depth + 1, 'readonly', 'no upper dir: read-only', None))
-    for position, lower in enumerate(node.lowers, 1):
+    for position, layer in enumerate(node.lowers, 1):
         name = 'lower %d: ' % position
+        lower = layer.as_given
         if lower.kind == 'overlay':
             _overlay_rows(lower, depth + 1, name + 'overlay', rows, frames, lower.label in node.flattened)
         elif lower.kind == 'dir':
             mode = ' (read-only)' if lower.readonly else ''
-            rows.append(Row(depth + 1, 'dir', '%sdir %s%s' % (name, printable(lower.target), mode), lower.target))
+            rows.append(_idmapped(Row(depth + 1, 'dir', '%sdir %s%s' % (name, printable(lower.target), mode),
+                                      lower.target), layer))
         else:
-            rows.append(_source_row(lower, depth + 1, name))
+            rows.append(_idmapped(_source_row(lower, depth + 1, name), layer))
     frames.append(Frame(depth, first, len(rows) - 1))
+
+
+def _idmapped(row, layer):
+    """A lower's row; for an idmapped layer, with the mapping its files' owners show through."""
+    if layer.kind != IDMAPPED:
+        return row
+    return row._replace(text='%s; owners shown %s' % (row.text, layer.idmap.summary()),
+                        extra=row.extra + (('idmap', layer.idmap.summary()), ('idmapped-at', layer.target)))
 
 
 def _source_row(node, depth, prefix, at_target=True):

@@ -23,6 +23,7 @@ import time
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import stop_export
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
@@ -76,15 +77,20 @@ def loops_backed_under(path):
 
 
 def release_scratch(root):
-    """Everything a test left on its scratch root: loop devices, mounts, FUSE exports (processes, loop devices and
-    /run are not namespaced). Loop devices first, while the kernel still shows their backing files under root (one
-    still mounted is only marked to go when its mount does); then the mounts; then the exports, once the loop
-    devices on them are gone."""
+    """Everything a test left on its scratch root: loop devices, mounts, idmapped layers, FUSE exports (processes,
+    loop devices and /run are not namespaced). Loop devices first, while the kernel still shows their backing files
+    under root (one still mounted is only marked to go when its mount does); then the mounts; then the exports,
+    once the loop devices on them are gone."""
     exports = _exports_of_images_under(root)
     for device in loops_backed_under(root) + [device for export, _pid, _meta in exports
                                               for device in loops_backed_under(export)]:
         quietly(['losetup', '--detach', device])
     quietly(['umount', '--recursive', '--lazy', root])
+    for entry in reversed(read_mountinfo()):  # the idmapped layers of the test's trees: all of them, in its namespace
+        if entry.mountpoint.startswith(IDMAP_DIR + '/'):
+            quietly(['umount', '--lazy', entry.mountpoint])
+    for name in os.listdir(IDMAP_DIR) if os.path.isdir(IDMAP_DIR) else ():  # the mount points stay until reboot
+        quietly(['rmdir', os.path.join(IDMAP_DIR, name)])
     for export, pidfile, metafile in exports:
         for _attempt in range(50):
             if not loops_backed_under(export):

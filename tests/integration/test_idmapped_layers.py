@@ -8,13 +8,22 @@ user namespaces as unprivileged containers would write them."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.tests.helpers.host import checked, converge_twice, quietly, tree_digest
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    converge_twice,
+    make_ext4_image,
+    quietly,
+    run,
+    tree_digest,
+)
 
 RANGES = {'a': 100000, 'b': 200000}
 COUNT = 65536
@@ -61,11 +70,7 @@ def subids(host):
 def base(host):
     """The base image: root-owned files, as a distribution's rootfs has them."""
     host.make_dirs('base/data', **{'base/etc/conf': 'base setting\n', 'base/bin/tool': 'binary'})
-    yield host.path('base')
-    for entry in reversed(idmapped_mounts()):  # they live outside the scratch root
-        quietly(['umount', '--lazy', entry.mountpoint])
-    for name in os.listdir(IDMAP_DIR) if os.path.isdir(IDMAP_DIR) else ():  # their mount points stay until reboot
-        quietly(['rmdir', os.path.join(IDMAP_DIR, name)])
+    return host.path('base')
 
 
 def as_container(host, name, script):
@@ -171,3 +176,59 @@ def test_a_filesystem_that_cannot_be_idmapped_fails_with_the_kernels_reason_and_
     assert idmapped_mounts() == []
     assert not os.path.ismount(host.path('p'))
     assert sorted(os.listdir(host.root)) == before
+
+
+READ_BACK = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Read the trees
+      containerhost.overlayfs.overlay_filesystem_info:
+        under: "{{ root }}"
+      register: found
+    - name: Feed them back
+      containerhost.overlayfs.overlay_filesystem:
+        filesystems: "{{ found.filesystems }}"
+      register: fed
+    - name: Keep the results for the test
+      ansible.builtin.copy:
+        content: "{{ {'found': found, 'fed': fed} | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0600"
+'''
+
+
+def test_idmapped_trees_read_back_with_their_mappings_and_plan_nothing_fed_back(host, base):
+    image = make_ext4_image(host, 'tools.img', {'bin/tool': 'a tool'})
+    host.make_dirs('bind-src')
+    own = {'uid': [{'start': 0, 'target': 5000, 'count': 10}], 'gid': [{'start': 0, 'target': 6000, 'count': 10}]}
+    lowers = [{'type': 'file', 'source': image, 'format': 'raw', 'target': host.path('img')},
+              {'type': 'mount', 'source': host.path('bind-src'), 'target': host.path('bind'), 'idmap': own},
+              host.path('base')]
+    converge_twice(host, filesystems=[tree(host, 'a', RANGES['a'], lower=lowers)])
+    hand_made = host.path('by-hand')
+    os.makedirs(hand_made)
+    checked(['python3', '-c', 'import sys; from ansible_collections.containerhost.overlayfs.plugins.module_utils '
+             'import _syscalls as s, _idmap as i; s.mount_idmapped(sys.argv[1], sys.argv[2], i.parse_idmap('
+             '{"uid": [{"start": 0, "target": 1, "count": 1}], "gid": [{"start": 0, "target": 1, "count": 1}]}, "x"))',
+             host.path('base'), hand_made], env=dict(os.environ, PYTHONPATH=':'.join(sys.path)))
+    host.make_dirs('hand/upper', 'hand/work', 'hand/m')
+    checked(['mount', '-t', 'overlay', 'by-hand', '-o', 'lowerdir=%s,upperdir=%s,workdir=%s' % (
+        hand_made, host.path('hand/upper'), host.path('hand/work')), host.path('hand/m')])
+
+    playbook, result_file = os.path.join(host.runs_dir, 'read-back.yml'), os.path.join(host.runs_dir, 'read-back.json')
+    with open(playbook, 'w') as handle:
+        handle.write(READ_BACK)
+    completed = run(['ansible-playbook', '-i', 'localhost,', '-c', 'local', '-e', 'root=' + host.root,
+                     '-e', 'result_file=' + result_file, '-e', 'ansible_python_interpreter=' + sys.executable, playbook])
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-2000:]
+    with open(result_file) as handle:
+        results = json.load(handle)
+    [found] = results['found']['filesystems']
+    shift = idmap(RANGES['a'])
+    assert found['lower'] == [dict(lowers[0], driver='loop', idmap=shift), lowers[1],
+                              {'type': 'dir', 'target': host.path('base'), 'idmap': shift}]
+    assert (results['fed']['changed'], results['fed']['plan']) == (False, [])
+    [unexpressed] = results['found']['unexpressed']
+    assert unexpressed['target'] == host.path('hand/m')
+    assert 'is an idmapped mount of %s that no tree made' % host.path('base') in unexpressed['reason']

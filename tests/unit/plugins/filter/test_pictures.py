@@ -183,3 +183,18 @@ def test_each_side_by_side_xml_and_yaml_are_one_tree():
     assert len(pairs) >= 12
     for xml, text in pairs:
         assert overlay_trees(xml) == overlay_trees(yaml.safe_load(text)), xml
+
+
+def test_an_idmapped_layer_shows_its_mapping_and_the_mount_its_overlay_reads():
+    shift = {'uid': [{'start': 0, 'target': 100000, 'count': 65536}], 'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}
+    own = {'uid': [{'start': 0, 'target': 5, 'count': 1}], 'gid': [{'start': 0, 'target': 5, 'count': 1}]}
+    tree = dict(overlay('/t/merged', ['/t/base', {'type': 'dir', 'target': '/t/own', 'idmap': own},
+                                      overlay('/t/n', ['/t/a', '/t/b'])], '/t/upper', '/t/work'), idmap=shift)
+    rows = svg_rows(overlay_picture(tree))
+    assert [(row.get('path'), row.get('idmap')) for row in rows] == [
+        ('/t/merged', None), ('/t/upper', None),
+        ('/t/base', 'uid 0->100000 (65536), gid 0->100000 (65536)'), ('/t/own', 'uid 0->5 (1), gid 0->5 (1)'),
+        ('/t/n', None), (None, None), ('/t/a', 'uid 0->100000 (65536), gid 0->100000 (65536)'),
+        ('/t/b', 'uid 0->100000 (65536), gid 0->100000 (65536)')]
+    assert all(row['idmapped-at'].startswith('/run/containerhost-overlayfs/idmap/') for row in rows if 'idmap' in row)
+    assert "writes land here with the writer's host ids" in overlay_picture(tree)

@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._discover import discover
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
     FuseExport,
     ImageServer,
@@ -160,3 +161,31 @@ def test_a_nested_overlay_asked_for_by_target_is_reported_as_a_tree():
     top = overlay_line(31, '/srv/m', ['/srv/bm'], '/srv/u', '/srv/w')
     found = discover(host([base, top], DIRS), targets=['/srv/bm'])
     assert [tree['target'] for tree in found.filesystems] == ['/srv/bm']
+
+
+IDMAP_PATH = idmap_mount_path('/srv/m', '/srv/base')
+IDMAPPED = '40 1 8:1 /srv/base %s rw,relatime,idmapped - ext4 /dev/sda1 rw' % IDMAP_PATH
+SHIFT = {'uid': [{'start': 0, 'target': 100000, 'count': 65536}], 'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}
+
+
+def idmapped_host(lines, idmap):
+    observed = host(lines, DIRS + (IDMAP_PATH,))
+    observed.idmaps[IDMAP_PATH] = idmap
+    return observed
+
+
+def test_a_trees_idmapped_layer_reads_back_as_the_layer_with_its_mapping():
+    top = overlay_line(30, '/srv/m', [IDMAP_PATH, '/srv/l2'], '/srv/u', '/srv/w')
+    found = discover(idmapped_host([IDMAPPED, top], parse_idmap(SHIFT, 'x')))
+    assert found.filesystems[0]['lower'] == [{'type': 'dir', 'target': '/srv/base', 'idmap': SHIFT}, '/srv/l2']
+
+
+@pytest.mark.parametrize('target, idmap, reason', [
+    ('/srv/m', None, 'whose mapping this kernel cannot read back (statmount(2) reads it from Linux 6.15)'),
+    ('/srv/other', SHIFT, 'is an idmapped mount of /srv/base that no tree made'),  # named for another tree
+])
+def test_an_idmapped_layer_that_cannot_be_said_is_reported(target, idmap, reason):
+    top = overlay_line(30, target, [IDMAP_PATH, '/srv/l2'], '/srv/u', '/srv/w')
+    found = discover(idmapped_host([IDMAPPED, top], idmap and parse_idmap(idmap, 'x')))
+    assert found.filesystems == []
+    assert reason in found.unexpressed[0]['reason']
