@@ -43,8 +43,9 @@ def plan(roots, observed, state, on_drift='fail', create_dirs=True, on_volatile_
 
 
 def describe_mount(entry):
-    return '%s%s from %s (%s)' % ('read-only ' if entry.readonly else '', entry.fstype, entry.source,
-                                  render_super_options(entry.super_options))
+    return '%s%s%s from %s (%s)' % ('read-only ' if entry.readonly else '',
+                                    'idmapped ' if 'idmapped' in entry.mount_options else '', entry.fstype,
+                                    entry.source, render_super_options(entry.super_options))
 
 
 class _Planner(object):
@@ -302,7 +303,7 @@ class _Planner(object):
             return 1 + max(under)
         if node.kind == 'dir':
             return self._host_depth(node.target)
-        if node.kind in ('mount', 'bind'):
+        if node.kind in ('mount', 'bind', IDMAPPED):  # a bind or a clone stacks what it shows
             return self._host_depth(node.source)
         return 0
 

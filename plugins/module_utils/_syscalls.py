@@ -226,10 +226,13 @@ def unmount(target, lazy=False, at=None):
         raise MountError(err, 'unmount %s' % target, [])
 
 
-
 # --- idmapped mounts -------------------------------------------------------------------------------------------
 
-IDMAP_REFUSALS = (errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP)
+_CANNOT_IDMAP = 'this kernel or the filesystem of %(source)s cannot idmap a mount'
+IDMAP_REFUSALS = {  # what mount_setattr(2)'s errors mean for an idmapped mount
+    errno.EINVAL: _CANNOT_IDMAP, errno.EPERM: _CANNOT_IDMAP, errno.EOPNOTSUPP: _CANNOT_IDMAP,
+    errno.ENOSYS: 'this kernel has no idmapped mounts (Linux 5.12 and later have them)',
+}
 
 
 def mount_idmapped(source, target, idmap, at=None):
@@ -247,7 +250,7 @@ def mount_idmapped(source, target, idmap, at=None):
                          ctypes.sizeof(attr))
             except MountError as error:
                 if error.errno in IDMAP_REFUSALS:
-                    error.kernel_messages.append('this kernel or the filesystem of %s cannot idmap a mount' % source)
+                    error.kernel_messages.append(IDMAP_REFUSALS[error.errno] % {'source': source})
                 raise
         _syscall(call + ' (move_mount)', SYS_MOVE_MOUNT, tree, b'', AT_FDCWD, os.fsencode(at or target),
                  MOVE_MOUNT_F_EMPTY_PATH)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_mount_path, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, IdMapError, idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
     OptionError,
     check_conflicts,
@@ -162,7 +162,7 @@ class _Context(NamedTuple):
     overlays_above: int
     flatten: bool
     root_target: Optional[str] = None  # the top-level filesystem's (names the idmapped mounts of its layers)
-    idmap: Optional[object] = None  # the top-level filesystem's idmap, for the lowers without their own
+    idmap: Optional[IdMap] = None  # the top-level filesystem's idmap, for the lowers without their own
 
 
 def parse_filesystem(raw, label, flatten=True):

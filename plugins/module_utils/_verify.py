@@ -64,4 +64,3 @@ def _source_and_mode(entry, wrong_source, readonly):
     if entry.readonly != readonly:
         problems.append('it is mounted %s' % ('read-only' if entry.readonly else 'read-write'))
     return problems
-

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
@@ -24,6 +25,7 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     run,
     tree_digest,
 )
+from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook
 
 RANGES = {'a': 100000, 'b': 200000}
 COUNT = 65536
@@ -165,8 +167,8 @@ def test_a_filesystem_that_cannot_be_idmapped_fails_with_the_kernels_reason_and_
     proc = host.path('proc')
     os.makedirs(proc)
     checked(['mount', '-t', 'proc', 'proc', proc])
-    trees = [tree(host, 'a', RANGES['a'], lower=[{'type': 'mount', 'source': proc, 'target': host.path('p')},
-                                                host.path('base')])]
+    lowers = [{'type': 'mount', 'source': proc, 'target': host.path('p')}, host.path('base')]
+    trees = [tree(host, 'a', RANGES['a'], lower=lowers)]
     before = sorted(os.listdir(host.root))
     result = host.play(filesystems=trees)
     assert result['failed']
@@ -176,26 +178,6 @@ def test_a_filesystem_that_cannot_be_idmapped_fails_with_the_kernels_reason_and_
     assert idmapped_mounts() == []
     assert not os.path.ismount(host.path('p'))
     assert sorted(os.listdir(host.root)) == before
-
-
-READ_BACK = '''
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Read the trees
-      containerhost.overlayfs.overlay_filesystem_info:
-        under: "{{ root }}"
-      register: found
-    - name: Feed them back
-      containerhost.overlayfs.overlay_filesystem:
-        filesystems: "{{ found.filesystems }}"
-      register: fed
-    - name: Keep the results for the test
-      ansible.builtin.copy:
-        content: "{{ {'found': found, 'fed': fed} | to_json }}"
-        dest: "{{ result_file }}"
-        mode: "0600"
-'''
 
 
 def test_idmapped_trees_read_back_with_their_mappings_and_plan_nothing_fed_back(host, base):
@@ -218,7 +200,7 @@ def test_idmapped_trees_read_back_with_their_mappings_and_plan_nothing_fed_back(
 
     playbook, result_file = os.path.join(host.runs_dir, 'read-back.yml'), os.path.join(host.runs_dir, 'read-back.json')
     with open(playbook, 'w') as handle:
-        handle.write(READ_BACK)
+        handle.write(info_round_trip_playbook('localhost'))
     completed = run(['ansible-playbook', '-i', 'localhost,', '-c', 'local', '-e', 'root=' + host.root,
                      '-e', 'result_file=' + result_file, '-e', 'ansible_python_interpreter=' + sys.executable, playbook])
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-2000:]
@@ -232,3 +214,29 @@ def test_idmapped_trees_read_back_with_their_mappings_and_plan_nothing_fed_back(
     [unexpressed] = results['found']['unexpressed']
     assert unexpressed['target'] == host.path('hand/m')
     assert 'is an idmapped mount of %s that no tree made' % host.path('base') in unexpressed['reason']
+
+
+def processes_in_other_user_namespaces():
+    own = os.readlink('/proc/self/ns/user')
+    found = set()
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            if os.readlink('/proc/%s/ns/user' % pid) != own:
+                found.add(int(pid))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_the_user_namespace_of_a_mapping_leaves_no_process_behind(host, base):
+    before = processes_in_other_user_namespaces()
+    target = host.path('clone')
+    os.makedirs(target)
+    syscalls.mount_idmapped(base, target, parse_idmap(idmap(RANGES['b']), 'idmap'))
+    try:
+        assert owner(os.path.join(target, 'etc/conf')) == (RANGES['b'], RANGES['b'])
+        with pytest.raises(ChildProcessError):  # the child that made the namespace is gone and reaped
+            os.waitpid(-1, os.WNOHANG)
+        assert processes_in_other_user_namespaces() <= before
+    finally:
+        checked(['umount', target])

@@ -21,7 +21,7 @@ import textwrap
 import threading
 
 import pytest
-from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import module_playbook
+from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook, module_playbook
 from ansible_collections.containerhost.overlayfs.tests.helpers.reliability import MARKER, check_part
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -342,25 +342,6 @@ if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q']))
 
 
-INFO_ROUND_TRIP = '''- hosts: testvm
-  gather_facts: false
-  tasks:
-    - name: Read the trees back
-      containerhost.overlayfs.overlay_filesystem_info:
-        under: "{{ root }}"
-      register: found
-    - name: Feed them to the module
-      containerhost.overlayfs.overlay_filesystem:
-        filesystems: "{{ found.filesystems }}"
-      register: fed
-    - name: Keep the results for the test
-      ansible.builtin.copy:
-        content: "{{ {'found': found, 'fed': fed} | to_json }}"
-        dest: "{{ result_file }}"
-        mode: "0600"
-'''
-
-
 def test_an_nbd_tree_set_up_by_hand_reads_back_with_its_image_and_format_and_plans_nothing(guest):
     guest.qcow2('base.qcow2', 'hello', 'from the qcow2 image')
     guest.dirs('image', 'runtime', 'upper', 'work', 'merged')
@@ -371,7 +352,7 @@ def test_an_nbd_tree_set_up_by_hand_reads_back_with_its_image_and_format_and_pla
     mounted = guest.mount_ids()
     base = os.path.join(guest.workdir, 'info')
     with open(base + '.yml', 'w') as handle:
-        handle.write(INFO_ROUND_TRIP)
+        handle.write(info_round_trip_playbook('testvm'))
     with open(base + '.json', 'w') as handle:
         json.dump({'root': guest.root, 'result_file': '/tmp/overlayfs-test-info.json'}, handle)
     completed = ansible_playbook(guest.vm, base + '.yml', base + '.json')

@@ -122,8 +122,8 @@ def tree(**top):
 def test_the_top_level_idmap_applies_to_every_lower_without_its_own_nested_ones_too():
     own = {'uid': ranges((0, 5, 1)), 'gid': ranges((0, 5, 1))}
     nested = {'type': 'overlay', 'target': '/srv/n', 'lower': ['/srv/c', '/srv/d']}
-    root = parse_filesystems([tree(idmap=SHIFT, lower=[{'type': 'dir', 'target': '/srv/b', 'idmap': own}, nested,
-                                                        {'type': 'mount', 'source': '/srv/s', 'target': '/srv/m'}])])[0]
+    lowers = [{'type': 'dir', 'target': '/srv/b', 'idmap': own}, nested, {'type': 'mount', 'source': '/srv/s', 'target': '/srv/m'}]
+    root = parse_filesystems([tree(idmap=SHIFT, lower=lowers)])[0]
     mapped = [node for node in root.walk() if node.kind == IDMAPPED]
     assert [(node.source, node.idmap.uid[0].target) for node in mapped] == [
         ('/srv/b', 5), ('/srv/c', 100000), ('/srv/d', 100000), ('/srv/m', 100000)]

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import textwrap
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import parse_idmap
 
 SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
@@ -105,3 +108,28 @@ def test_each_wrapper_does_what_it_says_and_failures_carry_the_call_and_errno(na
     assert err == 2 and text.startswith('mount overlay on %s: No such file or directory' % (tmp_path / 'm2'))
     err, text = report['not_mounted']
     assert err == 22 and text == 'unmount %s: Invalid argument' % (tmp_path / 'm2')
+
+
+@pytest.mark.parametrize('err, hint', [
+    (errno.EINVAL, 'this kernel or the filesystem of /srv/base cannot idmap a mount'),
+    (errno.EPERM, 'this kernel or the filesystem of /srv/base cannot idmap a mount'),
+    (errno.ENOSYS, 'this kernel has no idmapped mounts (Linux 5.12 and later have them)'),
+])
+def test_an_idmapped_mount_the_kernel_refuses_says_why_and_leaves_no_fd_open(monkeypatch, err, hint):
+    opened = []
+
+    def fake_syscall(call, number, *args, **kwargs):
+        if number == syscalls.SYS_OPEN_TREE:
+            opened.append(os.open('/', os.O_RDONLY))
+            return opened[-1]
+        raise syscalls.MountError(err, call, [])
+
+    monkeypatch.setattr(syscalls, '_syscall', fake_syscall)
+    monkeypatch.setattr(syscalls, 'user_namespace', lambda idmap: contextlib.nullcontext(-1))
+    shift = {'uid': [{'start': 0, 'target': 100000, 'count': 65536}], 'gid': [{'start': 0, 'target': 1, 'count': 1}]}
+    with pytest.raises(syscalls.MountError) as error:
+        syscalls.mount_idmapped('/srv/base', '/run/x', parse_idmap(shift, 'idmap'))
+    assert str(error.value) == 'mount /srv/base idmapped on /run/x (mount_setattr): %s (kernel: %s)' % (
+        os.strerror(err), hint)
+    with pytest.raises(OSError):
+        os.fstat(opened[0])  # the detached clone's fd was closed
