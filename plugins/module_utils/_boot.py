@@ -140,9 +140,19 @@ def mount(spec_path, target):
             made += mount_idmapped_layer(layer, mounts)
         syscalls.mount_overlay(spec['target'], payload, spec['readonly'])
     except (OptionError, IdMapError, syscalls.MountError) as error:
-        for target in reversed(made):  # nothing half-built stays
+        raise HelperError(str(error) + _unmount_all(made))
+
+
+def _unmount_all(targets):
+    """Unmount the idmapped layers a failed mount made (and their mount points), newest first, so nothing
+    half-built stays; what the message adds."""
+    for target in reversed(targets):
+        try:
             syscalls.unmount(target)
-        raise HelperError(str(error))
+            os.rmdir(target)
+        except OSError as error:
+            return '; and could not undo it: %s' % error
+    return ''
 
 
 def mount_idmapped_layer(layer, mounts):
@@ -159,8 +169,7 @@ def mount_idmapped_layer(layer, mounts):
             raise HelperError('the idmapped mount of %s on %s is there already, but %s' % (
                 layer['source'], layer['target'], '; '.join(problems)))
         return []
-    os.makedirs(layer['target'], exist_ok=True)
-    syscalls.mount_idmapped(layer['source'], layer['target'], idmap)
+    hostfs.mount_idmapped_layer(layer['source'], layer['target'], idmap)
     return [layer['target']]
 
 

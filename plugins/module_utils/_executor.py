@@ -20,8 +20,8 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _de
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
     bind_shortfalls,
     device_shortfalls,
@@ -236,12 +236,11 @@ class Executor(object):
         return _unmount_again(one)
 
     def _mount_idmapped(self, one):
-        with _reached(one) as at:
-            syscalls.mount_idmapped(one.source, one.target, one.idmap, at=at)
+        hostfs.mount_idmapped_layer(one.source, one.target, one.idmap)
         self._made(one, 'the idmapped mount of %s' % one.source, one.idmap.summary(),
                    lambda entry: idmap_shortfalls(entry, one.idmap, syscalls.mount_idmap(one.target),
                                                   (hostfs.owner(one.source), hostfs.owner(one.target))))
-        return _unmount_again(one)
+        return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target), remove_mount_point=True)
 
     def _made(self, one, what, asked, shortfalls, kernel_messages=()):
         """Note a mount the plan made, to read it back (_read_back). The mounts an undo makes again are not: the
@@ -261,6 +260,8 @@ class Executor(object):
                 held += ' and %d more' % (len(holders) - 10)
             raise ApplyError('%s%s; it stays mounted (nothing is unmounted lazily unless lazy_unmount=true)'
                              % (error, ', held by ' + held if held else ''))
+        if one.remove_mount_point:
+            _remove_if_empty(one.target)
         return one.restore
 
     def _cannot_restore(self, one):

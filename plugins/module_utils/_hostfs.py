@@ -14,6 +14,8 @@ import errno
 import hashlib
 import os
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+
 SYS_BLOCK = '/sys/block'
 SYS_MODULE = '/sys/module'
 # Where FUSE exports of images live (the nbd-free attach method): NAME.img is the export, NAME.pid its daemon,
@@ -50,6 +52,20 @@ def owner(path):
     """(uid, gid) of a path as the mount it is on shows them."""
     info = os.stat(path)
     return info.st_uid, info.st_gid
+
+
+def mount_idmapped_layer(source, target, idmap):
+    """An idmapped layer's mount on its own mount point, which is made for it (and removed again if the mount
+    fails): the collection's dir under idmap.IDMAP_DIR lives as long as the mount."""
+    made = not os.path.isdir(target)
+    if made:
+        os.makedirs(target, 0o755)
+    try:
+        syscalls.mount_idmapped(source, target, idmap)
+    except OSError:
+        if made:
+            os.rmdir(target)
+        raise
 
 
 def process_alive(pid):

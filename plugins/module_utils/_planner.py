@@ -163,8 +163,9 @@ class _Planner(object):
             raise PlanError('%s: target %s is a symlink (to %s); give the directory itself'
                             % (node.describe(), node.target, facts.realpath))
         self._refuse_symlink_inside(node, 'target', node.target)
-        return [self._confined(one) for one in
-                self._dir_steps(node, 'target', node.target) + self.mounter[node.mount_kind](node)]
+        # an idmapped layer's mount point is the collection's own: its mount step makes it
+        made = [] if node.kind == IDMAPPED else self._dir_steps(node, 'target', node.target)
+        return [self._confined(one) for one in made + self.mounter[node.mount_kind](node)]
 
     def _refuse_symlink_inside(self, node, role, path):
         """A container may plant a symlink in its view (etc/x -> /): a mount or mkdir through it would land on
@@ -239,7 +240,7 @@ class _Planner(object):
             return []
         if path in self.planned_dirs or self._batch_target_above(path) is not None:
             return self._planned_mkdir(node, path, owner)
-        if not self.create_dirs and node.kind != IDMAPPED:  # the mount points of idmapped layers are the collection's
+        if not self.create_dirs:
             raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
         return self._planned_mkdir(node, path, owner)
 
@@ -355,8 +356,8 @@ class _Planner(object):
 
     def _unmount_step(self, node, current):
         restore = _restore(node, current, self.observed.idmaps.get(node.target))
-        return self._confined(step.unmount(node.label, node.target, self._confined(restore),
-                                           lazy=self.lazy_unmount, shown=describe_mount(current)))
+        return self._confined(step.unmount(node.label, node.target, self._confined(restore), lazy=self.lazy_unmount,
+                                           shown=describe_mount(current), remove_mount_point=node.kind == IDMAPPED))
 
     def _release(self, node, current):
         """What goes with an unmount: the device behind an image layer."""

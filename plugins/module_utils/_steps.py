@@ -181,13 +181,13 @@ class MountBind(Step):
 
 @dataclasses.dataclass(frozen=True)
 class MountIdmapped(Step):
-    """A clone of the mount at ``source`` on ``target``, showing its files' owners through ``idmap``."""
+    """A clone of the mount at ``source`` on ``target``, showing its files' owners through ``idmap``. The target is
+    the collection's own mount point (idmap.IDMAP_DIR): the step makes it, and the unmount removes it."""
     action: ClassVar[str] = 'mount'
     kind: ClassVar[str] = 'idmapped'
     target: str
     source: str
     idmap: IdMap
-    beneath: Optional[Tuple[str, str]] = None
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind, idmap=self.idmap.to_yaml())
@@ -197,12 +197,14 @@ class MountIdmapped(Step):
 class Unmount(Step):
     """``restore`` mounts again what this removes, should the run be undone (CannotRestore when that is not known).
     ``lazy`` (MNT_DETACH) only when the user asked for it (lazy_unmount): the mount goes now, the filesystem when
-    its last user lets go."""
+    its last user lets go. ``remove_mount_point``: the target dir goes too (an idmapped layer's, which lives as long
+    as its mount)."""
     action: ClassVar[str] = 'unmount'
     target: str
     lazy: bool
     restore: Step
     beneath: Optional[Tuple[str, str]] = None
+    remove_mount_point: bool = False
 
     def to_dict(self):
         return dict(Step.to_dict(self), restore=self.restore.to_dict())
@@ -216,7 +218,8 @@ class CannotRestore(Step):
 
 
 MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
-CONFINABLE_STEPS = MOUNT_STEPS + (Unmount,)  # by their target; Mkdir by its path
+# by their target; Mkdir by its path. An idmapped layer's target is the collection's own, in no container's view.
+CONFINABLE_STEPS = (MountOverlay, MountDevice, MountBind, Unmount)
 
 
 def ro_suffix(readonly):
@@ -306,9 +309,10 @@ def mount_idmapped(node, target, source, idmap):
                          description='mount %s on %s idmapped (%s)' % (source, target, idmap.summary()))
 
 
-def unmount(node, target, restore, lazy=False, shown='', beneath=None):
+def unmount(node, target, restore, lazy=False, shown='', beneath=None, remove_mount_point=False):
     """``shown`` describes what is mounted there now."""
     return Unmount(node=node, target=target, lazy=lazy, restore=restore, beneath=beneath,
+                   remove_mount_point=remove_mount_point,
                    description='%sunmount %s%s' % ('lazily ' if lazy else '', target, ' (%s)' % shown if shown else ''))
 
 

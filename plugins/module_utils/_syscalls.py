@@ -235,7 +235,7 @@ IDMAP_REFUSALS = {  # what mount_setattr(2)'s errors mean for an idmapped mount
 }
 
 
-def mount_idmapped(source, target, idmap, at=None):
+def mount_idmapped(source, target, idmap):
     """Mount a clone of ``source`` (the dir and the mount it is on, without the mounts below it) on ``target``, its
     files' owners shown through ``idmap`` (an _idmap.IdMap). The clone is made detached (open_tree(2)), idmapped
     while nothing can see it (mount_setattr(2) takes MOUNT_ATTR_IDMAP only there) and then attached (move_mount)."""
@@ -252,7 +252,7 @@ def mount_idmapped(source, target, idmap, at=None):
                 if error.errno in IDMAP_REFUSALS:
                     error.kernel_messages.append(IDMAP_REFUSALS[error.errno] % {'source': source})
                 raise
-        _syscall(call + ' (move_mount)', SYS_MOVE_MOUNT, tree, b'', AT_FDCWD, os.fsencode(at or target),
+        _syscall(call + ' (move_mount)', SYS_MOVE_MOUNT, tree, b'', AT_FDCWD, os.fsencode(target),
                  MOVE_MOUNT_F_EMPTY_PATH)
     finally:
         os.close(tree)

@@ -86,11 +86,10 @@ def release_scratch(root):
                                               for device in loops_backed_under(export)]:
         quietly(['losetup', '--detach', device])
     quietly(['umount', '--recursive', '--lazy', root])
-    for entry in reversed(read_mountinfo()):  # the idmapped layers of the test's trees: all of them, in its namespace
+    for entry in reversed(read_mountinfo()):  # the idmapped layers left in this namespace (they are the tests')
         if entry.mountpoint.startswith(IDMAP_DIR + '/'):
             quietly(['umount', '--lazy', entry.mountpoint])
-    for name in os.listdir(IDMAP_DIR) if os.path.isdir(IDMAP_DIR) else ():  # the mount points stay until reboot
-        quietly(['rmdir', os.path.join(IDMAP_DIR, name)])
+            quietly(['rmdir', entry.mountpoint])  # only these: another namespace's mount point would go with it
     for export, pidfile, metafile in exports:
         for _attempt in range(50):
             if not loops_backed_under(export):

@@ -28,6 +28,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _co
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import Executor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
@@ -71,8 +72,8 @@ class FaultyExecutor(Executor):
 
 
 def every_kind_tree(host):
-    """A top overlay over a nested overlay (on a raw image through loop and a qcow2 through FUSE), a bind and a dir.
-    The nested overlay's work dir holds a volatile marker, which the run discards (a step of its own)."""
+    """A top overlay over a nested overlay (on a raw image through loop and a qcow2 through FUSE), a bind and an
+    idmapped dir. The nested overlay's work dir holds a volatile marker, which the run discards (a step of its own)."""
     raw = make_ext4_image(host, 'raw.img', {'from-raw': 'raw'})
     qcow2 = make_qcow2(host, 'disk.qcow2', {'from-qcow2': 'qcow2'})
     host.make_dirs('base', 'bound-source', 'upper', volatile_marker(host.path('nested-work')))
@@ -84,8 +85,10 @@ def every_kind_tree(host):
                         {'type': 'file', 'driver': 'fuse', 'format': 'qcow2', 'source': qcow2,
                          'target': host.path('qcow2')}]}
     bind = {'type': 'mount', 'source': host.path('bound-source'), 'target': host.path('bound')}
+    shift = [{'start': 0, 'target': 100000, 'count': 65536}]
+    base = {'type': 'dir', 'target': host.path('base'), 'idmap': {'uid': shift, 'gid': shift}}
     return {'upper': host.path('upper'), 'work': host.path('work'), 'target': host.path('merged'),
-            'lower': [nested, bind, host.path('base')]}
+            'lower': [nested, bind, base]}
 
 
 def host_state(host, work_dirs):
@@ -96,7 +99,7 @@ def host_state(host, work_dirs):
         ['losetup', '--list', '--noheadings', '--output', 'NAME,AUTOCLEAR,RO,BACK-FILE']).stdout.splitlines())
     mounts = [(entry.mountpoint, entry.fstype, tuple(loops.get(entry.source, [entry.source])), entry.readonly,
                tuple(sorted((key, value) for key, value in entry.super_options.items() if key not in KERNEL_CHOSEN)))
-              for entry in mounts_under(host.root)]
+              for entry in mounts_under(host.root) + mounts_under(IDMAP_DIR)]
     exports = []
     for metafile in sorted(glob.glob(os.path.join(EXPORT_DIR, '*.json'))):
         with open(metafile) as handle:
@@ -113,8 +116,9 @@ def host_state(host, work_dirs):
             path = os.path.join(directory, name)
             info = os.lstat(path)
             files.append((path, oct(info.st_mode), info.st_size if os.path.isfile(path) else 0))
+    idmapped = sorted(os.listdir(IDMAP_DIR)) if os.path.isdir(IDMAP_DIR) else []  # mount points of idmapped layers
     return dict(mounts=sorted(mounts), loops=sorted(loops.values()), exports=exports, files=sorted(files),
-                markers=sorted(markers))
+                markers=sorted(markers), idmapped=idmapped)
 
 
 def differences(before, after):
@@ -218,10 +222,11 @@ def render(tables):
         '     (RELIABILITY_UPDATE=1); do not edit by hand. -->',
         '',
         'A plan that holds every step kind this machine can run (a top overlay over a nested overlay on a raw',
-        'image through `loop` and a qcow2 image through a FUSE export, a bind and a dir; the nested work dir holds',
-        'a volatile marker, discarded with `on_volatile_marker: discard`) is run once per step and fault, with',
-        'that step failing. Then the host is compared with the host before the run: the mounts (with the image',
-        'each device serves), the loop devices, the FUSE export daemons and every file under the scratch root,',
+        'image through `loop` and a qcow2 image through a FUSE export, a bind and an idmapped dir; the nested work',
+        'dir holds a volatile marker, discarded with `on_volatile_marker: discard`) is run once per step and fault,',
+        'with that step failing. Then the host is compared with the host before the run: the mounts (with the image',
+        'each device serves; the idmapped layer\'s too, and its mount point), the loop devices, the FUSE export',
+        'daemons and every file under the scratch root,',
         'upper dirs included; of a work dir only the volatile marker, since the kernel keeps its own entries',
         'there; of an overlay\'s options all but `uuid`, which the tree leaves to the kernel (its default,',
         '`uuid=auto`, shows `uuid=on` or nothing by the upper dir\'s history).',

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
@@ -25,6 +25,7 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     run,
     tree_digest,
 )
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources, render
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook
 
 RANGES = {'a': 100000, 'b': 200000}
@@ -145,9 +146,11 @@ def test_unmount_removes_the_idmapped_mounts_of_the_tree_and_nothing_else(host, 
              tree(host, 'b', RANGES['b'], lower=[host.path('base'), host.path('other')])]
     converge_twice(host, filesystems=trees)
     assert len(idmapped_mounts()) == 3  # base for a; base and other for b
+    before = set(os.listdir(IDMAP_DIR))
     result = host.play(filesystems=[trees[1]], state='unmounted')
     assert not result.get('failed'), result.get('msg')
     assert len(idmapped_mounts()) == 1
+    assert len(before - set(os.listdir(IDMAP_DIR))) == 2  # their mount points went with them
     assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
     assert not os.path.ismount(host.path('merged-b'))
 
@@ -240,3 +243,35 @@ def test_the_user_namespace_of_a_mapping_leaves_no_process_behind(host, base):
         assert processes_in_other_user_namespaces() <= before
     finally:
         checked(['umount', target])
+
+
+def rendered_spec(host, trees):
+    """The spec files the role would write for these trees, written under the scratch root: {target: path}."""
+    files = render([{'filesystem': one} for one in trees], settings={'helper_sources': helper_sources()})['files']
+    specs = {}
+    for path, text in files.items():
+        if path.startswith(boot.SPEC_DIR + '/'):
+            local = host.path('specs', os.path.basename(path))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with open(local, 'w') as handle:
+                handle.write(text)
+            specs[boot.read_spec(local)['target']] = local
+    return specs
+
+
+def test_the_boot_helper_mounts_the_idmapped_layers_before_the_overlay_and_leaves_nothing_when_it_fails(host, base):
+    host.make_dirs('upper-a', 'work-a', 'merged-a', 'upper-b', 'work-b', 'merged-b')
+    checked(['mount', '-t', 'tmpfs', 'elsewhere', host.path('work-b')])  # the kernel wants upper and work on one mount
+    trees = [tree(host, name, start) for name, start in sorted(RANGES.items())]
+    specs = rendered_spec(host, trees)
+    target = host.path('merged-a')
+    boot.mount(specs[target], target)
+    assert owner(os.path.join(target, 'etc/conf')) == (RANGES['a'], RANGES['a'])
+    boot.mount(specs[target], target)  # mount -a again: nothing stacks
+    assert len(idmapped_mounts()) == 1 and len([e for e in read_mountinfo() if e.mountpoint == target]) == 1
+    again = host.play(filesystems=trees[:1])  # the module sees what it would have made
+    assert (again.get('msg'), again['plan']) == (None, [])
+
+    with pytest.raises(boot.HelperError, match='mount overlay on %s' % host.path('merged-b')):
+        boot.mount(specs[host.path('merged-b')], host.path('merged-b'))
+    assert len(idmapped_mounts()) == 1, open('/proc/self/mountinfo').read()  # its idmapped layer went again

@@ -836,19 +836,19 @@ def test_an_idmapped_layer_is_mounted_before_its_overlay_and_a_new_upper_dir_bel
     roots = roots_of(IDMAPPED_TREE)
     steps = plan(roots, observed(roots, missing=(IDMAP_PATH, '/srv/i/upper', '/srv/i/merged')), 'mounted',
                  create_dirs=True)
-    assert summary(steps) == [('mkdir', IDMAP_PATH), ('mount', IDMAP_PATH), ('mkdir', '/srv/i/merged'),
-                              ('mkdir', '/srv/i/upper'), ('mount', '/srv/i/merged')]
-    assert (steps[1].kind, steps[1].source, steps[1].idmap.summary()) == (
+    assert summary(steps) == [('mount', IDMAP_PATH), ('mkdir', '/srv/i/merged'), ('mkdir', '/srv/i/upper'),
+                              ('mount', '/srv/i/merged')]
+    assert (steps[0].kind, steps[0].source, steps[0].idmap.summary()) == (
         'idmapped', '/srv/i/base', 'uid 0->100000 (65536), gid 0->100000 (65536)')
-    assert steps[1].to_dict()['idmap'] == id_shift(100000)
-    assert steps[3].owner == (100000, 100000) and steps[2].owner is None
-    assert steps[4].lowers == (IDMAP_PATH,)
+    assert steps[0].to_dict()['idmap'] == id_shift(100000)
+    assert steps[2].owner == (100000, 100000) and steps[1].owner is None
+    assert steps[3].lowers == (IDMAP_PATH,)
 
 
-def test_the_mount_point_of_an_idmapped_layer_is_made_even_without_create_dirs():
+def test_the_mount_point_of_an_idmapped_layer_is_its_mount_steps_to_make_even_without_create_dirs():
     roots = roots_of(IDMAPPED_TREE)
     steps = plan(roots, observed(roots, missing=(IDMAP_PATH,)), 'mounted', create_dirs=False)
-    assert summary(steps)[:2] == [('mkdir', IDMAP_PATH), ('mount', IDMAP_PATH)]
+    assert summary(steps)[0] == ('mount', IDMAP_PATH)
 
 
 @pytest.mark.parametrize('shown, owners', [(100000, None), (None, (100000, 100000))])
@@ -901,3 +901,4 @@ def test_unmounting_an_idmapped_tree_takes_its_layers_mount_after_the_overlay():
     roots = roots_of(IDMAPPED_TREE)
     steps = plan(roots, idmapped_host(roots), 'unmounted')
     assert summary(steps) == [('unmount', '/srv/i/merged'), ('unmount', IDMAP_PATH)]
+    assert [one.remove_mount_point for one in steps] == [False, True]  # the layer's mount point goes with it
