@@ -162,8 +162,11 @@ def start_export(run, image, image_format, export, pidfile, metafile):
     try:
         run_checked(run, argv)
     except DeviceError:
-        _remove(export, pidfile, metafile)
-        raise
+        if not _held(pidfile):
+            _remove(export, pidfile, metafile)
+            raise
+        # The daemon of a run killed while it started this very export (its path is its image's and format's)
+        # holds the pid file: it was not up when this run looked. It serves what this step asks for: adopt it.
     try:
         _wait_for_file_size(export)
     except DeviceError:

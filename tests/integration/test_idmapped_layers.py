@@ -157,13 +157,24 @@ def test_unmount_removes_the_idmapped_mounts_of_the_tree_and_nothing_else(host, 
 
 def test_an_overlay_of_idmapped_block_and_nested_layers_maps_every_layer(host, base):
     host.make_dirs(**{'inner/x': 'inner file'})
+    device = checked(['losetup', '--find', '--show', '--read-only',
+                      make_ext4_image(host, 'disk.img', {'on-disk': 'block'})]).stdout.strip()
     nested = {'type': 'overlay', 'target': host.path('nested'), 'upper': host.path('nested-upper'),
               'work': host.path('nested-work'), 'lower': [host.path('inner')]}
-    trees = [tree(host, 'a', RANGES['a'], lower=[nested, host.path('base')])]
-    converge_twice(host, filesystems=trees)
-    assert owner(host.path('merged-a/x')) == (100000, 100000)  # through the nested overlay's idmapped lower
-    assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
-    assert len(idmapped_mounts()) == 2
+    block = {'type': 'block', 'source': device, 'target': host.path('disk')}
+    trees = [tree(host, 'a', RANGES['a'], lower=[nested, block, host.path('base')])]
+    try:
+        converge_twice(host, filesystems=trees)
+        assert owner(host.path('merged-a/x')) == (100000, 100000)  # through the nested overlay's idmapped lower
+        assert owner(host.path('merged-a/on-disk')) == (100000, 100000)  # the block device's root-owned file
+        assert owner(host.path('disk/on-disk')) == (0, 0)  # its own mount is not idmapped
+        assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
+        assert len(idmapped_mounts()) == 3
+        host.play(filesystems=trees, state='unmounted')
+        assert idmapped_mounts() == []
+    finally:
+        quietly(['umount', host.path('disk')])
+        quietly(['losetup', '--detach', device])
 
 
 def test_a_filesystem_that_cannot_be_idmapped_fails_with_the_kernels_reason_and_is_undone(host, base):

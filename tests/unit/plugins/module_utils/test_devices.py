@@ -9,6 +9,8 @@ fake /sys/block; the real commands run in the integration and VM tests)."""
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 
 import pytest
 
@@ -137,6 +139,26 @@ def test_a_failed_export_start_removes_its_files_and_qemu_values_double_their_co
     assert 'driver=file,node-name=file,read-only=on,filename=/srv/a,,b.qcow2' in argv
     assert argv[-1].endswith('mountpoint=%s' % export.replace(',', ',,'))
     assert sorted(p.name for p in (tmp_path / 'exports').iterdir()) == []
+
+
+def test_an_export_a_killed_runs_daemon_is_still_starting_is_adopted_once_it_serves(tmp_path):
+    """The daemon of a killed run holds the pid file (qemu lockf's it); this run's own daemon fails on that lock."""
+    export, pidfile, metafile = (str(tmp_path / name) for name in ('e.img', 'e.pid', 'e.json'))
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time; handle = open(sys.argv[1], "w"); '
+                               'fcntl.lockf(handle, fcntl.LOCK_EX); print("held", flush=True); time.sleep(60)', pidfile],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'held\n', holder.stderr.read()
+
+        def starts_serving(argv):
+            with open(export, 'w') as handle:
+                handle.write('the export now serves')  # what the other daemon does once it is up
+            return 1, '', 'qemu-storage-daemon: cannot create PID file: Cannot lock pid file: Resource temporarily unavailable'
+        devices.start_export(starts_serving, '/srv/a.qcow2', 'qcow2', export, pidfile, metafile)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['e.img', 'e.json', 'e.pid']
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_an_export_with_a_loop_device_on_it_is_not_stopped(tmp_path):
