@@ -162,9 +162,8 @@ def mount_idmapped_layer(layer, mounts):
     stacked = [entry for entry in mounts if entry.mountpoint == layer['target']]
     if stacked:
         owners = (hostfs.owner(layer['source']), hostfs.owner(layer['target']))
-        problems = idmap_shortfalls(stacked[-1], idmap, syscalls.mount_idmap(layer['target']), owners)
-        if not hostfs.same_file(layer['source'], layer['target']):
-            problems.append('it is not a mount of %s' % layer['source'])
+        problems = idmap_shortfalls(stacked[-1], idmap, syscalls.mount_idmap(layer['target']), owners,
+                                    hostfs.same_file(layer['source'], layer['target']))
         if problems:
             raise HelperError('the idmapped mount of %s on %s is there already, but %s' % (
                 layer['source'], layer['target'], '; '.join(problems)))

@@ -239,7 +239,8 @@ class Executor(object):
         hostfs.mount_idmapped_layer(one.source, one.target, one.idmap)
         self._made(one, 'the idmapped mount of %s' % one.source, one.idmap.summary(),
                    lambda entry: idmap_shortfalls(entry, one.idmap, syscalls.mount_idmap(one.target),
-                                                  (hostfs.owner(one.source), hostfs.owner(one.target))))
+                                                  (hostfs.owner(one.source), hostfs.owner(one.target)),
+                                                  hostfs.same_file(one.source, one.target)))
         return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target), remove_mount_point=True)
 
     def _made(self, one, what, asked, shortfalls, kernel_messages=()):

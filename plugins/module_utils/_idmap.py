@@ -121,15 +121,18 @@ def parse_kernel_map(lines):
     return tuple(IdRange(*(int(field) for field in line.split())) for line in lines)
 
 
-def idmap_shortfalls(entry, idmap, shown_idmap, owners):
-    """What an idmapped mount ``entry`` (a mountinfo.MountEntry) gives other than the mapping ``idmap``: one rule for
-    the planner, the executor's read-back and the boot helper. ``shown_idmap``: its mapping as
+def idmap_shortfalls(entry, idmap, shown_idmap, owners, clones_layer):
+    """What an idmapped mount ``entry`` (a mountinfo.MountEntry) gives other than the mapping ``idmap`` of its layer:
+    one rule for the planner, the executor's read-back and the boot helper. ``shown_idmap``: its mapping as
     statmount(2) reads it back, None where the kernel cannot tell (before 6.15); then ``owners``, the owner of the
-    layer's root on disk and as the mount shows it, are compared instead."""
+    layer's root on disk and as the mount shows it, are compared instead. ``clones_layer``: its root is the layer's
+    dir (same device and inode)."""
     if entry is None:
         return ['nothing is mounted there']
     if 'idmapped' not in entry.mount_options:
         return ['%s from %s is mounted there, not idmapped' % (entry.fstype, entry.source)]
+    if not clones_layer:
+        return ['it is the idmapped mount of another dir']
     if shown_idmap is not None:
         return [] if shown_idmap == idmap else ['it maps %s' % shown_idmap.summary()]
     on_disk, shown = owners

@@ -349,9 +349,11 @@ def observe(roots):
     mounts = read_mountinfo()
     resolve = Resolver()
     views = container_views(roots, mounts, resolve)
-    paths, confined = {}, set()
+    paths, confined, idmapped = {}, set(), []
     for root in roots:
         for node in root.walk():
+            if node.kind == IDMAPPED:
+                idmapped.append(node.target)
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
                     paths[path] = observe_path(path, work_dir=path == node.work, resolve=resolve)
@@ -362,11 +364,10 @@ def observe(roots):
     observed = Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(),
                         exports=read_fuse_exports(mounts), nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')),
                         kernel=os.uname().release, views=views)
-    for root in roots:
-        for node in root.walk():
-            top = observed.top_mount_at(node.target) if node.kind == IDMAPPED else None
-            if top is not None and 'idmapped' in top.mount_options:
-                observed.idmaps[node.target] = syscalls.mount_idmap(node.target)
+    for target in idmapped:  # the mapping of what is mounted there now
+        top = observed.top_mount_at(target)
+        if top is not None and 'idmapped' in top.mount_options:
+            observed.idmaps[target] = syscalls.mount_idmap(target)
     return observed
 
 

@@ -60,8 +60,8 @@ class _Planner(object):
         self.planned_dirs = set()
         self.images = ImagePlanner(observed)
         # by Node.mount_kind
-        self.matcher = {'overlay': self._matches_overlay, 'block': self._matches_block, 'mount': self._matches_mount,
-                        'file': self._matches_file, IDMAPPED: self._matches_idmapped}
+        self.matcher = {'overlay': self._matches_shortfalls, 'block': self._matches_block, 'mount': self._matches_mount,
+                        'file': self._matches_file, IDMAPPED: self._matches_shortfalls}
         self.mounter = {'overlay': self._mount_overlay, 'block': self._mount_block, 'mount': self._mount_mount,
                         'file': self._mount_file, IDMAPPED: self._mount_idmapped}
 
@@ -134,16 +134,13 @@ class _Planner(object):
             return overlay_shortfalls(current, node.layer_paths(), node.upper, node.work, node.options,
                                       node.mounted_readonly)
         if node.kind == IDMAPPED:
-            owners = (self.observed.facts(node.source).owner, self.observed.facts(node.target).owner)
-            return idmap_shortfalls(current, node.idmap, self.observed.idmaps.get(node.target), owners)
+            source, target = self.observed.facts(node.source), self.observed.facts(node.target)
+            return idmap_shortfalls(current, node.idmap, self.observed.idmaps.get(node.target),
+                                    (source.owner, target.owner), source.identity == target.identity)
         return []
 
-    def _matches_overlay(self, node, current):
+    def _matches_shortfalls(self, node, current):
         return 'drift' if self._shortfalls(node, current) else 'match'
-
-    def _matches_idmapped(self, node, current):
-        clones_source = self.observed.facts(node.source).identity == self.observed.facts(node.target).identity
-        return 'match' if clones_source and not self._shortfalls(node, current) else 'drift'
 
     def _matches_block(self, node, current):
         return 'match' if self.observed.facts(node.source).rdev == (current.major, current.minor) else 'drift'

@@ -132,9 +132,14 @@ class Layer(NamedTuple):
     label: str
 
     @property
+    def idmapped_mount(self):
+        """The IDMAPPED node the overlay reads this layer through, or None."""
+        return self.node if self.node is not None and self.node.kind == IDMAPPED else None
+
+    @property
     def host_path(self):
         """The host dir the layer shows: of an idmapped layer, the dir its mount is a clone of."""
-        return self.node.source if self.node is not None and self.node.kind == IDMAPPED else self.path
+        return self.idmapped_mount.source if self.idmapped_mount else self.path
 
 
 def parse_filesystems(raw_list, label='filesystems', flatten=True):

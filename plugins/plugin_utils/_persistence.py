@@ -343,7 +343,7 @@ class _Renderer(object):
         self.needs_helper = True
         spec = spec_file(node.target)
         layers = [layer.host_path for layer in node.layers] + ([node.upper, node.work] if node.upper else [])
-        idmapped = [layer.node for layer in node.layers if layer.node is not None and layer.node.kind == IDMAPPED]
+        idmapped = [layer.idmapped_mount for layer in node.layers if layer.idmapped_mount]
         self.files[spec] = boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
             'options': dict(node.options), 'readonly': node.mounted_readonly,

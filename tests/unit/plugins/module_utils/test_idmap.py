@@ -103,14 +103,14 @@ def test_shortfalls_compare_the_mapping_read_back_or_else_the_owner_of_the_root(
     idmap = parse_idmap(SHIFT, 'x')
     other = parse_idmap({'uid': ranges((0, 200000, 65536)), 'gid': ranges((0, 200000, 65536))}, 'x')
     entry = mountinfo.parse_line(IDMAPPED_LINE)
-    assert idmap_shortfalls(entry, idmap, idmap, None) == []
-    assert idmap_shortfalls(entry, idmap, other, None) == ['it maps uid 0->200000 (65536), gid 0->200000 (65536)']
-    assert idmap_shortfalls(entry, idmap, None, ((0, 0), (100000, 100000))) == []
-    assert idmap_shortfalls(entry, idmap, None, ((0, 0), (200000, 200000))) == [
+    assert idmap_shortfalls(entry, idmap, idmap, None, True) == []
+    assert idmap_shortfalls(entry, idmap, other, None, True) == ['it maps uid 0->200000 (65536), gid 0->200000 (65536)']
+    assert idmap_shortfalls(entry, idmap, None, ((0, 0), (100000, 100000)), True) == []
+    assert idmap_shortfalls(entry, idmap, None, ((0, 0), (200000, 200000)), True) == [
         'its root, owned by 0:0 on disk, shows as 200000:200000, not 100000:100000']
-    assert idmap_shortfalls(mountinfo.parse_line(PLAIN_LINE), idmap, None, ((0, 0), (0, 0))) == [
+    assert idmap_shortfalls(mountinfo.parse_line(PLAIN_LINE), idmap, None, ((0, 0), (0, 0)), True) == [
         'ext4 from /dev/sda1 is mounted there, not idmapped']
-    assert idmap_shortfalls(None, idmap, None, None) == ['nothing is mounted there']
+    assert idmap_shortfalls(None, idmap, None, None, True) == ['nothing is mounted there']
 
 
 # --- in the tree ----------------------------------------------------------------------------------------------
