@@ -133,3 +133,39 @@ def test_an_idmapped_mount_the_kernel_refuses_says_why_and_leaves_no_fd_open(mon
         os.strerror(err), hint)
     with pytest.raises(OSError):
         os.fstat(opened[0])  # the detached clone's fd was closed
+
+
+def test_the_syscalls_called_by_number_have_that_number_on_every_architecture():
+    # the kernel's tables as system-calls (hrw/syscalls-table) carries them; a number that differs by architecture
+    # (statx's, say) must go through the C library instead
+    from system_calls import syscalls as kernel_tables
+    tables = kernel_tables()
+    by_number = {name[len('SYS_'):].lower(): value for name, value in vars(syscalls).items() if name.startswith('SYS_')}
+    assert set(by_number) == {'open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'openat2', 'mount_setattr',
+                              'statmount'}
+    for arch in ('x86_64', 'arm64', 'riscv64'):
+        assert {name: tables.get(name, arch) for name in by_number} == by_number, arch
+
+
+IDMAP_SCRIPT = textwrap.dedent('''
+    import json, os, subprocess, sys
+    sys.path[:0] = json.loads(sys.argv[2])
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import parse_idmap
+    base = sys.argv[1]
+    subprocess.run(['mount', '-t', 'tmpfs', 'scratch', base], check=True, capture_output=True)
+    os.mkdir(base + '/plain')
+    os.mkdir(base + '/shifted')
+    idmap = parse_idmap({'uid': [{'start': 0, 'target': 100000, 'count': 65536}],
+                         'gid': [{'start': 0, 'target': 200000, 'count': 10}]}, 'idmap')
+    syscalls.mount_idmapped(base + '/plain', base + '/shifted', idmap)
+    print(json.dumps({'plain': syscalls.mount_idmap(base + '/plain') is None,
+                      'shifted': syscalls.mount_idmap(base + '/shifted') == idmap}))
+''')
+
+
+@pytest.mark.skipif(tuple(int(part) for part in os.uname().release.split('.')[:2]) < (6, 15),
+                    reason='statmount(2) reads a mapping back from Linux 6.15 on')
+def test_an_idmapped_mount_is_read_back_through_statx_and_statmount(namespace_run):
+    # statx through the C library (its number differs by architecture), statmount by number
+    assert namespace_run(IDMAP_SCRIPT) == {'plain': True, 'shifted': True}
