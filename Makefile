@@ -1,11 +1,13 @@
 # Build and test tooling for the containerhost.overlayfs collection.
 #
-#   make setup        .venv with requirements-dev.txt, Debian test packages, collection layout,
-#                     offline pip bootstrap for ansible-test
+#   make setup        .venv (Python 3.13, requirements/dev.txt), the Debian test packages, the collection layout, the
+#                     target Pythons (.cache/pythons), a venv per ansible-core line for ansible-test
+#   make lock         re-resolve the lock files requirements/*.txt after an .in changed (scripts/lock.sh); make
+#                     lock-upgrade: the newest versions every .in allows; both print each pin that changed
 #   make demo         scripts/demo.sh
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
-#   make sanity       ansible-test sanity and units on a copy of the tree (see below)
+#   make sanity       ansible-test sanity and units with each ansible-core line, on a copy of the tree (see below)
 #   make vm-image     build (or reuse the cached) Debian 12 and 13 test VM images, in parallel: tests/vm/build-image.sh
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
@@ -32,13 +34,30 @@ VM_RELEASES := bookworm trixie
 .DEFAULT_GOAL := test
 .DELETE_ON_ERROR:
 
-PYTHON ?= python3
-# Python version ansible-test sanity runs its (per-test) environments with.
-SANITY_PYTHON ?= 3.11
+# The Python the tooling runs on (the controller): ansible-core 2.22 needs 3.13 or newer, 2.20 and 2.21 3.12 or newer.
+CONTROLLER_PYTHON := 3.13
+PYTHON ?= $(shell scripts/python-path.sh $(CONTROLLER_PYTHON) 2>/dev/null)
+# The target Pythons the collection supports. make setup links those this machine has into .cache/pythons/bin (and
+# says how to get the others): ansible-test sanity's compile and import tests take them from there, and the module,
+# the info module and the role run on each (tests/integration/test_target_pythons.py). The unit tests also run on the
+# oldest (requirements/units-py3.9.txt).
+TARGET_PYTHONS := 3.9 3.10 3.11 3.12 3.13 3.14
+OLDEST_TARGET_PYTHON := $(firstword $(TARGET_PYTHONS))
+PYTHONS_DIR := $(CURDIR)/.cache/pythons/bin
+# The ansible-core lines, one lock each (requirements/ansible-test-LINE.txt): make sanity runs ansible-test sanity and
+# units with each; the newest is .venv's, which the other suites run on. meta/runtime.yml states the range.
+ANSIBLE_LINES := $(patsubst requirements/ansible-test-%.txt,%,$(wildcard requirements/ansible-test-*.txt))
+NEWEST_LINE := $(lastword $(ANSIBLE_LINES))
+# uv makes the lock files and syncs every venv to its lock; it is installed with pip, pinned here.
+UV_VERSION := 0.13.8
+UV := $(CURDIR)/.cache/uv-$(UV_VERSION)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 
 VENV := $(CURDIR)/.venv
 VENV_PYTHON := $(VENV)/bin/python
-VENV_STAMP := $(VENV)/.requirements-installed
+VENV_STAMP := $(VENV)/.installed
+LINE_STAMPS := $(foreach line,$(ANSIBLE_LINES),$(CURDIR)/.cache/ansible-test-$(line)-venv/.installed)
+OLDEST_UNITS_VENV := $(CURDIR)/.cache/units-py$(OLDEST_TARGET_PYTHON)-venv
 
 # ansible and ansible-test want a collection at a path ending in ansible_collections/NAMESPACE/NAME.
 # For ansible (ansible-playbook, ansible, ansible-doc, the tests) a symlink to the repo root is enough.
@@ -69,19 +88,51 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 #   pslint: needs PowerShell (pwsh), which neither Debian nor PyPI provides here; the collection
 #           targets Linux only and has no .ps1/.psm1/.psd1 files.
 SANITY_SKIP := pslint
-SANITY_ARGS := --python $(SANITY_PYTHON) --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
+SANITY_ARGS := --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
-.PHONY: setup venv debian-packages collection-layout get-pip-standin demo unit integration sanity test bench clean \
-	vm-image vm-test molecule galaxy-importer lint execution-environment pictures docs-rst docs
+.PHONY: setup venv controller-python target-pythons debian-packages collection-layout ansible-test-venvs demo unit \
+	integration sanity test bench clean vm-image vm-test molecule galaxy-importer lint execution-environment pictures \
+	docs-rst docs lock lock-upgrade
 
-setup: venv debian-packages collection-layout get-pip-standin
+setup: venv debian-packages collection-layout target-pythons ansible-test-venvs
+
+controller-python:
+	@test -n "$(PYTHON)" || { scripts/python-path.sh $(CONTROLLER_PYTHON); exit 1; }
+
+$(UV):
+	$(or $(PYTHON),python3) -m pip install --quiet --root-user-action=ignore --target $(CURDIR)/.cache/uv-$(UV_VERSION) uv==$(UV_VERSION)
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
-	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PYTHON) -m pip install --quiet -r requirements-dev.txt
+# Each venv holds exactly its lock (scripts/venv.sh): remade when its lock changes or it was made with another Python.
+$(VENV_STAMP): requirements/dev.txt | controller-python $(UV)
+	UV=$(UV) scripts/venv.sh $(VENV) $(PYTHON) $<
 	@touch $@
+
+$(CURDIR)/.cache/%-venv/.installed: requirements/%.txt | controller-python $(UV)
+	UV=$(UV) scripts/venv.sh $(@D) $(PYTHON) $<
+	@touch $@
+
+$(OLDEST_UNITS_VENV)/.installed: requirements/units-py$(OLDEST_TARGET_PYTHON).txt | target-pythons $(UV)
+	UV=$(UV) scripts/venv.sh $(@D) $(PYTHONS_DIR)/python$(OLDEST_TARGET_PYTHON) $<
+	@touch $@
+
+# The lock files (scripts/lock.sh): after an .in changed, and to take the newest versions.
+lock: $(UV)
+	scripts/lock.sh $(UV)
+
+lock-upgrade: $(UV)
+	scripts/lock.sh $(UV) --upgrade
+
+# Links to the target Pythons this machine has; for each it lacks, how to get it (the tests that need it then fail
+# saying so).
+target-pythons:
+	@mkdir -p $(PYTHONS_DIR); missing=(); \
+	for version in $(TARGET_PYTHONS); do \
+	  if found=$$(scripts/python-path.sh $$version 2>/dev/null); then ln -sfn "$$found" $(PYTHONS_DIR)/python$$version; \
+	  else rm -f $(PYTHONS_DIR)/python$$version; missing+=("$$(scripts/python-path.sh $$version 2>&1 || true)"); fi; \
+	done; \
+	for line in "$${missing[@]}"; do echo "target Pythons: $$line. The tests on it are skipped, saying so." >&2; done
 
 debian-packages:
 	@missing=(); \
@@ -103,14 +154,10 @@ collection-layout:
 	fi
 	@test -f $(COLLECTION_LINK)/galaxy.yml
 
-# ansible-test bootstraps pip in every virtual environment it creates with a get-pip.py that it downloads
-# from a host this machine cannot reach, unless ~/.ansible/test/cache/get_pip_<pip version with _>.py
-# exists (see bootstrap() in ansible_test/_util/target/setup/requirements.py). The pip version comes from
-# the installed ansible-test; the file name pattern is the one that function uses.
-get-pip-standin: venv
-	@pip_version=$$($(VENV_PYTHON) -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages; print(get_venv_packages(types.SimpleNamespace(version="$(SANITY_PYTHON)"))["pip"])'); \
-	dest="$$HOME/.ansible/test/cache/get_pip_$${pip_version//./_}.py"; \
-	cmp -s scripts/get_pip_standin.py "$$dest" || install -D -m 0644 scripts/get_pip_standin.py "$$dest"
+# A venv per ansible-core line, each with what lets its ansible-test run offline (scripts/ansible-test-offline.sh),
+# and the oldest target Python's venv for the unit tests.
+ansible-test-venvs: $(LINE_STAMPS) $(OLDEST_UNITS_VENV)/.installed
+	@for line in $(ANSIBLE_LINES); do scripts/ansible-test-offline.sh .cache/ansible-test-$$line-venv $(CONTROLLER_PYTHON); done
 
 demo: setup
 	bash scripts/demo.sh
@@ -119,23 +166,19 @@ pictures: setup
 	$(VENV_PYTHON) -m ansible_collections.containerhost.overlayfs.tests.helpers.doc_pictures
 
 unit: setup
-	$(VENV_PYTHON) -m pytest tests/unit -q
+	$(VENV_PYTHON) -m pytest tests/unit -q -rs
 
 # The session runs in a private mount namespace: every mount the tests make dies with it.
 integration: setup
-	unshare --mount --propagation private $(VENV_PYTHON) -m pytest tests/integration -q
+	unshare --mount --propagation private $(VENV_PYTHON) -m pytest tests/integration -q -rs
 
 # The role's fast scenario: localhost, in a private mount namespace, persistence under a scratch root.
 molecule: setup
 	cd extensions && $(VENV)/bin/molecule reset -s localhost && unshare --mount --propagation private $(VENV)/bin/molecule test -s localhost
 
-# Each tool set in a venv of its own, .cache/NAME-venv from requirements-NAME.txt: the ecosystem's tools (tools;
-# galaxy-importer pins its own ansible-lint) and the docsite's (docs: antsibull-docs, Sphinx, pandoc).
-$(CURDIR)/.cache/%-venv/.installed: requirements-%.txt
-	@test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
-	$(@D)/bin/pip install --quiet -r $<
-	@touch $@
-
+# Each tool set in a venv of its own, .cache/NAME-venv from requirements/NAME.txt (the pattern rule above): the
+# ecosystem's tools (tools; galaxy-importer pins its own ansible-lint) and the docsite's (docs: antsibull-docs, Sphinx,
+# pandoc).
 TOOLS_VENV := $(CURDIR)/.cache/tools-venv
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
@@ -164,22 +207,28 @@ docs: setup $(DOCS_STAMP)
 	bash scripts/docsite.sh
 
 # Not part of `make test`: a benchmark prints ratios, it asserts nothing (benchmarks/, figures in
-# docs/performance.md). The peer ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server
-# may be out of reach), unpacked apart from the venv so that no test sees its collections.
+# docs/performance.md). It runs from .cache/bench-venv (the development venv's tools and matplotlib). The peer
+# ansible.posix.mount comes from the `ansible` package on PyPI (the Galaxy server may be out of reach), unpacked
+# apart from every venv so that no test sees its collections.
+BENCH_VENV := $(CURDIR)/.cache/bench-venv
 BENCH_COLLECTIONS := $(CURDIR)/.cache/bench-collections
 BENCH_STAMP := $(BENCH_COLLECTIONS)/.installed
-BENCH_ENV := ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT):$(BENCH_COLLECTIONS) PYTHONPATH=$(PYTHONPATH):$(CURDIR)/benchmarks
+BENCH_ENV := PATH=$(BENCH_VENV)/bin:$(PATH) ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT):$(BENCH_COLLECTIONS) \
+	PYTHONPATH=$(PYTHONPATH):$(CURDIR)/benchmarks
 
-$(BENCH_STAMP): requirements-bench.txt
-	$(VENV_PYTHON) -m pip install --quiet -r requirements-bench.txt
-	$(VENV_PYTHON) -m pip install --quiet --no-deps --target $(BENCH_COLLECTIONS) 'ansible>=12,<13'
+$(BENCH_STAMP): requirements/bench-collections.txt | $(UV)
+	$(UV) pip install --quiet --no-deps --python $(VENV_PYTHON) --target $(BENCH_COLLECTIONS) -r $<
 	@touch $@
 
-bench: setup $(BENCH_STAMP)
-	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_scale.py
-	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_role.py
-	$(BENCH_ENV) unshare --mount --propagation private $(VENV_PYTHON) benchmarks/bench_hosts.py
+bench: setup $(BENCH_VENV)/.installed $(BENCH_STAMP)
+	$(BENCH_ENV) unshare --mount --propagation private $(BENCH_VENV)/bin/python benchmarks/bench_scale.py
+	$(BENCH_ENV) unshare --mount --propagation private $(BENCH_VENV)/bin/python benchmarks/bench_role.py
+	$(BENCH_ENV) unshare --mount --propagation private $(BENCH_VENV)/bin/python benchmarks/bench_hosts.py
 
+# With each ansible-core line (its venv first on PATH): ansible-test sanity, its compile and import tests on every
+# target Python in .cache/pythons/bin, and ansible-test units on the controller Python; with the newest line, units on
+# the oldest target Python too (the tests of what runs on targets). Every venv comes from a lock: --local, never
+# --requirements, whose installs would take whatever PyPI has that day.
 # The copy holds what ansible-test itself would test in place: the files git lists (tracked, plus untracked
 # ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git
 # repository, since otherwise ansible-test would find the repo's .git above it, in which .cache is ignored,
@@ -189,8 +238,14 @@ sanity: setup
 	@mkdir -p $(SANITY_COPY)
 	@bash scripts/copy-tree.sh $(SANITY_COPY)
 	@git -C $(SANITY_COPY) -c init.defaultBranch=main init -q
-	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test sanity $(SANITY_ARGS)
-	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH ansible-test units --python $(SANITY_PYTHON) --venv --requirements
+	@cd $(SANITY_COPY) && for line in $(ANSIBLE_LINES); do \
+	  echo "==> ansible-core $$line: ansible-test sanity and units"; \
+	  env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH PATH=$(CURDIR)/.cache/ansible-test-$$line-venv/bin:$(PYTHONS_DIR):$$PATH \
+	    sh -c 'ansible-test sanity $(SANITY_ARGS) && ansible-test units --local --python $(CONTROLLER_PYTHON)' || exit 1; \
+	done
+	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH \
+	  PATH=$(CURDIR)/.cache/ansible-test-$(NEWEST_LINE)-venv/bin:$$PATH ansible-test units --local \
+	  --python $(OLDEST_TARGET_PYTHON) --python-interpreter $(OLDEST_UNITS_VENV)/bin/python
 
 # The VM images are cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE; each is rebuilt
 # (about two minutes) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.

@@ -4,7 +4,7 @@
 """The user guides of docs/*.md as the RST pages of the docsite (docs/docsite/rst), which antsibull-docs takes.
 
 The Markdown in docs/ is the one source; this converts it with pandoc (pinned, from pypandoc-binary in
-requirements-docs.txt) and rewrites what RST on the docsite reaches differently: links between guides go to their
+requirements/docs.txt) and rewrites what RST on the docsite reaches differently: links between guides go to their
 pages, links to other files of the repository to the repository, and each layer-stack picture is inlined as SVG
 (antsibull-docs copies only the .rst files). Each page gets the label antsibull-docs requires.
 

@@ -25,9 +25,9 @@ Standard library only, and only the modules in BUNDLE: the role copies these fil
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
 import sys
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
@@ -182,41 +182,36 @@ def mount_main(argv):
 
 # --- containerhost-overlayfs-export ------------------------------------------------------------------------
 
-def export_main(argv):
+def export_main(argv, run):
     if len(argv) != 3 or argv[0] not in ('start', 'stop'):
         raise HelperError('usage: %s start|stop IMAGE FORMAT' % os.path.basename(EXPORT_HELPER), EX_USAGE)
     action, image, image_format = argv
     export, pidfile, metafile = hostfs.export_files(image, image_format)
     try:
         if action == 'start':
-            devices.start_export(_run, os.path.realpath(image), image_format, export, pidfile, metafile)
+            devices.start_export(run, os.path.realpath(image), image_format, export, pidfile, metafile)
         else:
             devices.stop_export(export, pidfile, metafile)
     except (OSError, devices.DeviceError, syscalls.MountError) as error:
         raise HelperError('%s the FUSE export of %s (%s): %s' % (action, image, image_format, error))
 
 
-def _run(argv):
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return completed.returncode, completed.stdout, completed.stderr
-
-
 # --- entry point ----------------------------------------------------------------------------------------------
 
-PROGRAMS = {
-    os.path.basename(MOUNT_HELPER): mount_main,
-    os.path.basename(EXPORT_HELPER): export_main,
-}
+PROGRAMS = (os.path.basename(MOUNT_HELPER), os.path.basename(EXPORT_HELPER))
 
 
-def main(argv):
-    """Run the program argv[0] names; return its exit code. Messages go to stderr (the journal, at boot)."""
+def main(argv, run):
+    """Run the program argv[0] names; return its exit code. Messages go to stderr (the journal, at boot). ``run``
+    runs a command and returns (rc, stdout, stderr), as the module's AnsibleModule.run_command does for the same
+    functions: the launcher's, so that no module_utils code starts a process itself."""
     name = os.path.basename(argv[0])
-    if name not in PROGRAMS:
+    programs = dict(zip(PROGRAMS, (mount_main, functools.partial(export_main, run=run))))
+    if name not in programs:
         _say('unknown program %s (known: %s)' % (name, ', '.join(sorted(PROGRAMS))), name='boot')
         return EX_USAGE
     try:
-        PROGRAMS[name](argv[1:])
+        programs[name](argv[1:])
     except HelperError as error:
         _say(str(error), name=name)
         return error.code
@@ -224,7 +219,8 @@ def main(argv):
 
 
 def launcher(marker, python):
-    """The executable the role installs for each of PROGRAMS: it imports this module from HELPER_LIB."""
+    """The executable the role installs for each of PROGRAMS: it imports this module from HELPER_LIB, and holds the
+    process runner main() takes (subprocess is imported only when a program runs a command: a mount runs none)."""
     return '\n'.join([
         '#!%s -I' % python,
         marker,
@@ -232,7 +228,15 @@ def launcher(marker, python):
         'import sys',
         'sys.path.insert(0, %r)' % HELPER_LIB,
         'from %s._boot import main' % PACKAGE,
-        'sys.exit(main(sys.argv))',
+        '',
+        '',
+        'def run(argv):',
+        '    import subprocess',
+        '    done = subprocess.run(argv, capture_output=True, text=True, check=False)',
+        '    return done.returncode, done.stdout, done.stderr',
+        '',
+        '',
+        'sys.exit(main(sys.argv, run))',
     ]) + '\n'
 
 

@@ -24,7 +24,7 @@ SHIPPED = ('plugins/modules/overlay_filesystem.py', 'plugins/action/overlay_file
            'roles/overlay_mounts/meta/main.yml', 'roles/overlay_mounts/meta/argument_specs.yml',
            'examples/demo.yml', 'docs/reference.md', 'docs/docsite/extra-docs.yml', 'docs/docsite/rst/reference.rst',
            'docs/pictures/reference-nested-overlay-seed.svg', 'requirements.txt', 'LICENSE', 'README.md')
-NOT_SHIPPED = ('Makefile', 'scripts/', 'requirements-dev.txt', 'requirements-bench.txt', 'requirements-docs.txt', 'tests/', '.ci/',
+NOT_SHIPPED = ('Makefile', 'scripts/', 'requirements/', 'tests/', '.ci/',
                'extensions/', 'benchmarks/bench_scale.py', 'docs/design.md', 'docs/testing-vm.md',
                'changelogs/fragments/', '.gitignore', '.cache/', '.venv/', '.ansible/')
 
