@@ -70,8 +70,9 @@ SANITY_COPY := $(CURDIR)/.cache/sanity/ansible_collections/containerhost/overlay
 # Debian packages the tests need: util-linux (mount, umount, losetup, findmnt, unshare),
 # e2fsprogs (mkfs.ext4), shellcheck (ansible-test sanity's shellcheck test for *.sh files), qemu-utils (qemu-img,
 # qemu-nbd), qemu-system-common (qemu-storage-daemon, for image layers served through FUSE) and uidmap (newuidmap,
-# which unshare --map-users runs to enter idmapped trees as a container would).
-DEB_PACKAGES := util-linux e2fsprogs shellcheck qemu-utils qemu-system-common uidmap
+# which unshare --map-users runs to enter idmapped trees as a container would), patchelf (Debian's Python 3.14 pointed
+# at its own C library: scripts/debian_python.py).
+DEB_PACKAGES := util-linux e2fsprogs shellcheck qemu-utils qemu-system-common uidmap patchelf
 
 # Prepended once (recursive make calls inherit the already-prepended values).
 ifeq ($(filter $(VENV)/bin,$(subst :, ,$(PATH))),)
@@ -124,12 +125,15 @@ lock: $(UV)
 lock-upgrade: $(UV)
 	scripts/lock.sh $(UV) --upgrade
 
-# Links to the target Pythons this machine has; for each it lacks, how to get it (the tests that need it then fail
+# Links to the target Pythons: the machine's, else Debian's build where requirements/debian-pythonX.Y.lock pins one
+# (scripts/debian_python.py; 3.14, which pyenv lacks here); for each it still lacks, why (its tests are skipped,
 # saying so).
-target-pythons:
+target-pythons: debian-packages | controller-python
 	@mkdir -p $(PYTHONS_DIR); missing=(); \
 	for version in $(TARGET_PYTHONS); do \
-	  if found=$$(scripts/python-path.sh $$version 2>/dev/null); then ln -sfn "$$found" $(PYTHONS_DIR)/python$$version; \
+	  if found=$$(scripts/python-path.sh $$version 2>/dev/null) || { test -f requirements/debian-python$$version.lock && \
+	      found=$$($(PYTHON) scripts/debian_python.py install $$version $(CURDIR)/.cache/debian-python$$version); }; then \
+	    ln -sfn "$$found" $(PYTHONS_DIR)/python$$version; \
 	  else rm -f $(PYTHONS_DIR)/python$$version; missing+=("$$(scripts/python-path.sh $$version 2>&1 || true)"); fi; \
 	done; \
 	for line in "$${missing[@]}"; do echo "target Pythons: $$line. The tests on it are skipped, saying so." >&2; done
@@ -194,7 +198,7 @@ execution-environment: setup $(TOOLS_STAMP)
 # ansible-lint (production profile, .ansible-lint) over the role, the examples, the molecule scenarios and every
 # playbook; antsibull-changelog lint over the changelog and its fragments.
 lint: setup $(TOOLS_STAMP)
-	$(TOOLS_VENV)/bin/ansible-lint
+	PATH=$(TOOLS_VENV)/bin:$$PATH ansible-lint
 	$(TOOLS_VENV)/bin/antsibull-changelog lint
 
 DOCS_VENV := $(CURDIR)/.cache/docs-venv

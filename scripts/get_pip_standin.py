@@ -7,8 +7,8 @@ runs ``python get_pip_<version>.py [pip options] pip==<version> --no-setuptools 
 with the script it downloads from a host this project cannot reach. ``make setup``
 copies this file to the cache path that ansible-test looks at first, so the
 bootstrap becomes: ``python -m ensurepip`` (pip bundled with the interpreter),
-then ``python -m pip install`` of the requested packages from the package index
-configured for pip.
+or where there is none, Debian's pip wheel run from itself, then ``pip install`` of
+the requested packages from the package index configured for pip.
 
 This file is not executed directly; ansible-test runs it with the interpreter of
 the virtual environment it is bootstrapping.
@@ -16,6 +16,9 @@ the virtual environment it is bootstrapping.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -39,16 +42,27 @@ def run(*args: str, quiet: bool = False) -> None:
         raise subprocess.CalledProcessError(result.returncode, result.args)
 
 
+def bootstrap_pip() -> list[str]:
+    """The arguments that run pip: ensurepip's, which works without network access (on Python < 3.12 it also brings
+    setuptools); else, where Debian's build keeps ensurepip apart (scripts/debian_python.py), the pip wheel Debian
+    ships, run from the wheel itself."""
+    if importlib.util.find_spec('ensurepip'):
+        run('-m', 'ensurepip', '--upgrade', quiet=True)
+        return ['-m', 'pip']
+    wheels = sorted(glob.glob(os.path.join(sys.base_prefix, 'share', 'python-wheels', 'pip-*.whl')))
+    if not wheels:
+        sys.exit('%s has neither ensurepip nor a pip wheel in %s/share/python-wheels' % (sys.executable, sys.base_prefix))
+    return [os.path.join(wheels[-1], 'pip')]
+
+
 def main() -> None:
     """Bootstrap pip into the running interpreter's (virtual) environment."""
     argv = sys.argv[1:]
     pip_args = [arg for arg in argv if arg not in GET_PIP_ONLY_OPTIONS]
 
-    # ensurepip works without network access; on Python < 3.12 it also brings setuptools.
-    run('-m', 'ensurepip', '--upgrade', quiet=True)
-
+    pip = bootstrap_pip()
     if pip_args:
-        run('-m', 'pip', 'install', '--quiet', *pip_args)
+        run(*pip, 'install', '--quiet', *pip_args)
 
     if '--no-setuptools' in argv and sys.version_info < (3, 12):
         # get-pip.py with --no-setuptools leaves setuptools out; match that.

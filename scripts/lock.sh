@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The lock files: each requirements/*.in compiled by uv into exact pins (make lock, make lock-upgrade). make setup
+# The lock files: each requirements/*.in compiled by uv into exact pins (make lock, make lock-upgrade), and each
+# requirements/debian-pythonX.Y.list's Debian packages pinned with their SHA-256 (scripts/debian_python.py). make setup
 # installs the locks, never the .in files, so a fresh clone gets the same versions whatever day it is.
 #
 #   scripts/lock.sh UV            re-resolve after an .in changed, keeping every pin that still satisfies it
@@ -29,7 +30,7 @@ LOCKS=(
 
 before=$(mktemp -d)
 trap 'rm -rf "$before"' EXIT
-cp requirements/*.txt "$before/"
+cp requirements/*.txt requirements/*.lock "$before/"
 cd requirements
 for entry in "${LOCKS[@]}"; do
   read -r lock source python extra <<<"$entry"
@@ -38,6 +39,13 @@ for entry in "${LOCKS[@]}"; do
     -c constraints.txt $extra "$@" "$source" -o "$lock"
 done
 cd ..
+for list in requirements/debian-python*.list; do
+  lock=${list%.list}.lock
+  version=${list#requirements/debian-python}
+  python3 scripts/debian_python.py lock "${version%.list}" "$@"
+  diff <(grep -v '^#' "$before/${lock##*/}" 2>/dev/null | cut -d' ' -f1,2) <(grep -v '^#' "$lock" | cut -d' ' -f1,2) \
+    | sed -n "s/^< /  ${lock##*/}: was /p; s/^> /  ${lock##*/}: now /p" || true
+done
 for lock in requirements/*.txt; do
   name=$(basename "$lock")
   [ "$name" = constraints.txt ] && continue

@@ -27,6 +27,7 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     quietly,
     release_scratch,
 )
+from ansible_collections.containerhost.overlayfs.tests.helpers.toolchain import line_bin
 from ansible_collections.containerhost.overlayfs.tests.helpers.vm import RELEASES, ensure_image
 
 
@@ -104,3 +105,39 @@ def release_root(release_image):
     finally:
         release_scratch(scratch)
         os.rmdir(scratch)
+
+
+@pytest.fixture(scope='session')
+def tarball(tmp_path_factory):
+    """The tarball scripts/build-tarball.sh builds (what `make galaxy-importer` checks)."""
+    output = tmp_path_factory.mktemp('built')
+    return checked([os.path.join(REPO, 'scripts', 'build-tarball.sh'), str(output)]).stdout.strip()
+
+
+@pytest.fixture(scope='session')
+def install(tarball, tmp_path_factory):
+    """install(line): the tarball installed offline, in a network namespace of its own (no network at all), by
+    that ansible-core line's ansible-galaxy (.venv's by default) into an empty path; returns that path and the
+    environment of a user of that line who finds only that copy."""
+    installed = {}
+
+    def install_with(line=None):
+        if line not in installed:
+            collections = tmp_path_factory.mktemp('collections')
+            environment = user_environment(collections, line)
+            checked(['unshare', '--net', 'ansible-galaxy', 'collection', 'install', '--offline', '-p',
+                     str(collections), tarball], env=environment)
+            installed[line] = collections, environment
+        return installed[line]
+    return install_with
+
+
+def user_environment(collections, line=None):
+    """A shell of a user who installed the collection: no PYTHONPATH into the checkout, only ``collections``, and
+    the ansible commands of ``line`` first on PATH."""
+    environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR='1',
+                       ANSIBLE_DEPRECATION_WARNINGS='0')
+    environment.pop('PYTHONPATH', None)
+    if line:
+        environment['PATH'] = line_bin(line) + ':' + os.environ['PATH']
+    return environment

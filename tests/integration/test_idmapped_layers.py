@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
@@ -50,6 +50,11 @@ def owner(path):
 
 def idmapped_mounts():
     return [entry for entry in read_mountinfo() if entry.mountpoint.startswith(IDMAP_DIR + '/')]
+
+
+def mount_points_in_idmap_dir():
+    """The dirs in IDMAP_DIR, shared with any other test session on this machine: compare only a test's own."""
+    return {os.path.join(IDMAP_DIR, name) for name in os.listdir(IDMAP_DIR)}
 
 
 @pytest.fixture
@@ -146,11 +151,13 @@ def test_unmount_removes_the_idmapped_mounts_of_the_tree_and_nothing_else(host, 
              tree(host, 'b', RANGES['b'], lower=[host.path('base'), host.path('other')])]
     converge_twice(host, filesystems=trees)
     assert len(idmapped_mounts()) == 3  # base for a; base and other for b
-    before = set(os.listdir(IDMAP_DIR))
+    of_b = {idmap_mount_path(trees[1]['target'], layer) for layer in trees[1]['lower']}
+    of_a = idmap_mount_path(trees[0]['target'], host.path('base'))
+    assert of_b | {of_a} <= mount_points_in_idmap_dir()
     result = host.play(filesystems=[trees[1]], state='unmounted')
     assert not result.get('failed'), result.get('msg')
-    assert len(idmapped_mounts()) == 1
-    assert len(before - set(os.listdir(IDMAP_DIR))) == 2  # their mount points went with them
+    assert [entry.mountpoint for entry in idmapped_mounts()] == [of_a]
+    assert not of_b & mount_points_in_idmap_dir()  # their mount points went with them
     assert owner(host.path('merged-a/etc/conf')) == (100000, 100000)
     assert not os.path.ismount(host.path('merged-b'))
 

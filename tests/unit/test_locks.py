@@ -98,3 +98,19 @@ def test_the_venvs_of_the_newest_line_run_the_same_ansible_core():
     newest = _pins(lines[-1])['ansible-core']
     for lock in ('dev.txt', 'docs.txt', 'bench.txt'):
         assert _pins(lock)['ansible-core'] == newest, lock
+
+
+@pytest.mark.parametrize('listing', sorted(glob.glob(os.path.join(REQUIREMENTS, 'debian-python*.list'))))
+def test_a_debian_lock_pins_each_package_of_its_list_from_its_suite(listing):
+    version = os.path.basename(listing)[len('debian-python'):-len('.list')]
+    with open(listing, encoding='utf-8') as handle:
+        lines = [line.strip() for line in handle if line.strip() and not line.startswith('#')]
+    suite = lines[0].split(':', 1)[1].strip()
+    with open(listing[:-len('list')] + 'lock', encoding='utf-8') as handle:
+        text = handle.read()
+    assert text.startswith('# scripts/debian_python.py lock %s: Debian %s, amd64\n' % (version, suite)), text[:200]
+    pins = [line.split() for line in text.splitlines() if not line.startswith('#')]
+    assert [pin[0] for pin in pins] == lines[1:], 'run make lock'
+    for package, _version, path, sha256 in pins:
+        assert path.startswith('pool/main/') and path.endswith('.deb') and '/%s_' % package in path, path
+        assert re.match(r'^[0-9a-f]{64}$', sha256), package

@@ -8,7 +8,6 @@ Python); every other place that names it says the same, and the tests run each a
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
@@ -16,7 +15,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible_collections.containerhost.overlayfs.tests.helpers.toolchain import ANSIBLE_LINES, REPO, TARGET_PYTHONS
 
 
 def _read(path):
@@ -32,16 +31,10 @@ def _ansible_lines():
             if specifier.contains('2.%d.0' % minor) or specifier.contains('2.%d.0rc1' % minor, prereleases=True)]
 
 
-def _target_pythons():
-    return re.search(r'^TARGET_PYTHONS := (.*)$', _read('Makefile'), re.M).group(1).split()
-
-
 def test_each_ansible_core_line_has_its_lock_and_ansible_test_runs_it():
     lines = _ansible_lines()
     assert lines == ['2.20', '2.21', '2.22']
-    locks = sorted(os.path.basename(path)[len('ansible-test-'):-len('.txt')]
-                   for path in glob.glob(os.path.join(REPO, 'requirements', 'ansible-test-*.txt')))
-    assert locks == lines
+    assert ANSIBLE_LINES == lines
     for line in lines:
         pinned = re.search(r'^ansible-core==(\S+)$', _read('requirements/ansible-test-%s.txt' % line), re.M).group(1)
         assert Version(pinned).release[:2] == Version(line).release, (line, pinned)
@@ -50,7 +43,7 @@ def test_each_ansible_core_line_has_its_lock_and_ansible_test_runs_it():
 def test_every_place_that_names_the_range_says_the_same():
     lines = _ansible_lines()
     ansible = 'ansible-core %s to %s' % (lines[0], lines[-1])
-    pythons = _target_pythons()
+    pythons = TARGET_PYTHONS
     python = 'Python %s to %s' % (pythons[0], pythons[-1])
     assert yaml.safe_load(_read('roles/overlay_mounts/meta/main.yml'))['galaxy_info']['min_ansible_version'] == lines[0]
     assert 'For %s.' % ansible in ' '.join(yaml.safe_load(_read('galaxy.yml'))['description'].split())
@@ -61,3 +54,4 @@ def test_every_place_that_names_the_range_says_the_same():
         lines[0], lines[-1], yaml.safe_load(_read('meta/runtime.yml'))['requires_ansible']) in guide
     assert '| target Python | %s to %s |' % (pythons[0], pythons[-1]) in guide
     assert ansible in ' '.join(guide.split())
+    assert yaml.safe_load(_read('.ansible-lint'))['supported_ansible_also'] == ['%s.' % lines[0]]  # meta-runtime's
