@@ -2,8 +2,9 @@
 #
 #   make setup        .venv (Python 3.13, requirements/dev.txt), the Debian test packages, the collection layout, the
 #                     target Pythons (.cache/pythons), a venv per ansible-core line for ansible-test
-#   make lock         re-resolve the lock files requirements/*.txt after an .in changed (scripts/lock.sh); make
-#                     lock-upgrade: the newest versions every .in allows; both print each pin that changed
+#   make lock         re-resolve the lock files requirements/*.txt after an .in changed, and the Debian Python's
+#                     requirements/*.lock after its .list did (scripts/lock.sh); make lock-upgrade: the newest
+#                     versions every .in and .list allows; both print each pin that changed
 #   make demo         scripts/demo.sh
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
@@ -37,8 +38,8 @@ VM_RELEASES := bookworm trixie
 # The Python the tooling runs on (the controller): ansible-core 2.22 needs 3.13 or newer, 2.20 and 2.21 3.12 or newer.
 CONTROLLER_PYTHON := 3.13
 PYTHON ?= $(shell scripts/python-path.sh $(CONTROLLER_PYTHON) 2>/dev/null)
-# The target Pythons the collection supports. make setup links those this machine has into .cache/pythons/bin (and
-# says how to get the others): ansible-test sanity's compile and import tests take them from there, and the module,
+# The target Pythons the collection supports. make setup links those this machine has into .cache/pythons/bin, and
+# Debian's build of those requirements/debian-pythonX.Y.lock pins (3.14) where it has none (it says why of any left): ansible-test sanity's compile and import tests take them from there, and the module,
 # the info module and the role run on each (tests/integration/test_target_pythons.py). The unit tests also run on the
 # oldest (requirements/units-py3.9.txt).
 TARGET_PYTHONS := 3.9 3.10 3.11 3.12 3.13 3.14

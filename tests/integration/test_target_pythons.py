@@ -98,8 +98,8 @@ def interpreter(version):
 
 
 @pytest.mark.parametrize('line, version', _cases())
-def test_the_module_filters_info_module_and_role_of_each_line_run_on_the_target_python(host, install, line,
-                                                                                         interpreter):
+def test_the_module_filters_info_module_and_role_of_each_line_run_on_the_target_python(
+        host, install, line, interpreter):
     user = install(line)
     path = host.path
     host.make_dirs('images/debian/etc', 'images/shared/lib')
