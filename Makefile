@@ -12,6 +12,8 @@
 #   make vm-image     build (or reuse the cached) Debian 12 and 13 test VM images, in parallel: tests/vm/build-image.sh
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
+#   make vm-test-arm64  the arm64 smoke run: builds (or reuses) the Debian 13 arm64 image and runs
+#                     tests/vm/test_arm64_smoke.py in it under qemu-system-aarch64; not part of `make test`
 #   make molecule     the role's localhost scenario (extensions/molecule/localhost), in a private mount namespace
 #   make test         setup, then unit, integration, molecule, vm-test, sanity, lint, galaxy-importer and
 #                     execution-environment; non-zero exit if any fails
@@ -93,8 +95,8 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv controller-python target-pythons debian-packages collection-layout ansible-test-venvs demo unit \
-	integration sanity test bench clean vm-image vm-test molecule galaxy-importer lint execution-environment pictures \
-	docs-rst docs lock lock-upgrade
+	integration sanity test bench clean vm-image vm-test vm-test-arm64 molecule galaxy-importer lint \
+	execution-environment pictures docs-rst docs lock lock-upgrade
 
 setup: venv debian-packages collection-layout target-pythons ansible-test-venvs
 
@@ -267,6 +269,12 @@ vm-test: setup vm-image
 	    | sed -u "s/^/[$$release] /" ) & pids+=($$!); \
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
+
+# An arm64 guest on this x86_64 host is emulated instruction by instruction: its image build and its boots take
+# minutes (docs/testing-vm.md), so the smoke run is a target of its own, not part of `make test`.
+vm-test-arm64: setup
+	bash tests/vm/build-image.sh trixie --arch arm64
+	$(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --vm-arch arm64
 
 # Runs all the suites even when one fails, then fails if any did. The VM tests mostly wait for their guests, so
 # the checks that need no VM (sanity, lint, galaxy-importer) run while they do; vm-test's lines carry their release.

@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # Builds the cached base image of a Debian test VM (see docs/testing-vm.md): bookworm (Debian 12) or
-# trixie (Debian 13).
+# trixie (Debian 13), for amd64 or arm64.
 #
-#   tests/vm/build-image.sh [RELEASE]            build unless a complete image for this recipe is cached
-#   tests/vm/build-image.sh --force [RELEASE]    rebuild even when it is
+#   tests/vm/build-image.sh [RELEASE]                build unless a complete image for this recipe is cached
+#   tests/vm/build-image.sh --force [RELEASE]        rebuild even when it is
+#   tests/vm/build-image.sh RELEASE --arch arm64     the arm64 image (the arm64 smoke run uses trixie's)
 #
-# RELEASE is bookworm (the default) or trixie. Result, in
-# ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE/image/:
+# RELEASE is bookworm (the default) or trixie; ARCH is amd64 (the default) or arm64. Result, in
+# ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE/image/ (RELEASE-ARCH/image/ for arm64):
 #   base.img       sparse 4 GB raw disk, one ext4 filesystem (no partition table), the guest's /
-#   vmlinuz        the guest's kernel (linux-image-cloud-amd64), booted with qemu -kernel
+#   vmlinuz        the guest's kernel (linux-image-cloud-ARCH), booted with qemu -kernel
 #   initrd.img     its initramfs (virtio_blk, ext4 etc. are modules in the cloud kernel)
 #   id_ed25519     private key for root@guest (id_ed25519.pub is in /root/.ssh/authorized_keys)
 #   stamp          sha256 of this script: a changed recipe means a rebuild
 #
 # The image is built in a temporary directory next to image/ and renamed into place at the very end,
-# so an interrupted build never leaves something that looks complete. Builds of the two releases may run
+# so an interrupted build never leaves something that looks complete. Builds of different images may run
 # at the same time (each has its own lock). Runs as root; installs the host packages it needs with
 # apt-get. The Debian mirror is the one this machine's apt sources name for its own release
-# (OVERLAYFS_VM_MIRROR overrides it).
+# (OVERLAYFS_VM_MIRROR overrides it). An image of another architecture than the host's is bootstrapped with
+# debootstrap --foreign, and its programs run in the chroot through qemu-user, by a binfmt_misc entry that only
+# lives as long as the build.
 set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 RELEASES=(bookworm trixie)
+ARCHES=(amd64 arm64)
 IMAGE_SIZE=4G
-HOST_PACKAGES=(debootstrap qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux)
+HOST_PACKAGES=(debootstrap qemu-utils openssh-client e2fsprogs util-linux)
 # What debootstrap gives the guest besides its minbase. dbus: without it SSH sessions print "Failed to connect
 # to bus"; openssh-sftp-server: ansible's and scp's file transfers; qemu-utils, fuse3, kmod: qcow2 over nbd;
 # zstd: a zstd-compressed initramfs (instead of gzip), quicker to unpack under TCG.
@@ -33,23 +37,47 @@ GUEST_PACKAGES=(systemd-sysv udev kmod dbus python3 openssh-server openssh-sftp-
 # debootstrap's second stage gives: polkitd, for one, fails there). qemu-system-common: qemu-storage-daemon,
 # for image layers through a FUSE export; libvirt-*, busybox-static: a libvirt LXC container on a tree.
 APT_PACKAGES=(qemu-system-common libvirt-daemon-system libvirt-daemon-driver-lxc libvirt-clients busybox-static)
-GUEST_KERNEL=linux-image-cloud-amd64
 
 log() { printf '%s build-image: %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 force=false
 SUITE=bookworm
-for arg in "$@"; do
-  case "$arg" in
+ARCH=amd64
+while [ $# -gt 0 ]; do
+  case "$1" in
     --force) force=true ;;
+    --arch) [ $# -gt 1 ] || die "--arch needs a value (${ARCHES[*]})"
+            ARCH=$2; shift ;;
+    --arch=*) ARCH=${1#--arch=} ;;
     -h|--help) sed -n '2,/^set -euo/p' "$SCRIPT" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    -*) die "unknown option: $arg (try --help)" ;;
-    *) [[ " ${RELEASES[*]} " == *" $arg "* ]] || die "unknown release: $arg (known: ${RELEASES[*]})"
-       SUITE=$arg ;;
+    -*) die "unknown option: $1 (try --help)" ;;
+    *) [[ " ${RELEASES[*]} " == *" $1 "* ]] || die "unknown release: $1 (known: ${RELEASES[*]})"
+       SUITE=$1 ;;
   esac
+  shift
 done
-CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/$SUITE
+[[ " ${ARCHES[*]} " == *" $ARCH "* ]] || die "unknown architecture: $ARCH (known: ${ARCHES[*]})"
+GUEST_KERNEL=linux-image-cloud-$ARCH
+case "$ARCH" in
+  amd64) HOST_PACKAGES+=(qemu-system-x86); QEMU_USER_ARCH=x86_64; QEMU_USER_CPU=max ;;
+  # The arm64 guest only runs the smoke test: no libvirt (its install alone takes minutes under qemu-user). Its CPU
+  # signs return addresses with the implementation-defined algorithm, as the VM's does (tests/helpers/vm.py
+  # MACHINES): Debian's arm64 programs are built with pointer authentication, and QARMA5 is slow to emulate.
+  arm64) HOST_PACKAGES+=(qemu-system-arm); QEMU_USER_ARCH=aarch64; QEMU_USER_CPU=max,pauth-impdef=on
+         APT_PACKAGES=() ;;
+esac
+FOREIGN=false
+if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+  FOREIGN=true
+  HOST_PACKAGES+=(qemu-user-static)
+  # Read by qemu-user: the chroot's programs (in_chroot passes it on) and debootstrap's second stage.
+  export QEMU_CPU=$QEMU_USER_CPU
+fi
+# amd64's images stay where they always were.
+IMAGE_NAME=$SUITE
+[ "$ARCH" = amd64 ] || IMAGE_NAME=$SUITE-$ARCH
+CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/$IMAGE_NAME
 IMAGE_DIR=$CACHE/image
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, apt-get)"
@@ -129,7 +157,66 @@ in_chroot() {
   # shellcheck disable=SC2016  # $1 and $@ are the inner shell's
   in_private_ns sh -c 'mount -t proc proc "$1/proc" && mount -t devpts devpts "$1/dev/pts" && shift && exec chroot "$@"' \
     sh "$rootfs" "$rootfs" \
-    /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+    /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
+    ${QEMU_CPU:+"QEMU_CPU=$QEMU_CPU"} "$@"
+}
+
+# debootstrap; for another architecture, its first stage (unpacking) on the host and its second (configuring) in
+# the chroot, through qemu-user.
+bootstrap() {
+  local rootfs=$1 mirror=$2 include
+  include=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
+  if ! $FOREIGN; then
+    in_private_ns debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror"
+    return
+  fi
+  in_private_ns debootstrap --variant=minbase --include="$include" --foreign --arch="$ARCH" "$SUITE" "$rootfs" "$mirror"
+  in_private_ns chroot "$rootfs" /debootstrap/debootstrap --second-stage
+}
+
+# binfmt_misc is mounted only in private mount namespaces, but its entries are the host's, and live as long as some
+# mount of it does (kernel 6.18). The build registers an entry of its own (named with its pid) that runs the foreign
+# programs through qemu-user, in a mount held by a process that dies with the build, even a killed one; the entry is
+# removed too when the build ends (the host may have binfmt_misc mounted as well), and one a killed build left there
+# by the next build.
+BINFMT_PREFIX=containerhost-overlayfs-vm-qemu-$QEMU_USER_ARCH.
+BINFMT_ENTRY=
+BINFMT_HOLDER=
+in_binfmt_misc() {
+  # shellcheck disable=SC2016  # $@ is the inner shell's
+  in_private_ns sh -c 'mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && cd /proc/sys/fs/binfmt_misc && "$@"' sh "$@"
+}
+
+# shellcheck disable=SC2016  # $1 is the inner shell's
+register_qemu_user() {
+  local conf=/usr/lib/binfmt.d/qemu-$QEMU_USER_ARCH.conf line entry
+  [ -r "$conf" ] || die "$conf is missing (qemu-user-static)"
+  for entry in $(in_binfmt_misc sh -c 'ls -d "$1"* 2>/dev/null || true' sh "$BINFMT_PREFIX"); do
+    kill -0 "${entry##*.}" 2>/dev/null || in_binfmt_misc sh -c 'echo -1 >"$1"' sh "$entry"
+  done
+  BINFMT_ENTRY=$BINFMT_PREFIX$$
+  # Debian's entry, renamed; with F (fix binary) the kernel opens qemu now, so it runs inside the chroot too.
+  line=$(sed -n "s/^:[^:]*:/:$BINFMT_ENTRY:/p" "$conf")
+  [[ "${line##*:}" == *F* ]] || line+=F
+  setpriv --pdeathsig KILL -- unshare --mount --propagation private sh -c \
+    'mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && printf "%s" "$1" >/proc/sys/fs/binfmt_misc/register &&
+     exec sleep infinity' sh "$line" &
+  BINFMT_HOLDER=$!
+  for _ in $(seq 100); do
+    in_binfmt_misc test -e "$BINFMT_ENTRY" && return 0
+    kill -0 "$BINFMT_HOLDER" 2>/dev/null || break
+    sleep 0.1
+  done
+  die "could not register $BINFMT_ENTRY with binfmt_misc"
+}
+
+# shellcheck disable=SC2016  # $1 is the inner shell's
+unregister_qemu_user() {
+  [ -n "$BINFMT_HOLDER" ] || return 0
+  in_binfmt_misc sh -c '[ ! -e "$1" ] || echo -1 >"$1"' sh "$BINFMT_ENTRY"
+  kill "$BINFMT_HOLDER" 2>/dev/null || true
+  wait "$BINFMT_HOLDER" 2>/dev/null || true
+  BINFMT_HOLDER=
 }
 
 configure_guest() {
@@ -139,13 +226,14 @@ configure_guest() {
   printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
   chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
 
-  log "installing $GUEST_KERNEL (builds the initramfs) and ${APT_PACKAGES[*]} in the guest"
+  local packages=("$GUEST_KERNEL" "${APT_PACKAGES[@]}")
+  log "installing ${packages[*]} in the guest ($GUEST_KERNEL builds the initramfs)"
   printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$rootfs/etc/apt/sources.list"
   if ! { in_chroot "$rootfs" apt-get update -qq && \
-         in_chroot "$rootfs" apt-get install -y -qq --no-install-recommends "$GUEST_KERNEL" "${APT_PACKAGES[@]}"; } \
+         in_chroot "$rootfs" apt-get install -y -qq --no-install-recommends "${packages[@]}"; } \
        >"$rootfs/../kernel-install.log" 2>&1; then
     tail -n 30 "$rootfs/../kernel-install.log" >&2
-    die "installing $GUEST_KERNEL and ${APT_PACKAGES[*]} in the guest failed (log above)"
+    die "installing ${packages[*]} in the guest failed (log above)"
   fi
   in_chroot "$rootfs" apt-get clean
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs/usr/sbin/policy-rc.d"
@@ -176,7 +264,9 @@ EOF
     e2scrub_reap.service fstrim.timer libvirt-guests.service
   # libvirt stays installed but does not start at boot (every boot is slower with it under TCG); the LXC test
   # enables it. Its sockets stay, so virsh still starts it on demand.
-  in_chroot "$rootfs" systemctl disable --quiet libvirtd.service virtlogd.service
+  if [ -e "$rootfs/usr/sbin/libvirtd" ]; then
+    in_chroot "$rootfs" systemctl disable --quiet libvirtd.service virtlogd.service
+  fi
 
   # root logs in with the generated key only.
   install -d -m 0700 "$rootfs/root/.ssh"
@@ -202,17 +292,19 @@ build() {
   log "generating the SSH key"
   ssh-keygen -q -t ed25519 -N '' -C "root@testvm ($(date -u +%F))" -f "$tmp/id_ed25519"
 
-  log "debootstrap --variant=minbase $SUITE (about a minute)"
-  local include
-  include=$(IFS=,; echo "${GUEST_PACKAGES[*]}")
-  if ! in_private_ns debootstrap --variant=minbase --include="$include" "$SUITE" "$rootfs" "$mirror" \
-      >"$tmp/debootstrap.log" 2>&1; then
+  if $FOREIGN; then
+    log "registering qemu-$QEMU_USER_ARCH for the build's $ARCH programs (binfmt_misc, until the build ends)"
+    register_qemu_user
+  fi
+  log "debootstrap --variant=minbase $SUITE (about a minute$($FOREIGN && echo '; far longer under qemu-user'))"
+  if ! bootstrap "$rootfs" "$mirror" >"$tmp/debootstrap.log" 2>&1; then
     tail -n 30 "$tmp/debootstrap.log" >&2
     [ -f "$rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$rootfs/debootstrap/debootstrap.log" >&2
     die "debootstrap failed (log above)"
   fi
 
   configure_guest "$rootfs" "$mirror" "$tmp/id_ed25519"
+  unregister_qemu_user
 
   kernel=$(find "$rootfs/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
   initrd=$(find "$rootfs/boot" -maxdepth 1 -name 'initrd.img-*' | sort -V | tail -n 1)
@@ -249,7 +341,7 @@ fi
 start=$SECONDS
 tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
 chmod 0755 "$tmp"
-trap 'rm -rf --one-file-system "$tmp"' EXIT
+trap 'unregister_qemu_user; rm -rf --one-file-system "$tmp"' EXIT
 trap 'exit 130' INT TERM HUP
 build "$tmp"
 

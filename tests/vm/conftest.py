@@ -9,6 +9,9 @@
 release that ``--vm-release`` names (default: bookworm and trixie, Debian 12 and 13), grouped so that each
 release boots once. The image is built first when the cache is not current (tests/vm/build-image.sh), and
 the VM is killed and its overlay removed when the session ends, whatever the tests did.
+
+``--vm-arch arm64`` runs the tests marked ``arm64`` (the smoke run) in an arm64 guest, on trixie unless
+``--vm-release`` says otherwise, and nothing else; the default, amd64, runs every other test.
 """
 
 from __future__ import annotations
@@ -20,20 +23,33 @@ import time
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.tests.helpers.vm import RELEASES, TestVM, ensure_image
+from ansible_collections.containerhost.overlayfs.tests.helpers.vm import ARCHES, RELEASES, TestVM, ensure_image
 
 _TIMINGS = {}
+# A foreign architecture's guest is emulated instruction by instruction: the smoke run there needs one release.
+DEFAULT_RELEASES = {'amd64': RELEASES, 'arm64': ('trixie',)}
 _FAILED_STEPS = {}  # (module, release) -> the step that failed
 
 
 def pytest_addoption(parser):
     parser.addoption('--vm-release', action='append', choices=RELEASES, default=[],
                      help='a Debian release to run the VM tests on (repeatable; default: %s)' % ', '.join(RELEASES))
+    parser.addoption('--vm-arch', choices=ARCHES, default=ARCHES[0],
+                     help="the guests' architecture (default: %s); arm64 runs only the tests marked arm64" % ARCHES[0])
 
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'incremental: the tests of a module are steps; a failed step skips the rest '
                                        '(per release)')
+    config.addinivalue_line('markers', 'arm64: the arm64 smoke run, which only --vm-arch arm64 runs (and nothing else)')
+
+
+def pytest_collection_modifyitems(config, items):
+    arm64 = config.getoption('vm_arch') == 'arm64'
+    deselected = [item for item in items if bool(item.get_closest_marker('arm64')) != arm64]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
 
 
 def pytest_runtest_makereport(item, call):
@@ -55,24 +71,27 @@ def _steps_of(item):
 
 def pytest_generate_tests(metafunc):
     if 'vm_release' in metafunc.fixturenames:
-        releases = metafunc.config.getoption('vm_release') or list(RELEASES)
+        arch = metafunc.config.getoption('vm_arch')
+        releases = metafunc.config.getoption('vm_release') or list(DEFAULT_RELEASES[arch])
         metafunc.parametrize('vm_release', releases, scope='session')
 
 
 @pytest.fixture(scope='session')
-def vm(vm_release):
+def vm(vm_release, pytestconfig):
     """The session's VM of one release (a TestVM): run(), copy_to(), reboot(), reset(), inventory()."""
     if os.geteuid() != 0:
         pytest.fail('the VM tests run as root (debootstrap, chroot, qemu); run `make vm-test` as root')
+    arch = pytestconfig.getoption('vm_arch')
+    name = vm_release if arch == ARCHES[0] else '%s %s' % (vm_release, arch)
     started = time.monotonic()
-    ensure_image(vm_release)
-    _TIMINGS['%s: image check/build' % vm_release] = time.monotonic() - started
+    ensure_image(vm_release, arch=arch)
+    _TIMINGS['%s: image check/build' % name] = time.monotonic() - started
     started = time.monotonic()
-    with TestVM(vm_release) as machine:
-        _TIMINGS['%s: first boot to SSH' % vm_release] = time.monotonic() - started
+    with TestVM(vm_release, arch=arch) as machine:
+        _TIMINGS['%s: first boot to SSH' % name] = time.monotonic() - started
         yield machine
-        _TIMINGS['%s: boots (qemu start to SSH, s)' % vm_release] = machine.boot_seconds
-        _TIMINGS['%s: reboot() calls (reboot to SSH, s)' % vm_release] = machine.reboot_seconds
+        _TIMINGS['%s: boots (qemu start to SSH, s)' % name] = machine.boot_seconds
+        _TIMINGS['%s: reboot() calls (reboot to SSH, s)' % name] = machine.reboot_seconds
 
 
 @pytest.fixture(scope='session')

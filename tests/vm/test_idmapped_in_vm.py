@@ -22,7 +22,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.tests.helpers.guest import idmapped_mounts, owners
 from ansible_collections.containerhost.overlayfs.tests.helpers.vm import recap, run_role
 
 pytestmark = pytest.mark.incremental
@@ -57,11 +57,6 @@ os.write(go[1], b'1')
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 '''
 
-STAT = r'''
-import json, os, sys
-print(json.dumps(dict((path, list(os.stat(path)[4:6])) for path in json.load(sys.stdin))))
-'''
-
 
 def item(name, state='mounted'):
     start = RANGES[name]
@@ -85,20 +80,11 @@ class Guest(object):
         assert completed.returncode == 0, completed.stdout[-8000:] + completed.stderr
         return recap(completed.stdout)
 
-    def owners(self, paths):
-        out = self.vm.run(['python3', '-c', STAT], input=json.dumps(paths), check=True).stdout
-        return dict((path, tuple(owner)) for path, owner in json.loads(out).items())
-
-    def idmapped_mounts(self):
-        table = self.vm.run(['cat', '/proc/self/mountinfo'], check=True).stdout
-        return [line.split()[4] for line in table.splitlines()
-                if line.split()[4].startswith(IDMAP_DIR + '/') and 'idmapped' in line.split()[5].split(',')]
-
     def assert_views_mapped(self):
-        owners = self.owners(['%s/%s/merged/etc/conf' % (ROOT, name) for name in RANGES] + ['%s/base/etc/conf' % ROOT])
-        assert owners == dict([('%s/base/etc/conf' % ROOT, (0, 0))] + [
+        shown = owners(self.vm, ['%s/%s/merged/etc/conf' % (ROOT, name) for name in RANGES] + ['%s/base/etc/conf' % ROOT])
+        assert shown == dict([('%s/base/etc/conf' % ROOT, (0, 0))] + [
             ('%s/%s/merged/etc/conf' % (ROOT, name), (start, start)) for name, start in RANGES.items()])
-        assert len(self.idmapped_mounts()) == 2
+        assert len(idmapped_mounts(self.vm)) == 2
 
 
 @pytest.fixture(scope='module')
@@ -121,8 +107,8 @@ def test_a_container_of_each_range_writes_into_its_own_upper_dir_with_its_host_i
     for name, start in RANGES.items():
         guest.vm.run(['python3', '-c', WRITE_AS_CONTAINER], check=True, input=json.dumps(
             {'start': start, 'path': '%s/%s/merged/written' % (ROOT, name), 'text': name}))
-    owners = guest.owners(['%s/%s/upper/written' % (ROOT, name) for name in RANGES])
-    assert owners == dict(('%s/%s/upper/written' % (ROOT, name), (start, start)) for name, start in RANGES.items())
+    written = owners(guest.vm, ['%s/%s/upper/written' % (ROOT, name) for name in RANGES])
+    assert written == dict(('%s/%s/upper/written' % (ROOT, name), (start, start)) for name, start in RANGES.items())
 
 
 def test_after_a_reboot_both_trees_are_back_with_their_mappings_and_the_role_changes_nothing(guest):
@@ -130,14 +116,14 @@ def test_after_a_reboot_both_trees_are_back_with_their_mappings_and_the_role_cha
     state = guest.vm.run('systemctl is-system-running --wait', timeout=300).stdout.strip()
     assert state in ('running', 'degraded'), state
     guest.assert_views_mapped()
-    written = guest.owners(['%s/%s/merged/written' % (ROOT, name) for name in RANGES])
+    written = owners(guest.vm, ['%s/%s/merged/written' % (ROOT, name) for name in RANGES])
     assert written == dict(('%s/%s/merged/written' % (ROOT, name), (start, start)) for name, start in RANGES.items())
     assert guest.converge()['changed'] == 0
 
 
 def test_absent_trees_take_their_idmapped_layers_and_persistence_with_them(guest):
     assert guest.converge(state='absent')['changed'] >= 2
-    assert guest.idmapped_mounts() == []
+    assert idmapped_mounts(guest.vm) == []
     left = guest.vm.run(['sh', '-c', 'grep -l idmapped /etc/containerhost-overlayfs/overlays/* 2>/dev/null; '
                                      'grep -c "%s" /etc/fstab || true' % ROOT], check=True).stdout.split()
     assert left == ['0']

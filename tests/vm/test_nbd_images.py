@@ -9,19 +9,17 @@ driven by real ansible-playbook runs from this host."""
 from __future__ import annotations
 
 import glob
-import itertools
-import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 
 import pytest
-from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook, module_playbook
+from ansible_collections.containerhost.overlayfs.tests.helpers.guest import Guest, converge_twice
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import relocate
 from ansible_collections.containerhost.overlayfs.tests.helpers.reliability import MARKER, check_part
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,47 +52,14 @@ NBD_FAULTS = (('mounted', 'modprobe', 'load_module'), ('mounted', '--connect', '
               ('unmounted', '--disconnect', 'detach_nbd'))
 
 
-class Guest(object):
-    """One test's scratch root in the VM, and module runs against it through ansible-playbook."""
-
-    def __init__(self, vm, root, workdir):
-        self.vm = vm
-        self.root = root
-        self.workdir = workdir
-        self.run_numbers = itertools.count(1)  # next() is atomic: runs may come from threads
-
-    def path(self, *parts):
-        return os.path.join(self.root, *parts)
-
-    def sh(self, script, check=True):
-        return self.vm.run(script, check=check)
+class NbdGuest(Guest):
+    """A test's scratch root in the VM, with its qcow2 images and the guest's nbd devices."""
 
     def qcow2(self, name, file_name, text):
         image = self.path(name)
         self.sh('bash -c %s _ %s %s %s %s' % (shlex.quote(MAKE_IMAGE), shlex.quote(self.path('.build', name)),
                                               shlex.quote(image), shlex.quote(text), shlex.quote(file_name)))
         return image
-
-    def dirs(self, *names):
-        self.sh('mkdir -p ' + ' '.join(shlex.quote(self.path(name)) for name in names))
-
-    def play(self, **module_args):
-        """Run the module once in the VM; return its registered result."""
-        number = next(self.run_numbers)
-        base = os.path.join(self.workdir, 'run%d' % number)
-        remote_result = '/tmp/overlayfs-test-result-%d.json' % number
-        with open(base + '.json', 'w') as handle:
-            json.dump({'module_args': module_args, 'result_file': remote_result}, handle)
-        with open(base + '.yml', 'w') as handle:
-            handle.write(module_playbook('testvm'))
-        completed = ansible_playbook(self.vm, base + '.yml', base + '.json')
-        assert completed.returncode == 0, completed.stdout + completed.stderr
-        return json.loads(self.sh('cat %s' % remote_result).stdout)
-
-    def mount_ids(self):
-        """(mount id, mount point) of every mount under the root: a remount shows as a new id."""
-        lines = self.sh('cat /proc/self/mountinfo').stdout.splitlines()
-        return sorted((line.split()[0], line.split()[4]) for line in lines if line.split()[4].startswith(self.root))
 
     def connected_nbds(self):
         out = self.sh('for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "${d##*/} $(cat "$d/pid")"; done; true')
@@ -114,18 +79,12 @@ class Guest(object):
                        % (shlex.quote(self.root), shlex.quote(self.root), prune)).stdout
 
 
-def ansible_playbook(vm, playbook_path, vars_path):
-    env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
-    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_path, playbook_path],
-                          capture_output=True, text=True, env=env, cwd=REPO, check=False)
-
-
 @pytest.fixture
 def guest(vm, request):
     root = '/srv/t-%s' % request.node.name.replace('[', '-').replace(']', '')[:60]
     workdir = tempfile.mkdtemp(prefix='overlayfs-vm-test-')
     vm.run('mkdir -p %s' % shlex.quote(root), check=True)
-    yield Guest(vm, root, workdir)
+    yield NbdGuest(vm, root, workdir)
     # Whatever the test left: unmount below root (deepest first), disconnect nbd devices serving its images.
     vm.run('findmnt -rn -o TARGET | grep -F %s | sort -r | xargs -r -d "\\n" umount -l; '
            'for d in /sys/block/nbd*; do [ -e "$d/pid" ] && grep -qF %s "/proc/$(cat "$d/pid")/cmdline" '
@@ -133,22 +92,6 @@ def guest(vm, request):
     for path in glob.glob(os.path.join(workdir, '*')):
         os.remove(path)
     os.rmdir(workdir)
-
-
-def converge_twice(guest, **args):
-    first = guest.play(**args)
-    assert not first.get('failed'), first.get('msg')
-    assert first['changed'] is True
-    mounted = guest.mount_ids()
-    second = guest.play(**args)
-    assert not second.get('failed'), second.get('msg')
-    assert (second['changed'], second['plan']) == (False, [])
-    assert guest.mount_ids() == mounted
-    return first
-
-
-def relocate(xml, root):
-    return re.sub(r"(dir|file|dev)='/", lambda match: "%s='%s/" % (match.group(1), root), xml)
 
 
 def seed_example(name):
@@ -350,14 +293,7 @@ def test_an_nbd_tree_set_up_by_hand_reads_back_with_its_image_and_format_and_pla
              'mount -o ro /dev/nbd13 %(root)s/image; mount -t overlay overlay -o lowerdir=%(root)s/image:%(root)s/'
              'runtime,upperdir=%(root)s/upper,workdir=%(root)s/work %(root)s/merged' % {'root': shlex.quote(guest.root)})
     mounted = guest.mount_ids()
-    base = os.path.join(guest.workdir, 'info')
-    with open(base + '.yml', 'w') as handle:
-        handle.write(info_round_trip_playbook('testvm'))
-    with open(base + '.json', 'w') as handle:
-        json.dump({'root': guest.root, 'result_file': '/tmp/overlayfs-test-info.json'}, handle)
-    completed = ansible_playbook(guest.vm, base + '.yml', base + '.json')
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    results = json.loads(guest.sh('cat /tmp/overlayfs-test-info.json').stdout)
+    results = guest.read_back()
     assert results['found']['filesystems'] == [{
         'type': 'overlay', 'upper': guest.path('upper'), 'work': guest.path('work'),
         'lower': [{'type': 'file', 'source': guest.path('base.qcow2'), 'driver': 'nbd', 'format': 'qcow2',

@@ -20,6 +20,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import parse_idmap
+from ansible_collections.containerhost.overlayfs.tests.helpers.kernel import reads_idmap_back
 
 SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
@@ -164,8 +165,7 @@ IDMAP_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.skipif(tuple(int(part) for part in os.uname().release.split('.')[:2]) < (6, 15),
-                    reason='statmount(2) reads a mapping back from Linux 6.15 on')
+@pytest.mark.skipif(not reads_idmap_back(os.uname().release), reason='statmount(2) reads a mapping back from Linux 6.15 on')
 def test_an_idmapped_mount_is_read_back_through_statx_and_statmount(namespace_run):
     # statx through the C library (its number differs by architecture), statmount by number
     assert namespace_run(IDMAP_SCRIPT) == {'plain': True, 'shifted': True}
