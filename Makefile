@@ -270,8 +270,9 @@ vm-test: setup vm-image
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
 
-# An arm64 guest on this x86_64 host is emulated instruction by instruction: its image build and its boots take
-# minutes (docs/testing-vm.md), so the smoke run is a target of its own, not part of `make test`.
+# An arm64 guest on this x86_64 host is emulated instruction by instruction: its image takes about 20 minutes to build,
+# and each module run in it tens of seconds (docs/testing-vm.md), so the smoke run is a target of its own, not part of
+# `make test`.
 vm-test-arm64: setup
 	bash tests/vm/build-image.sh trixie --arch arm64
 	$(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --vm-arch arm64

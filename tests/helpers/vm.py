@@ -59,7 +59,7 @@ class Machine(NamedTuple):
 
 # Every guest CPU is emulated (TCG). An arm64 one signs return addresses with the implementation-defined algorithm
 # instead of QARMA5, which is slow to emulate (build-image.sh's qemu-user does the same): Debian 13's kernel and
-# programs use pointer authentication, and a boot to SSH took 130-260 s with QARMA5, 68-83 s without.
+# programs use pointer authentication, and a boot to SSH took 130-260 s with QARMA5, 68-91 s without.
 MACHINES = {
     'amd64': Machine('qemu-system-x86_64', ('-cpu', 'max'), 'ttyS0'),
     'arm64': Machine('qemu-system-aarch64', ('-machine', 'virt', '-cpu', 'max,pauth-impdef=on'), 'ttyAMA0'),
