@@ -41,9 +41,10 @@ VM_RELEASES := bookworm trixie
 CONTROLLER_PYTHON := 3.13
 PYTHON ?= $(shell scripts/python-path.sh $(CONTROLLER_PYTHON) 2>/dev/null)
 # The target Pythons the collection supports. make setup links those this machine has into .cache/pythons/bin, and
-# Debian's build of those requirements/debian-pythonX.Y.lock pins (3.14) where it has none (it says why of any left): ansible-test sanity's compile and import tests take them from there, and the module,
-# the info module and the role run on each (tests/integration/test_target_pythons.py). The unit tests also run on the
-# oldest (requirements/units-py3.9.txt).
+# Debian's build of those requirements/debian-pythonX.Y.lock pins (3.14) where it has none (it says why of any
+# left): ansible-test sanity's compile and import tests take them from there, and the module, the info module and the
+# role run on each (tests/integration/test_target_pythons.py). The unit tests also run on the oldest
+# (requirements/units-py3.9.txt).
 TARGET_PYTHONS := 3.9 3.10 3.11 3.12 3.13 3.14
 OLDEST_TARGET_PYTHON := $(firstword $(TARGET_PYTHONS))
 PYTHONS_DIR := $(CURDIR)/.cache/pythons/bin
@@ -261,11 +262,11 @@ vm-image:
 	@pids=(); for release in $(VM_RELEASES); do bash tests/vm/build-image.sh "$$release" & pids+=($$!); done; \
 	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
 
-# One pytest session per release, at the same time: most of a VM test is waiting for the guest. Each line of
-# output carries its release.
+# One pytest session per release, at the same time: each keeps about one core busy, its guest's emulated CPU and the
+# ansible-playbook runs that drive it. Each line of output carries its release.
 vm-test: setup vm-image
 	@pids=(); for release in $(VM_RELEASES); do \
-	  ( set -o pipefail; $(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --vm-release "$$release" 2>&1 \
+	  ( set -o pipefail; $(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --durations=0 --vm-release "$$release" 2>&1 \
 	    | sed -u "s/^/[$$release] /" ) & pids+=($$!); \
 	done; \
 	status=0; for pid in "$${pids[@]}"; do wait "$$pid" || status=1; done; exit $$status
@@ -277,20 +278,20 @@ vm-test-arm64: setup
 	bash tests/vm/build-image.sh trixie --arch arm64
 	$(VENV_PYTHON) -m pytest tests/vm -v -p no:cacheprovider --vm-arch arm64
 
-# Runs all the suites even when one fails, then fails if any did. The VM tests mostly wait for their guests, so
-# the checks that need no VM (sanity, lint, galaxy-importer) run while they do; vm-test's lines carry their release.
+# Runs all the suites even when one fails, then fails if any did, and says how long each took. The VM suite is the
+# longest (every guest instruction is emulated): it starts as soon as its images are built and runs beside the others,
+# its lines carrying their release.
 test: setup
-	@$(MAKE) --no-print-directory vm-image >.cache/vm-image.log 2>&1 & \
+	@timed() { local start=$$SECONDS status=0; echo "==> make $$1"; $(MAKE) --no-print-directory "$$1" || status=$$?; \
+	  echo "==> make $$1: $$([ "$$status" = 0 ] && echo ok || echo FAILED) in $$((SECONDS - start)) s"; return "$$status"; }; \
+	{ $(MAKE) --no-print-directory vm-image >.cache/vm-image.log 2>&1; timed vm-test; } & vm_test=$$!; \
 	failed=(); \
-	run() { echo "==> make $$1"; $(MAKE) --no-print-directory "$$1" || failed+=("$$1"); }; \
-	for suite in unit integration molecule; do run "$$suite"; done; \
-	echo "==> make vm-test (in the background)"; \
-	$(MAKE) --no-print-directory vm-test & vm_test=$$!; \
-	for suite in sanity lint galaxy-importer execution-environment docs; do run "$$suite"; done; \
+	for suite in unit integration molecule sanity lint galaxy-importer execution-environment docs; do \
+	  timed "$$suite" || failed+=("$$suite"); \
+	done; \
 	wait "$$vm_test" || failed+=(vm-test); \
-	wait; \
-	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]}"; exit 1; fi; \
-	echo "make test: unit, integration, molecule, vm-test, sanity, lint, galaxy-importer, execution-environment and docs all succeeded"
+	if [ "$${#failed[@]}" -gt 0 ]; then echo "make test: FAILED: $${failed[*]} ($$SECONDS s)"; exit 1; fi; \
+	echo "make test: unit, integration, molecule, vm-test, sanity, lint, galaxy-importer, execution-environment and docs all succeeded in $$SECONDS s after setup"
 
 clean:
 	rm -rf $(VENV) .cache tests/output .pytest_cache

@@ -58,14 +58,18 @@ def read_list(version):
 
 
 def read_lock(version):
-    """(arch, [(package, version, pool path, sha256)]) of requirements/debian-pythonX.Y.lock."""
+    """The text of requirements/debian-pythonX.Y.lock."""
     with open(_path(version, 'lock'), encoding='utf-8') as handle:
-        text = handle.read()
+        return handle.read()
+
+
+def parse_lock(version, text):
+    """(suite, arch, [(package, version, pool path, sha256)]) of a lock's text."""
     header = HEADER.search(text)
-    if not header:
-        raise Failure('%s has no header; run make lock' % _path(version, 'lock'))
+    if not header or header.group('version') != version:
+        raise Failure('%s has no header for Python %s; run make lock' % (_path(version, 'lock'), version))
     pins = [tuple(line.split()) for line in text.splitlines() if line and not line.startswith('#')]
-    return header.group('arch'), pins
+    return header.group('suite'), header.group('arch'), pins
 
 
 def host_arch():
@@ -84,8 +88,8 @@ def lock(version, upgrade):
     suite, packages = read_list(version)
     arch = host_arch()
     if not upgrade and os.path.exists(_path(version, 'lock')):
-        locked_arch, pins = read_lock(version)
-        if locked_arch == arch and [pin[0] for pin in pins] == packages:
+        locked = parse_lock(version, read_lock(version))
+        if locked[:2] == (suite, arch) and [pin[0] for pin in locked[2]] == packages:
             return
     index = lzma.decompress(_fetch('dists/%s/main/binary-%s/Packages.xz' % (suite, arch))).decode('utf-8')
     found = {}
@@ -107,14 +111,13 @@ def lock(version, upgrade):
 def install(version, dest):
     """Unpack the locked packages into DEST/root (unless the lock is already there) and return the interpreter."""
     interpreter = os.path.join(dest, 'root', 'usr', 'bin', 'python' + version)
-    with open(_path(version, 'lock'), encoding='utf-8') as handle:
-        wanted = handle.read()
-    stamp = os.path.join(dest, 'lock')
-    if os.path.exists(stamp) and open(stamp, encoding='utf-8').read() == wanted:
+    wanted = read_lock(version)
+    if _installed_lock(dest) == wanted:
         return interpreter
-    arch, pins = read_lock(version)
-    if arch != host_arch():
-        raise Failure('%s pins %s packages; this machine is %s' % (_path(version, 'lock'), arch, host_arch()))
+    _suite, arch, pins = parse_lock(version, wanted)
+    machine = host_arch()
+    if arch != machine:
+        raise Failure('%s pins %s packages; this machine is %s' % (_path(version, 'lock'), arch, machine))
     parent = os.path.dirname(os.path.abspath(dest))
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix='.debian-python-', dir=parent)
@@ -136,6 +139,15 @@ def install(version, dest):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return interpreter
+
+
+def _installed_lock(dest):
+    """The lock DEST was unpacked from, or None."""
+    try:
+        with open(os.path.join(dest, 'lock'), encoding='utf-8') as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def _point_at_own_libraries(root, dest, version):

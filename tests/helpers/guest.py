@@ -13,12 +13,11 @@ import itertools
 import json
 import os
 import shlex
-import subprocess
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import parse
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook, module_playbook
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ansible_collections.containerhost.overlayfs.tests.helpers.vm import ansible_playbook
 
 # The owner (uid, gid) of each path of stdin's JSON list, as JSON.
 STAT = r'''
@@ -70,14 +69,13 @@ class Guest(object):
 
     def mount_ids(self):
         """(mount id, mount point) of every mount under the root: a remount shows as a new id."""
-        lines = self.sh('cat /proc/self/mountinfo').stdout.splitlines()
-        return sorted((line.split()[0], line.split()[4]) for line in lines if line.split()[4].startswith(self.root))
+        return sorted((entry.mount_id, entry.mountpoint) for entry in mountinfo(self.vm)
+                      if entry.mountpoint.startswith(self.root))
 
 
-def ansible_playbook(vm, playbook_path, vars_path):
-    env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
-    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_path, playbook_path],
-                          capture_output=True, text=True, env=env, cwd=REPO, check=False)
+def unmount_everything_under(root):
+    """Shell: unmount every mount under ``root``, deepest first (what a failed test may leave)."""
+    return "findmnt -rn -o TARGET | grep -F %s | sort -r | xargs -r -d '\\n' umount -l" % shlex.quote(root)
 
 
 def converge_twice(guest, **args):
@@ -99,8 +97,12 @@ def owners(vm, paths):
     return dict((path, tuple(owner)) for path, owner in json.loads(out).items())
 
 
+def mountinfo(vm):
+    """The guest's mount table, read with the collection's parser."""
+    return parse(vm.run(['cat', '/proc/self/mountinfo'], check=True).stdout)
+
+
 def idmapped_mounts(vm):
     """The mount points of the idmapped layers the collection mounted in the guest."""
-    table = vm.run(['cat', '/proc/self/mountinfo'], check=True).stdout
-    return [line.split()[4] for line in table.splitlines()
-            if line.split()[4].startswith(IDMAP_DIR + '/') and 'idmapped' in line.split()[5].split(',')]
+    return [entry.mountpoint for entry in mountinfo(vm)
+            if entry.mountpoint.startswith(IDMAP_DIR + '/') and 'idmapped' in entry.mount_options]

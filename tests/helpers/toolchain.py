@@ -26,8 +26,11 @@ with open(os.path.join(REPO, 'Makefile'), encoding='utf-8') as _makefile:
 
 
 def line_bin(line):
-    """Where the ansible commands of an ansible-core line are."""
-    return os.path.join(REPO, '.cache', 'ansible-test-%s-venv' % line, 'bin')
+    """Where the ansible commands of an ansible-core line are; fails when make setup has not made its venv, rather
+    than let another line's commands on PATH answer for it."""
+    path = os.path.join(REPO, '.cache', 'ansible-test-%s-venv' % line, 'bin')
+    assert os.path.exists(os.path.join(path, 'ansible-playbook')), 'no venv of ansible-core %s: run make setup' % line
+    return path
 
 
 def target_python(version):

@@ -50,19 +50,17 @@ RELEASES = ('bookworm', 'trixie')  # Debian 12 and 13: what build-image.sh build
 
 
 class Machine(NamedTuple):
-    """What a guest's architecture decides: the qemu that emulates it, its options (machine, CPU) and the serial
-    console's device."""
+    """What a guest's architecture decides: the qemu that emulates it, its machine options and the serial console's
+    device. The CPU, which the image's build emulates too, is in the image (its cpu file, see build-image.sh)."""
     qemu: str
     options: tuple
     console: str
 
 
-# Every guest CPU is emulated (TCG). An arm64 one signs return addresses with the implementation-defined algorithm
-# instead of QARMA5, which is slow to emulate (build-image.sh's qemu-user does the same): Debian 13's kernel and
-# programs use pointer authentication, and a boot to SSH took 130-260 s with QARMA5, 68-91 s without.
+# Every guest CPU is emulated (TCG).
 MACHINES = {
-    'amd64': Machine('qemu-system-x86_64', ('-cpu', 'max'), 'ttyS0'),
-    'arm64': Machine('qemu-system-aarch64', ('-machine', 'virt', '-cpu', 'max,pauth-impdef=on'), 'ttyAMA0'),
+    'amd64': Machine('qemu-system-x86_64', (), 'ttyS0'),
+    'arm64': Machine('qemu-system-aarch64', ('-machine', 'virt'), 'ttyAMA0'),
 }
 ARCHES = tuple(MACHINES)  # build-image.sh --arch; amd64 (the first) is the default
 
@@ -109,10 +107,10 @@ def image_dir(release, arch=ARCHES[0]):
     return os.path.join(cache_dir(), release if arch == ARCHES[0] else '%s-%s' % (release, arch), 'image')
 
 
-def ensure_image(release, force=False, arch=ARCHES[0]):
+def ensure_image(release, arch=ARCHES[0]):
     """Run build-image.sh: builds the release's base image unless the cached one matches the recipe.
     Returns its dir."""
-    cmd = ['bash', BUILD_SCRIPT, release, '--arch', arch] + (['--force'] if force else [])
+    cmd = ['bash', BUILD_SCRIPT, release, '--arch', arch]
     subprocess.run(cmd, check=True)
     return image_dir(release, arch)
 
@@ -154,10 +152,13 @@ class TestVM:
         self.kernel = os.path.join(self.image_dir, 'vmlinuz')
         self.initrd = os.path.join(self.image_dir, 'initrd.img')
         self.key = os.path.join(self.image_dir, 'id_ed25519')
-        for path in (self.base_image, self.kernel, self.initrd, self.key):
+        cpu = os.path.join(self.image_dir, 'cpu')
+        for path in (self.base_image, self.kernel, self.initrd, self.key, cpu):
             if not os.path.exists(path):
                 raise VMError('%s is missing: build the image first (bash %s %s --arch %s, or make vm-image)'
                               % (path, BUILD_SCRIPT, release, arch))
+        with open(cpu) as handle:
+            self.cpu = handle.read().strip()
         self.memory = memory
         self.cpus = cpus
         # Longer than the slowest mount unit's job timeout at boot (up to 2 min 40 s on a loaded machine): systemd
@@ -205,6 +206,9 @@ class TestVM:
         runs = os.path.join(cache_dir(), 'runs')
         os.makedirs(runs, exist_ok=True)
         self._remove_stale_runs(runs)
+        # ssh binds its control socket (_multiplexing) at WORKDIR/ssh plus 17 bytes; a socket's path has at most 107.
+        if len(os.path.join(runs, 'vm-12345678', 'ssh')) + 17 > 107:
+            raise VMError('%s is too deep for the ssh control socket: set OVERLAYFS_VM_CACHE to a shorter dir' % runs)
         self.workdir = tempfile.mkdtemp(prefix='vm-', dir=runs)
         with open(os.path.join(self.workdir, 'owner.pid'), 'w') as f:
             f.write('%d\n' % os.getpid())
@@ -277,7 +281,7 @@ class TestVM:
     def qemu_command(self):
         return [self.machine.qemu] + list(self.machine.options) + [
             '-name', 'overlayfs-testvm-%s' % self.release,
-            '-accel', 'tcg,thread=multi', '-smp', str(self.cpus), '-m', str(self.memory),
+            '-accel', 'tcg,thread=multi', '-cpu', self.cpu, '-smp', str(self.cpus), '-m', str(self.memory),
             '-nodefaults', '-display', 'none', '-no-reboot',
             '-kernel', self.kernel, '-initrd', self.initrd, '-append', KERNEL_CMDLINE % self.machine.console,
             '-drive', 'file=%s,format=qcow2,if=virtio,cache=unsafe,discard=unmap' % self.overlay,
@@ -369,10 +373,17 @@ class TestVM:
 
     # -- SSH -----------------------------------------------------------------------------------------------
 
+    def _multiplexing(self):
+        """ssh options that carry every command over one connection, which the first one opens: a new connection
+        costs the emulated guest about 2 s (key exchange, sshd's start), a session on an open one about 0.1 s. The
+        connection ends with qemu (a reboot, a reset, close())."""
+        return ['-o', 'ControlMaster=auto', '-o', 'ControlPersist=60',
+                '-o', 'ControlPath=' + os.path.join(self.workdir, 'ssh')]
+
     def ssh_command(self, *args):
         """argv for ssh to the guest; args are appended (a remote command, or nothing for a shell)."""
-        return (['ssh'] + list(SSH_OPTIONS) + ['-i', self.key, '-p', str(self.port), '%s@%s' % (self.user, self.host)]
-                + list(args))
+        destination = ['-i', self.key, '-p', str(self.port), '%s@%s' % (self.user, self.host)]
+        return ['ssh'] + list(SSH_OPTIONS) + self._multiplexing() + destination + list(args)
 
     def wait_for_ssh(self, timeout=None):
         """Wait until `ssh true` works; raise VMError with the console tail when it does not in time."""
@@ -411,7 +422,8 @@ class TestVM:
         return result
 
     def _scp(self, sources, dest):
-        cmd = ['scp', '-q', '-r'] + list(SSH_OPTIONS) + ['-i', self.key, '-P', str(self.port)] + sources + [dest]
+        cmd = (['scp', '-q', '-r'] + list(SSH_OPTIONS) + self._multiplexing() + ['-i', self.key, '-P', str(self.port)]
+               + sources + [dest])
         subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, timeout=600)
 
     def copy_to(self, local, remote):
@@ -502,8 +514,13 @@ def run_role(vm, workdir, variables, run_name):
     playbook = os.path.join(workdir, 'role.yml')
     with open(playbook, 'w') as handle:
         handle.write('- hosts: testvm\n  gather_facts: false\n  roles:\n    - containerhost.overlayfs.overlay_mounts\n')
+    return ansible_playbook(vm, playbook, vars_file)
+
+
+def ansible_playbook(vm, playbook_path, vars_path):
+    """One ansible-playbook run against ``vm`` with the variables of a JSON file; the completed process."""
     env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='False')
-    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_file, playbook],
+    return subprocess.run(['ansible-playbook', '-i', vm.inventory(), '-e', '@' + vars_path, playbook_path],
                           capture_output=True, text=True, env=env, cwd=REPO, check=False)
 
 

@@ -6,10 +6,10 @@
 """The collection as a user of each ansible-core line gets it (the Galaxy tarball installed offline by that line's
 ansible-galaxy), on the target Pythons (the Makefile's TARGET_PYTHONS, linked into .cache/pythons/bin by make setup;
 3.14 is Debian's build, scripts/debian_python.py): every one with the newest line, the oldest and newest this machine
-has with the others. A nested tree with a raw
-image layer and an idmapped layer is mounted, mounted again with no change, drawn and printed by the filters, read
-back and fed back with no change, persisted by the role twice (the second time changing nothing), and removed by the
-role, leaving nothing mounted and no loop device; no run prints a warning."""
+has with the others. A nested tree with a raw image layer and an idmapped layer is mounted, mounted again with no
+change, drawn and printed by the filters, read back and fed back with no change, persisted by the role twice (the
+second time changing nothing), and removed by the role, leaving nothing mounted and no loop device; no run prints a
+warning."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ for the Python the lock is for, and every constraint holds. The lock's header is
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 
@@ -24,6 +25,17 @@ LOCKS = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REQUIRE
                if os.path.basename(path) != CONSTRAINTS)
 COMMAND = re.compile(r'^#    uv pip compile (?P<options>.*) (?P<source>\S+\.in) -o (?P<lock>\S+\.txt)$', re.M)
 PIN = re.compile(r'^(?P<name>[A-Za-z0-9._-]+)==(?P<version>\S+)$')
+
+
+def _script(name):
+    """A module of scripts/, which is no package."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'scripts', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DEBIAN_PYTHON = _script('debian_python')
 
 
 def _lines(path):
@@ -103,14 +115,10 @@ def test_the_venvs_of_the_newest_line_run_the_same_ansible_core():
 @pytest.mark.parametrize('listing', sorted(glob.glob(os.path.join(REQUIREMENTS, 'debian-python*.list'))))
 def test_a_debian_lock_pins_each_package_of_its_list_from_its_suite(listing):
     version = os.path.basename(listing)[len('debian-python'):-len('.list')]
-    with open(listing, encoding='utf-8') as handle:
-        lines = [line.strip() for line in handle if line.strip() and not line.startswith('#')]
-    suite = lines[0].split(':', 1)[1].strip()
-    with open(listing[:-len('list')] + 'lock', encoding='utf-8') as handle:
-        text = handle.read()
-    assert text.startswith('# scripts/debian_python.py lock %s: Debian %s, amd64\n' % (version, suite)), text[:200]
-    pins = [line.split() for line in text.splitlines() if not line.startswith('#')]
-    assert [pin[0] for pin in pins] == lines[1:], 'run make lock'
+    suite, packages = DEBIAN_PYTHON.read_list(version)
+    locked_suite, arch, pins = DEBIAN_PYTHON.parse_lock(version, DEBIAN_PYTHON.read_lock(version))
+    assert (locked_suite, arch) == (suite, 'amd64'), 'run make lock'
+    assert [pin[0] for pin in pins] == packages, 'run make lock'
     for package, _version, path, sha256 in pins:
         assert path.startswith('pool/main/') and path.endswith('.deb') and '/%s_' % package in path, path
         assert re.match(r'^[0-9a-f]{64}$', sha256), package

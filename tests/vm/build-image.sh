@@ -12,6 +12,7 @@
 #   vmlinuz        the guest's kernel (linux-image-cloud-ARCH), booted with qemu -kernel
 #   initrd.img     its initramfs (virtio_blk, ext4 etc. are modules in the cloud kernel)
 #   id_ed25519     private key for root@guest (id_ed25519.pub is in /root/.ssh/authorized_keys)
+#   cpu            the qemu -cpu the guest boots with, the one its build emulated
 #   stamp          sha256 of this script: a changed recipe means a rebuild
 #
 # The image is built in a temporary directory next to image/ and renamed into place at the very end,
@@ -59,12 +60,15 @@ while [ $# -gt 0 ]; do
 done
 [[ " ${ARCHES[*]} " == *" $ARCH "* ]] || die "unknown architecture: $ARCH (known: ${ARCHES[*]})"
 GUEST_KERNEL=linux-image-cloud-$ARCH
+# GUEST_CPU: the CPU qemu emulates, qemu-user in a foreign build and qemu-system at each boot (the image's cpu file,
+# which tests/helpers/vm.py reads).
 case "$ARCH" in
-  amd64) HOST_PACKAGES+=(qemu-system-x86); QEMU_USER_ARCH=x86_64; QEMU_USER_CPU=max ;;
+  amd64) HOST_PACKAGES+=(qemu-system-x86); QEMU_USER_ARCH=x86_64; GUEST_CPU=max ;;
   # The arm64 guest only runs the smoke test: no libvirt (its install alone takes minutes under qemu-user). Its CPU
-  # signs return addresses with the implementation-defined algorithm, as the VM's does (tests/helpers/vm.py
-  # MACHINES): Debian's arm64 programs are built with pointer authentication, and QARMA5 is slow to emulate.
-  arm64) HOST_PACKAGES+=(qemu-system-arm); QEMU_USER_ARCH=aarch64; QEMU_USER_CPU=max,pauth-impdef=on
+  # signs return addresses with the implementation-defined algorithm instead of QARMA5, which is slow to emulate:
+  # Debian 13's kernel and programs use pointer authentication, and a boot to SSH took 130-260 s with QARMA5,
+  # 68-91 s without.
+  arm64) HOST_PACKAGES+=(qemu-system-arm); QEMU_USER_ARCH=aarch64; GUEST_CPU=max,pauth-impdef=on
          APT_PACKAGES=() ;;
 esac
 FOREIGN=false
@@ -72,9 +76,9 @@ if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
   FOREIGN=true
   HOST_PACKAGES+=(qemu-user-static)
   # Read by qemu-user: the chroot's programs (in_chroot passes it on) and debootstrap's second stage.
-  export QEMU_CPU=$QEMU_USER_CPU
+  export QEMU_CPU=$GUEST_CPU
 fi
-# amd64's images stay where they always were.
+# amd64's images stay where they always were (tests/helpers/vm.py image_dir finds them by the same rule).
 IMAGE_NAME=$SUITE
 [ "$ARCH" = amd64 ] || IMAGE_NAME=$SUITE-$ARCH
 CACHE=${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/$IMAGE_NAME
@@ -313,6 +317,7 @@ build() {
   install -m 0644 "$kernel" "$tmp/vmlinuz"
   install -m 0644 "$initrd" "$tmp/initrd.img"
   basename "$kernel" | sed 's/^vmlinuz-//' >"$tmp/kernel-version"
+  echo "$GUEST_CPU" >"$tmp/cpu"
 
   log "mkfs.ext4 -d rootfs into a sparse $IMAGE_SIZE raw image"
   truncate -s "$IMAGE_SIZE" "$tmp/base.img"

@@ -10,6 +10,11 @@ release that ``--vm-release`` names (default: bookworm and trixie, Debian 12 and
 release boots once. The image is built first when the cache is not current (tests/vm/build-image.sh), and
 the VM is killed and its overlay removed when the session ends, whatever the tests did.
 
+A test marked ``one_release(RELEASE)`` runs on that release only, and is skipped, saying so, in a session that does
+not boot it: its subject (the module's own undo and recovery,
+say) is the same on every release, and the two releases' sessions, which run at the same time, then take about as
+long as each other (docs/testing-vm.md).
+
 ``--vm-arch arm64`` runs the tests marked ``arm64`` (the smoke run) in an arm64 guest, on trixie unless
 ``--vm-release`` says otherwise, and nothing else; the default, amd64, runs every other test.
 """
@@ -42,6 +47,8 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'incremental: the tests of a module are steps; a failed step skips the rest '
                                        '(per release)')
     config.addinivalue_line('markers', 'arm64: the arm64 smoke run, which only --vm-arch arm64 runs (and nothing else)')
+    config.addinivalue_line('markers', 'one_release(release): runs on that release only (skipped in a session that '
+                                       'does not boot it), for a test whose subject is the same on every release')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -73,6 +80,11 @@ def pytest_generate_tests(metafunc):
     if 'vm_release' in metafunc.fixturenames:
         arch = metafunc.config.getoption('vm_arch')
         releases = metafunc.config.getoption('vm_release') or list(DEFAULT_RELEASES[arch])
+        one_release = metafunc.definition.get_closest_marker('one_release')
+        if one_release:
+            own = one_release.args[0]
+            releases = [own if own in releases else pytest.param(own, marks=pytest.mark.skip(
+                reason='runs on %s only, which this session does not boot (one_release)' % own))]
         metafunc.parametrize('vm_release', releases, scope='session')
 
 

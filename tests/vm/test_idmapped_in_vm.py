@@ -67,7 +67,9 @@ def item(name, state='mounted'):
         'idmap': {'uid': ranges, 'gid': list(ranges)}}}
 
 
-class Guest(object):
+class RoleGuest(object):
+    """The idmapped trees in the VM, converged through the role."""
+
     def __init__(self, vm, workdir):
         self.vm = vm
         self.workdir = workdir
@@ -91,7 +93,7 @@ class Guest(object):
 def guest(vm):
     workdir = tempfile.mkdtemp(prefix='overlayfs-vm-idmapped-')
     vm.run(['sh', '-euc', 'mkdir -p %s/base/etc && echo base > %s/base/etc/conf' % (ROOT, ROOT)], check=True)
-    yield Guest(vm, workdir)
+    yield RoleGuest(vm, workdir)
     shutil.rmtree(workdir)
 
 

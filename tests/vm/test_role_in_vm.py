@@ -12,10 +12,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXTENSIONS = os.path.join(REPO, 'extensions')
 
 
+# The role's reboots on each release are test_persistence_in_vm's; this is the scenario a user runs with molecule.
+@pytest.mark.one_release('bookworm')
 def test_the_role_scenario_survives_reboots_in_the_vm(vm, tmp_path):
     molecule = os.path.join(os.path.dirname(sys.executable), 'molecule')
     # Its own ephemeral directory (inventory, state): `make vm-test` runs this for both releases at once, and the
