@@ -5,7 +5,7 @@
 
 """Smoke tests of the test VM: what the VM tests of the collection rely on.
 
-Runs in file order on one VM. Reboots, with vm.reboot() and ansible.builtin.reboot, are in the persistence
+Runs in file order on one VM, before the other VM tests (conftest.py). Reboots, with vm.reboot() and ansible.builtin.reboot, are in the persistence
 tests and the role's molecule scenario.
 """
 
