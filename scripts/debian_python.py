@@ -88,8 +88,8 @@ def lock(version, upgrade):
     suite, packages = read_list(version)
     arch = host_arch()
     if not upgrade and os.path.exists(_path(version, 'lock')):
-        locked = parse_lock(version, read_lock(version))
-        if locked[:2] == (suite, arch) and [pin[0] for pin in locked[2]] == packages:
+        locked_suite, locked_arch, pins = parse_lock(version, read_lock(version))
+        if (locked_suite, locked_arch) == (suite, arch) and [pin[0] for pin in pins] == packages:
             return
     index = lzma.decompress(_fetch('dists/%s/main/binary-%s/Packages.xz' % (suite, arch))).decode('utf-8')
     found = {}

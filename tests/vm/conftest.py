@@ -11,9 +11,8 @@ release boots once. The image is built first when the cache is not current (test
 the VM is killed and its overlay removed when the session ends, whatever the tests did.
 
 A test marked ``one_release(RELEASE)`` runs on that release only, and is skipped, saying so, in a session that does
-not boot it: its subject (the module's own undo and recovery,
-say) is the same on every release, and the two releases' sessions, which run at the same time, then take about as
-long as each other (docs/testing-vm.md).
+not boot it: its subject (the module's own undo and recovery, say) is the same on every release, and the two
+releases' sessions, which run at the same time, then take about as long as each other (docs/testing-vm.md).
 
 ``--vm-arch arm64`` runs the tests marked ``arm64`` (the smoke run) in an arm64 guest, on trixie unless
 ``--vm-release`` says otherwise, and nothing else; the default, amd64, runs every other test.
