@@ -25,12 +25,14 @@ Standard library only, and only the modules in BUNDLE: the role copies these fil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, describe_refusal, mounted_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_shortfalls, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
@@ -46,7 +48,7 @@ HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE,
 EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
-BUNDLE = ('_boot', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
+BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
 SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker', 'idmapped')
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
@@ -126,21 +128,37 @@ def mount(spec_path, target):
     if mounted_as_specified(spec, mounts):
         _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
         return
-    marker = volatile_marker(spec['work']) if spec['upper'] else None
-    if marker and os.path.isdir(marker):
+    target_beneath = refuse_unconfined(spec, mounts)
+    if spec['upper'] and hostfs.has_volatile_marker(spec['work']):
         if spec['on_volatile_marker'] != 'discard':
             raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
-        hostfs.discard_volatile_marker(marker)
+        hostfs.discard_volatile_marker(spec['work'])
         _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
-             'as it is' % (marker, spec['target']))
+             'as it is' % (volatile_marker(spec['work']), spec['target']))
     made = []
     try:
         payload = overlay_payload(spec['lowers'], spec['upper'], spec['work'], spec['options'])
         for layer in spec['idmapped']:
             made += mount_idmapped_layer(layer, mounts)
-        syscalls.mount_overlay(spec['target'], payload, spec['readonly'])
+        with syscalls.pinned_dir(*target_beneath) if target_beneath else contextlib.nullcontext() as at:
+            syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at)
     except (OptionError, IdMapError, syscalls.MountError) as error:
         raise HelperError(str(error) + _unmount_all(made))
+
+
+def refuse_unconfined(spec, mounts):
+    """The module's refusal, at boot: no path of the spec may pass through a symlink inside another overlay's
+    merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return where the
+    target lies below such a dir ((that dir, the rest)), to mount on it as the module does; None if it does not."""
+    resolve = ConfinedResolver(mounted_views(mounts))
+    paths = ([('target', spec['target'])] + [('lower dir', lower) for lower in spec['lowers']]
+             + [('upper', spec['upper']), ('work', spec['work'])] * bool(spec['upper'])
+             + [('source', layer['source']) for layer in spec['idmapped']])
+    for role, path in paths:
+        resolution = resolve(path)
+        if resolution.symlink_inside:
+            raise HelperError('not mounting %s: %s' % (spec['target'], describe_refusal(role, path, resolution)))
+    return resolve(spec['target']).beneath
 
 
 def _unmount_all(targets):

@@ -9,33 +9,49 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import RUN_DIR, open_private_dir
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, describe_mount, plan
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import MOUNT_STEPS, Unmount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
 
 
-LOCK_FILE = '/run/lock/containerhost-overlayfs.lock'
+LOCK_FILE = RUN_DIR + '/lock'
 
 
 class HostLock(object):
-    """Serialize runs on one host: observe, plan and apply happen under one exclusive lock."""
+    """Serialize runs on one host: observe, plan and apply happen under one exclusive lock. The lock file lives in
+    the collection's own root-only dir and is opened without following a symlink: in a dir any user may write to
+    (/run/lock), a user could hold it first, or plant a link that root would follow."""
 
     def __init__(self, path=LOCK_FILE):
         self.path = path
-        self.handle = None
+        self.fd = None
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.handle = open(self.path, 'a')
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        directory, name = os.path.split(self.path)
+        try:
+            dir_fd = open_private_dir(directory)
+            try:
+                self.fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as error:
+            raise ConvergeError('cannot open the host lock %s: %s' % (self.path, error.strerror))
+        info = os.fstat(self.fd)
+        if info.st_uid != 0 or not stat.S_ISREG(info.st_mode):
+            os.close(self.fd)
+            raise ConvergeError('the lock file %s is not a regular file of root\'s (uid %d): it is not used'
+                                % (self.path, info.st_uid))
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
         return False
 
 

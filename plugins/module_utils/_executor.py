@@ -156,11 +156,11 @@ class Executor(object):
         _remove_all_if_empty(one.paths, one.beneath)
 
     def _discard_volatile_marker(self, one):
-        hostfs.discard_volatile_marker(one.path)
-        return step.restore_volatile_marker(one.node, one.path)
+        hostfs.discard_volatile_marker(one.work, one.beneath)
+        return step.restore_volatile_marker(one.node, one.work, one.beneath)
 
     def _restore_volatile_marker(self, one):
-        hostfs.restore_volatile_marker(one.path)
+        hostfs.restore_volatile_marker(one.work, one.beneath)
 
     # --- devices ----------------------------------------------------------------------------------------
 

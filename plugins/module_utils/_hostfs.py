@@ -13,14 +13,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import VOLATILE_MARKER, volatile_marker
 
 SYS_BLOCK = '/sys/block'
 SYS_MODULE = '/sys/module'
+RUN_DIR = '/run/containerhost-overlayfs'  # the collection's runtime files: root's alone (open_private_dir)
 # Where FUSE exports of images live (the nbd-free attach method): NAME.img is the export, NAME.pid its daemon,
 # NAME.json what it serves.
-EXPORT_DIR = '/run/containerhost-overlayfs/exports'
+EXPORT_DIR = RUN_DIR + '/exports'
 
 
 def read_text(path):
@@ -36,6 +39,24 @@ def loop_backing_file(device, sys_block=SYS_BLOCK):
     except FileNotFoundError:
         return None
     return backing_file[:-len(' (deleted)')] if backing_file.endswith(' (deleted)') else backing_file
+
+
+def open_private_dir(path):
+    """An fd on one of the collection's own dirs (made 0700 if missing), opened without following a symlink, in a
+    parent only root can change (/run). One that another user owns is refused; one of root's that others could
+    write to is made 0700."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    if info.st_uid != 0:
+        os.close(fd)
+        raise OSError(errno.EPERM, '%s belongs to uid %d, not root: it is not used' % (path, info.st_uid))
+    if info.st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+    return fd
 
 
 def device_number(device):
@@ -88,25 +109,76 @@ def export_files(image, image_format):
     return base + '.img', base + '.pid', base + '.json'
 
 
-def discard_volatile_marker(marker):
-    """Remove the marker a volatile overlay leaves: the kernel makes it as the dir volatile with an empty file dirty."""
-    dirty = os.path.join(marker, 'dirty')
-    foreign = [name for name in os.listdir(marker) if name != 'dirty']
-    kernels = not os.path.lexists(dirty) or (os.path.isfile(dirty) and not os.path.islink(dirty)
-                                             and os.path.getsize(dirty) == 0)
-    if foreign or not kernels:
-        raise OSError(errno.ENOTEMPTY, '%s holds more than the kernel leaves there (%s); it is left as it is'
-                      % (marker, ', '.join(foreign) or 'dirty'))
-    if os.path.lexists(dirty):
-        os.unlink(dirty)
-    os.rmdir(marker)
+def has_volatile_marker(work):
+    """Whether the work dir ``work`` (a canonical path) holds the marker a volatile overlay leaves, each of its
+    dirs a dir and no symlink (one a container planted is not the kernel's)."""
+    try:
+        os.close(_open_marker(work, None, len(VOLATILE_MARKER)))
+    except OSError:
+        return False
+    return True
 
 
-def restore_volatile_marker(marker):
+def discard_volatile_marker(work, beneath=None):
+    """Remove the marker a volatile overlay leaves: the kernel makes it as the dir volatile with an empty file dirty.
+    Every dir is opened from the one above it without following a symlink, and the removals act on those fds only
+    (``beneath``: the work dir lies below that open dir, reached as syscalls.open_beneath does)."""
+    parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1)
+    try:
+        marker = os.open(VOLATILE_MARKER[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        try:
+            foreign = [name for name in os.listdir(marker) if name != 'dirty']
+            dirty = _lstat_at(marker, 'dirty')
+            kernels = dirty is None or (stat.S_ISREG(dirty.st_mode) and dirty.st_size == 0)
+            if foreign or not kernels:
+                raise OSError(errno.ENOTEMPTY, '%s holds more than the kernel leaves there (%s); it is left as it is'
+                              % (volatile_marker(work), ', '.join(foreign) or 'dirty'))
+            if dirty is not None:
+                os.unlink('dirty', dir_fd=marker)
+        finally:
+            os.close(marker)
+        os.rmdir(VOLATILE_MARKER[-1], dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def restore_volatile_marker(work, beneath=None):
     """Put a discarded marker back (a run that is undone leaves the work dir as it found it)."""
-    os.makedirs(marker)
-    with open(os.path.join(marker, 'dirty'), 'w'):
-        pass
+    parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1)
+    try:
+        os.mkdir(VOLATILE_MARKER[-1], 0o755, dir_fd=parent)
+        marker = os.open(VOLATILE_MARKER[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        try:
+            os.close(os.open('dirty', os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=marker))
+        finally:
+            os.close(marker)
+    finally:
+        os.close(parent)
+
+
+def _open_marker(work, beneath, depth):
+    """An fd on the work dir's first ``depth`` marker dirs (work/incompat/volatile), none reached through a
+    symlink."""
+    fd = syscalls.open_beneath(*beneath) if beneath else os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in VOLATILE_MARKER[:depth]:
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lstat_at(directory, name):
+    try:
+        return os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def processes_using(path, proc='/proc'):

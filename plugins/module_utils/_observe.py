@@ -18,17 +18,18 @@ import stat
 from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     SYS_BLOCK,
     SYS_MODULE,
+    has_volatile_marker,
     loop_backing_file,
     process_alive,
     read_text,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, path_and_ancestors
 
 
@@ -92,49 +93,47 @@ class PathFacts(NamedTuple):
     volatile_leftover: bool = False  # a volatile overlay left its marker in this work dir
     unreadable: Optional[str] = None
     is_symlink: bool = False  # the path's last component is a symlink (a parent's symlinks do not count)
-    # Inside another overlay's merged view or upper dir (see confinement): (that dir, the rest of the path)
+    # Below an open dir (another overlay's merged view or upper dir, a dir a local user can change: see
+    # _confine): (that dir, the rest of the path), what makes it open, the first symlink below it and where it points
     beneath: Optional[Tuple[str, str]] = None
-    symlink_inside: Optional[Tuple[str, str]] = None  # the first symlink below it, and where it points
+    opened_by: Optional[str] = None
+    symlink_inside: Optional[Tuple[str, str]] = None
 
 
-class Resolver(object):
-    """realpath(3) of normalized absolute paths, with one lstat per distinct prefix: the paths of a batch share
-    their parents, and a thousand trees would lstat the same dirs thousands of times. Good for one observation
-    (the host may change after it)."""
-
-    def __init__(self):
-        self.resolved = {'/': '/'}
-
-    def __call__(self, path):
-        if path not in self.resolved:
-            parent, name = path.rsplit('/', 1)
-            candidate = os.path.join(self(parent or '/'), name)
-            self.resolved[path] = os.path.realpath(candidate) if os.path.islink(candidate) else candidate
-        return self.resolved[path]
-
-
-def observe_path(path, work_dir=False, resolve=os.path.realpath):
-    """The facts of one path; of a work dir (``work_dir``) also its entries and volatile marker."""
+def observe_path(path, work_dir=False, resolve=None):
+    """The facts of one path, as the confined walk reaches it (``resolve``: a ConfinedResolver); of a work dir
+    (``work_dir``) also its entries and volatile marker. A path through a symlink inside an open dir is not looked
+    at further: it is refused."""
+    resolve = resolve or ConfinedResolver({})
+    resolution = resolve(path)
+    confined = dict(beneath=resolution.beneath, opened_by=resolution.opened_by,
+                    symlink_inside=resolution.symlink_inside)
+    if resolution.symlink_inside:
+        return PathFacts(path, resolution.realpath, exists=True, **confined)
+    parent, name = path.rsplit('/', 1)
+    last = os.path.join(resolve(parent or '/').realpath, name) if name else '/'
     is_symlink = False
     try:
-        info = os.lstat(path)
+        info = os.lstat(last)
         if stat.S_ISLNK(info.st_mode):
             is_symlink = True
-            info = os.stat(path)
+            info = os.stat(resolution.realpath)
     except OSError as error:
-        if error.errno in (errno.ENOENT, errno.ENOTDIR):
-            return PathFacts(path, resolve(path), exists=is_symlink, is_symlink=is_symlink)
-        return PathFacts(path, resolve(path), exists=True, unreadable=error.strerror, is_symlink=is_symlink)
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return PathFacts(path, resolution.realpath, exists=is_symlink, is_symlink=is_symlink, **confined)
+        return PathFacts(path, resolution.realpath, exists=True, unreadable=error.strerror, is_symlink=is_symlink,
+                         **confined)
+    real = resolution.realpath
     is_dir = stat.S_ISDIR(info.st_mode)
     is_block = stat.S_ISBLK(info.st_mode)
     return PathFacts(
-        path, resolve(path), exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
+        path, real, exists=True, is_dir=is_dir, is_file=stat.S_ISREG(info.st_mode),
         is_block=is_block, identity=(info.st_dev, info.st_ino), owner=(info.st_uid, info.st_gid),
         rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
-        entries=_entries(path) if work_dir and is_dir else (),
+        entries=_entries(real) if work_dir and is_dir else (),
         # The kernel refuses to mount on a work dir that holds this marker.
-        volatile_leftover=work_dir and is_dir and os.path.isdir(volatile_marker(path)),
-        is_symlink=is_symlink,
+        volatile_leftover=work_dir and is_dir and has_volatile_marker(real),
+        is_symlink=is_symlink, **confined
     )
 
 
@@ -347,9 +346,9 @@ def observe(roots):
     """Observe everything the trees mention."""
     settle_starting_exports()
     mounts = read_mountinfo()
-    resolve = Resolver()
-    views = container_views(roots, mounts, resolve)
-    paths, confined, idmapped = {}, set(), []
+    views = container_views(roots, mounts)
+    resolve = ConfinedResolver(views)
+    paths, idmapped = {}, []
     for root in roots:
         for node in root.walk():
             if node.kind == IDMAPPED:
@@ -357,10 +356,6 @@ def observe(roots):
             for path in (node.target, node.upper, node.work, node.source):
                 if path and path not in paths:
                     paths[path] = observe_path(path, work_dir=path == node.work, resolve=resolve)
-            for path in (node.target, node.upper, node.work):  # what a run may create, mount on or unmount
-                if path and path not in confined:
-                    confined.add(path)
-                    paths[path] = paths[path]._replace(**confinement(path, views, resolve))
     observed = Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(),
                         exports=read_fuse_exports(mounts), nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')),
                         kernel=os.uname().release, views=views)
@@ -371,43 +366,16 @@ def observe(roots):
     return observed
 
 
-def container_views(roots, mounts, resolve=os.path.realpath):
+def container_views(roots, mounts):
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
-    the batch. Resolved path -> what it is, for messages."""
-    views = {}
-    for entry in mounts:
-        layers = entry.overlay_layers()
-        if layers:
-            views[entry.mountpoint] = 'the merged view of the overlay at %s' % entry.mountpoint
-            if layers[1]:
-                views[layers[1]] = 'the upper dir of the overlay at %s' % entry.mountpoint
+    the batch. Canonical path -> what it is, for messages. A batch's paths are taken through the host's own
+    symlinks (those in dirs only root can change), as the kernel will show them once mounted."""
+    views = mounted_views(mounts)
+    resolve = ConfinedResolver(dict(views))
     for root in roots:
         for node in root.walk():
             if node.kind == 'overlay':
-                views.setdefault(resolve(node.target), 'the merged view of the overlay at %s' % node.target)
+                views.setdefault(resolve(node.target).realpath, 'the merged view of the overlay at %s' % node.target)
                 if node.upper:
-                    views.setdefault(resolve(node.upper), 'the upper dir of the overlay at %s' % node.target)
+                    views.setdefault(resolve(node.upper).realpath, 'the upper dir of the overlay at %s' % node.target)
     return views
-
-
-def confinement(path, views, resolve=os.path.realpath):
-    """Where ``path`` enters one of the views, and the first symlink below it. Symlinks above it are the host's,
-    and are followed (one lstat per component); below it the module follows none. Fields of PathFacts."""
-    parts = [part for part in path.split('/') if part]
-    for index in range(len(parts) - 1):
-        resolved = resolve('/' + '/'.join(parts[:index + 1]))
-        if resolved in views:
-            below = parts[index + 1:]
-            return dict(beneath=(resolved, '/'.join(below)), symlink_inside=_first_symlink(resolved, below))
-    return {}
-
-
-def _first_symlink(root, below):
-    current = root
-    for part in below:
-        current = os.path.join(current, part)
-        if os.path.islink(current):
-            return current, os.readlink(current)
-        if not os.path.isdir(current):
-            return None
-    return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import describe_refusal
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
@@ -22,7 +23,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     OptionError,
     overlay_mount_data,
     overlay_payload,
-    volatile_marker,
     volatile_marker_refusal,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
@@ -165,13 +165,11 @@ class _Planner(object):
         return [self._confined(one) for one in made + self.mounter[node.mount_kind](node)]
 
     def _refuse_symlink_inside(self, node, role, path):
-        """A container may plant a symlink in its view (etc/x -> /): a mount or mkdir through it would land on
-        the host."""
+        """A container may plant a symlink in its view (etc/x -> /), a local user in a dir they can write to: a
+        mount, mkdir, layer or image reached through it would be the host's."""
         facts = self.observed.facts(path)
         if facts.symlink_inside:
-            link, points_to = facts.symlink_inside
-            raise PlanError('%s: %s %s: %s is a symlink (to %s) inside %s; symlinks there are not followed'
-                            % (node.describe(), role, path, link, points_to, self.observed.views[facts.beneath[0]]))
+            raise PlanError('%s: %s' % (node.describe(), describe_refusal(role, path, facts)))
 
     def _confined(self, one):
         """The step with the ``beneath`` of the path it creates, mounts on or unmounts."""
@@ -202,6 +200,7 @@ class _Planner(object):
         return steps
 
     def _mount_file(self, node):
+        self._refuse_symlink_inside(node, 'image', node.source)
         facts = self.observed.facts(node.source)
         if not facts.exists:
             raise PlanError('%s: image %s does not exist (the tree is not mounted until it does)'
@@ -215,14 +214,17 @@ class _Planner(object):
         return self.images.attach(node, readonly)
 
     def _mount_idmapped(self, node):
+        self._refuse_symlink_inside(node, 'source', node.source)
         return [step.mount_idmapped(node.label, node.target, node.source, node.idmap)]
 
     def _mount_block(self, node):
+        self._refuse_symlink_inside(node, 'source', node.source)
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
         return [step.mount_device(node.label, node.target, node.source, node.mounted_readonly)]
 
     def _mount_mount(self, node):
+        self._refuse_symlink_inside(node, 'bind source', node.source)
         if not self.observed.facts(node.source).is_dir:
             raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
         return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly)]
@@ -253,6 +255,7 @@ class _Planner(object):
         return next((self.batch_nodes[above] for above in ancestors if above in self.batch_nodes), None)
 
     def _require_lower_dir(self, node):
+        self._refuse_symlink_inside(node, 'lower dir', node.target)
         if self._batch_target_above(node.target, itself=True) is not None:
             return
         facts = self.observed.facts(node.target)
@@ -289,7 +292,7 @@ class _Planner(object):
             return []
         if self.on_volatile_marker != 'discard':
             raise PlanError('%s: %s' % (node.describe(), volatile_marker_refusal(node.work)))
-        return [step.discard_volatile_marker(node.label, volatile_marker(node.work))]
+        return [step.discard_volatile_marker(node.label, node.work, self.observed.facts(node.work).beneath)]
 
     def _stack_depth(self, node):
         """How many stacked filesystems this node's mount would sit on, as far as can be seen."""
@@ -346,7 +349,8 @@ class _Planner(object):
                                     % (node.describe(), describe_mount(current)))
                 steps.append(self._unmount_step(node, current))
                 releases.extend(self._release(node, current))
-            if node.kind == 'file':
+            if node.kind == 'file' and not self.observed.facts(node.source).symlink_inside:
+                # devices found by an image path that leads elsewhere would be the host's, not this tree's
                 releases.extend(self.images.leftovers(node))
         for lower in node.lowers:
             self._unmounted_node(lower, steps, releases)

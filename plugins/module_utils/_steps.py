@@ -22,7 +22,7 @@ import os
 from typing import ClassVar, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload, volatile_marker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +56,19 @@ class RemoveEmptyDirs(Step):
 
 @dataclasses.dataclass(frozen=True)
 class DiscardVolatileMarker(Step):
+    """``path``: the marker; ``work``: the work dir it is in, reached as ``beneath`` says."""
     action: ClassVar[str] = 'discard_volatile_marker'
     path: str
+    work: str
+    beneath: Optional[Tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RestoreVolatileMarker(Step):
     action: ClassVar[str] = 'restore_volatile_marker'
     path: str
+    work: str
+    beneath: Optional[Tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,13 +244,16 @@ def remove_empty_dirs(node, paths, beneath=None):
                            description='remove the empty directories %s' % ', '.join(shown))
 
 
-def discard_volatile_marker(node, path):
-    return DiscardVolatileMarker(node=node, path=path, description=(
+def discard_volatile_marker(node, work, beneath=None):
+    path = volatile_marker(work)
+    return DiscardVolatileMarker(node=node, path=path, work=work, beneath=beneath, description=(
         'discard the volatile marker %s (on_volatile_marker=discard: the upper dir is mounted as it is)' % path))
 
 
-def restore_volatile_marker(node, path):
-    return RestoreVolatileMarker(node=node, path=path, description='put the volatile marker %s back' % path)
+def restore_volatile_marker(node, work, beneath=None):
+    path = volatile_marker(work)
+    return RestoreVolatileMarker(node=node, path=path, work=work, beneath=beneath,
+                                 description='put the volatile marker %s back' % path)
 
 
 def load_module(node, module, kernel):

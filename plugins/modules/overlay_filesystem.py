@@ -32,7 +32,7 @@ description:
     the user namespace that carries the mapping lives only while the mount uses it. A second run reads the mapping
     back with C(statmount(2)) (Linux 6.15 and later; before that, the owner of the layer's root is compared). A
     changed mapping is drift.
-  - Runs on one host are serialized with a lock file in C(/run/lock).
+  - Runs on one host are serialized with a lock file in C(/run/containerhost-overlayfs), a directory only root may use.
 author:
   - containerhost.overlayfs developers (@containerhost)
 extends_documentation_fragment:

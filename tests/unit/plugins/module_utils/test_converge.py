@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 
 import pytest
 
@@ -77,10 +78,36 @@ def test_batch_form_is_used_when_given(tmp_path):
 
 
 def test_host_lock_is_exclusive(tmp_path):
-    path = str(tmp_path / 'run' / 'lock' / 'overlayfs.lock')
+    (tmp_path / 'run').mkdir()
+    path = str(tmp_path / 'run' / 'containerhost-overlayfs' / 'lock')
     with HostLock(path):
         with open(path, 'a') as other:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(path, 'a') as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+
+
+def test_the_host_lock_is_roots_alone_and_no_link_leads_it_elsewhere(tmp_path):
+    """A local user may not hold the lock first (its dir is 0700) or plant a link root would follow."""
+    (tmp_path / 'run').mkdir()
+    private = tmp_path / 'run' / 'containerhost-overlayfs'
+    with HostLock(str(private / 'lock')):
+        assert stat.S_IMODE(os.stat(str(private)).st_mode) == 0o700
+    (private / 'lock').unlink()
+    (private / 'lock').symlink_to(tmp_path / 'chosen-by-a-user')
+    with pytest.raises(ConvergeError, match=r'cannot open the host lock .*/lock: Too many levels of symbolic links'):
+        HostLock(str(private / 'lock')).__enter__()
+    assert not (tmp_path / 'chosen-by-a-user').exists()
+    (private / 'lock').unlink()
+    (private / 'lock').write_text('')
+    os.chown(str(private / 'lock'), 1000, 1000)
+    with pytest.raises(ConvergeError, match=r'is not a regular file of root\'s \(uid 1000\): it is not used'):
+        HostLock(str(private / 'lock')).__enter__()
+    os.chown(str(private), 1000, 1000)
+    with pytest.raises(ConvergeError, match=r'belongs to uid 1000, not root: it is not used'):
+        HostLock(str(private / 'lock')).__enter__()
+    private.rename(tmp_path / 'elsewhere')
+    private.symlink_to(tmp_path / 'elsewhere')
+    with pytest.raises(ConvergeError, match=r'Not a directory|Too many levels'):
+        HostLock(str(private / 'lock')).__enter__()

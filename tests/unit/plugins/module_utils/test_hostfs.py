@@ -14,27 +14,47 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _ho
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
     discard_volatile_marker,
+    has_volatile_marker,
     export_files,
     restore_volatile_marker,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
 
 
+def kernels_marker(work):
+    """What a volatile overlay leaves in its work dir: work/incompat/volatile with an empty file dirty."""
+    os.makedirs(os.path.dirname(volatile_marker(work)))
+    restore_volatile_marker(work)
+    return volatile_marker(work)
+
+
 def test_the_kernels_volatile_marker_is_discarded_and_restored(tmp_path):
-    marker = volatile_marker(str(tmp_path / 'work'))
-    restore_volatile_marker(marker)  # what the kernel leaves: volatile/ with an empty file dirty
+    marker = kernels_marker(str(tmp_path / 'work'))
     assert os.listdir(marker) == ['dirty'] and os.path.getsize(os.path.join(marker, 'dirty')) == 0
-    discard_volatile_marker(marker)
+    assert has_volatile_marker(str(tmp_path / 'work'))
+    discard_volatile_marker(str(tmp_path / 'work'))
     assert os.listdir(os.path.dirname(marker)) == []
+    assert not has_volatile_marker(str(tmp_path / 'work'))
 
 
 def test_a_marker_holding_anything_else_is_not_discarded(tmp_path):
-    marker = volatile_marker(str(tmp_path / 'work'))
-    restore_volatile_marker(marker)
+    marker = kernels_marker(str(tmp_path / 'work'))
     (tmp_path / 'work' / 'work' / 'incompat' / 'volatile' / 'mine').write_text('x')
     with pytest.raises(OSError, match=r'holds more than the kernel leaves there \(mine\)'):
-        discard_volatile_marker(marker)
+        discard_volatile_marker(str(tmp_path / 'work'))
     assert sorted(os.listdir(marker)) == ['dirty', 'mine']
+
+
+def test_a_marker_reached_through_a_symlink_is_not_the_kernels_and_nothing_behind_it_goes(tmp_path):
+    """A container that can write to the work dir turns its work entry into a link to a host dir holding what
+    looks like a marker: it is not seen, and a discard removes nothing there."""
+    kernels_marker(str(tmp_path / 'host'))
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'work' / 'work').symlink_to(tmp_path / 'host' / 'work')
+    assert not has_volatile_marker(str(tmp_path / 'work'))
+    with pytest.raises(OSError):
+        discard_volatile_marker(str(tmp_path / 'work'))
+    assert os.listdir(volatile_marker(str(tmp_path / 'host'))) == ['dirty']
 
 
 def test_export_files_are_named_after_the_image_path_as_given():

@@ -15,7 +15,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe i
     LoopDevice,
     Observed,
     PathFacts,
-    confinement,
     observe_path,
     qemu_nbd_server,
     read_loop_devices,
@@ -154,20 +153,6 @@ def test_path_facts_tell_a_symlinked_path_from_a_symlinked_parent(tmp_path):
     assert not observe_path(str(tmp_path / 'parent-link' / 'dir')).is_symlink
     dangling = observe_path(str(tmp_path / 'dangling'))
     assert dangling.is_symlink and dangling.exists and not dangling.is_dir
-
-
-def test_confinement_follows_the_hosts_symlinks_and_finds_the_first_one_inside_a_view(tmp_path):
-    (tmp_path / 'data' / 'ct' / 'merged' / 'etc').mkdir(parents=True)
-    (tmp_path / 'srv').symlink_to(tmp_path / 'data')  # the host's own: followed
-    (tmp_path / 'data' / 'ct' / 'merged' / 'etc' / 'x').symlink_to('/')  # planted in the view: not followed
-    view = str(tmp_path / 'data' / 'ct' / 'merged')
-    views = {view: 'the merged view of the overlay at %s' % view}
-    planted = confinement(str(tmp_path / 'srv' / 'ct' / 'merged' / 'etc' / 'x' / 'sub'), views)
-    assert planted == dict(beneath=(view, 'etc/x/sub'), symlink_inside=(view + '/etc/x', '/'))
-    clean = confinement(str(tmp_path / 'srv' / 'ct' / 'merged' / 'etc' / 'new' / 'sub'), views)
-    assert clean == dict(beneath=(view, 'etc/new/sub'), symlink_inside=None)
-    assert confinement(view, views) == {}  # the view itself is not inside it
-    assert confinement(str(tmp_path / 'srv' / 'elsewhere'), views) == {}
 
 
 # Stands in for a daemonized qemu-nbd: holds the image open, then changes its working dir to / as qemu-nbd does.

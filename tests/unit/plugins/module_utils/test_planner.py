@@ -785,7 +785,8 @@ def confined_plan(symlink=None, state='mounted', lines=()):
     override = {}
     for path in ('/srv/ct/merged/var/u', '/srv/ct/merged/var/w', '/srv/ct/merged/data'):
         override[path] = facts(path, kind=None)._replace(
-            beneath=(VIEW[0], path[len(VIEW[0]) + 1:]), symlink_inside=symlink if path.endswith('data') else None)
+            beneath=(VIEW[0], path[len(VIEW[0]) + 1:]), opened_by=VIEW[1],
+            symlink_inside=symlink if path.endswith('data') else None)
     obs = observed(roots, lines, missing=('/srv/ct/merged', '/srv/ct/upper', '/srv/ct/work'), override=override,
                    views=dict([VIEW]))
     return plan(roots, obs, state)

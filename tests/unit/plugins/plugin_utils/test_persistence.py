@@ -495,7 +495,7 @@ def test_bad_input(items, settings, message):
 
 
 def test_a_tree_with_an_overlay_needs_the_helper_sources():
-    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of _boot, _devices'):
+    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of _boot, _confine, _devices'):
         render([item(SIMPLE)])
 
 

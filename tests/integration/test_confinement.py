@@ -1,0 +1,184 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Attacks through a container's view, planted for real, at run time and at boot.
+
+A container controls its merged view and its upper dir: it plants a symlink there to something of the host's, and
+a tree that names a path through it must not reach the host. Each attack runs beside a control: the same tree with
+the same link in a dir only root can change, which the module follows, so the host's dir, device or image is what
+the attacked path would have reached.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
+    checked,
+    converge_twice,
+    loops_backed_under,
+    make_ext4_image,
+    make_qcow2,
+    mounts_under,
+    quietly,
+)
+
+SECRET = 'the host\'s own\n'
+
+
+@pytest.fixture
+def container(host):
+    """A container's overlay, mounted: its merged view and upper dir are the container's to shape."""
+    host.make_dirs('ct/base', 'ct/upper', 'ct/work', 'ct/merged', 'trusted', 'host/secret')
+    host.write('host/secret/secret', SECRET)
+    checked(['mount', '-t', 'overlay', 'container', '-o', 'lowerdir=%s,upperdir=%s,workdir=%s'
+             % (host.path('ct/base'), host.path('ct/upper'), host.path('ct/work')), host.path('ct/merged')])
+    return host.path('ct/merged')
+
+
+def plant(directory, name, points_to):
+    os.symlink(points_to, os.path.join(directory, name))
+    return os.path.join(directory, name)
+
+
+def overlay_over(host, lower):
+    return {'upper': host.path('v/upper'), 'work': host.path('v/work'), 'target': host.path('v/merged'),
+            'lower': [lower]}
+
+
+def secret_image(host):
+    return make_ext4_image(host, 'host/secret.img', {'secret': SECRET})
+
+
+def attached_device(host, image):
+    """A loop device of the host's own on ``image`` (a link to it in a view must not make it a container's)."""
+    return checked(['losetup', '--find', '--show', '--read-only', image]).stdout.strip()
+
+
+# name -> (what the host has, the tree over a path that leads to it)
+ATTACKS = {
+    'lower dir': (lambda host: host.path('host/secret'), overlay_over),
+    'bind source': (lambda host: host.path('host/secret'),
+                    lambda host, path: {'type': 'mount', 'source': path, 'target': host.path('v/merged')}),
+    'block device': (lambda host: attached_device(host, secret_image(host)),
+                     lambda host, path: {'type': 'block', 'source': path, 'target': host.path('v/merged'),
+                                         'readonly': True}),
+    'image, loop': (secret_image, lambda host, path: overlay_over(host, {
+        'type': 'file', 'source': path, 'format': 'raw', 'target': host.path('v/img')})),
+    'image, fuse': (lambda host: make_qcow2(host, 'host/secret.qcow2', {'secret': SECRET}),
+                    lambda host, path: overlay_over(host, {'type': 'file', 'driver': 'fuse', 'format': 'qcow2',
+                                                           'source': path, 'target': host.path('v/img')})),
+    'idmapped source': (lambda host: host.path('host/secret'), lambda host, path: dict(
+        overlay_over(host, path), idmap={'uid': [{'start': 0, 'target': 100000, 'count': 65536}],
+                                         'gid': [{'start': 0, 'target': 100000, 'count': 65536}]})),
+}
+ROLES = {'lower dir': 'lower dir', 'bind source': 'bind source', 'block device': 'source', 'image, loop': 'image',
+         'image, fuse': 'image', 'idmapped source': 'lower dir'}
+
+
+def shows_secret(host):
+    with open(host.path('v/merged/secret')) as handle:
+        return handle.read() == SECRET
+
+
+def paths_under(path):
+    return sorted(os.path.join(directory, name) for directory, dirs, files in os.walk(path) for name in dirs + files)
+
+
+@pytest.mark.parametrize('kind', sorted(ATTACKS))
+def test_a_layer_or_source_through_a_link_a_container_planted_is_refused_and_the_host_untouched(host, container,
+                                                                                                  kind):
+    host_thing, tree_of = ATTACKS[kind]
+    target = host_thing(host)
+    # control: the link in a dir only root can change is the host's own, and leads to the host's thing
+    trusted_link = plant(host.path('trusted'), 'link', os.path.dirname(target))
+    control = tree_of(host, os.path.join(trusted_link, os.path.basename(target)))
+    first = host.play(filesystem=control)
+    assert not first.get('failed') and first['changed'], first.get('msg')
+    assert shows_secret(host)
+    assert not host.play(filesystem=control, state='unmounted').get('failed')
+    assert mounts_under(host.path('v')) == []
+    before = paths_under(host.path('v'))
+
+    os.makedirs(os.path.join(container, 'etc'))
+    parent_link = plant(os.path.join(container, 'etc'), 'x', os.path.dirname(target))
+    attacks = [  # (the path the tree names, the link, who controls the dir it is in)
+        (plant(container, 'evil', target), 'merged view'),
+        (plant(host.path('ct/upper'), 'evil-in-upper', target), 'upper dir'),
+        (os.path.join(parent_link, os.path.basename(target)), 'merged view'),
+    ]
+    for path, view in attacks:
+        link = parent_link if path.startswith(parent_link + '/') else path
+        refused = host.play(filesystem=tree_of(host, path))
+        assert refused['failed'], refused
+        assert ('%s %s: %s is a symlink (to %s) inside the %s of the overlay at %s; symlinks there are not followed'
+                % (ROLES[kind], path, link, os.readlink(link), view, container)) in refused['msg'], refused['msg']
+        assert mounts_under(host.path('v')) == [] and paths_under(host.path('v')) == before
+
+
+def test_a_tree_whose_lower_is_swapped_for_a_link_between_runs_is_refused_even_with_on_drift_replace(host, container):
+    os.makedirs(os.path.join(container, 'layer'))
+    tree = overlay_over(host, os.path.join(container, 'layer'))
+    converge_twice(host, filesystem=tree)
+    os.rename(os.path.join(container, 'layer'), os.path.join(container, 'layer.old'))
+    link = plant(container, 'layer', host.path('host/secret'))
+    refused = host.play(filesystem=tree, on_drift='replace')
+    assert refused['failed'] and ('lower dir %s: %s is a symlink (to %s)' % (link, link, host.path('host/secret'))
+                                  in refused['msg']), refused['msg']
+    assert not os.path.exists(host.path('v/merged/secret'))
+
+
+def test_a_work_entry_turned_into_a_link_makes_no_volatile_marker_discard_reach_the_host(host, container):
+    """on_volatile_marker: discard removes the kernel's marker in the work dir; a container that can change the work
+    dir links its work entry to a host dir that holds one: nothing there goes."""
+    host.make_dirs('host/state/work/incompat/volatile', 'v/upper', 'v/work',
+                   **{'host/state/work/incompat/volatile/dirty': ''})
+    plant(host.path('v/work'), 'work', host.path('host/state/work'))
+    assert os.path.isdir(volatile_marker(host.path('v/work')))  # control: a check that follows links sees one
+    tree = {'upper': host.path('v/upper'), 'work': host.path('v/work'), 'target': host.path('v/merged'),
+            'lower': [host.path('host/secret')]}
+    result = host.play(filesystem=tree, on_volatile_marker='discard')
+    assert not result.get('failed'), result.get('msg')
+    assert 'discard_volatile_marker' not in [one['action'] for one in result['steps']], result['plan']
+    assert os.listdir(host.path('host/state/work/incompat/volatile')) == ['dirty']
+
+
+def test_unmounting_a_tree_whose_image_became_a_link_leaves_the_hosts_loop_device_attached(host, container):
+    image = make_ext4_image(host, 'ct/merged/img.raw', {'file': 'the container\'s\n'})
+    host_image = secret_image(host)
+    host_device = attached_device(host, host_image)
+    tree = overlay_over(host, {'type': 'file', 'source': image, 'format': 'raw', 'target': host.path('v/img')})
+    converge_twice(host, filesystem=tree)
+    os.rename(image, image + '.old')
+    plant(container, 'img.raw', host_image)
+    # control: what a match by realpath finds, a free loop device on where the link points, is the host's
+    assert os.path.realpath(image) == host_image and host_device in loops_backed_under(host_image)
+    # the kernel shows the renamed image behind the tree's loop device: drift, unmounted as asked with replace
+    done = host.play(filesystem=tree, state='unmounted', on_drift='replace')
+    assert not done.get('failed'), done.get('msg')
+    assert host_device in loops_backed_under(host_image), done['plan']
+    assert mounts_under(host.path('v')) == []
+    quietly(['losetup', '--detach', host_device])
+
+
+def test_the_boot_helper_refuses_a_spec_through_a_link_a_container_planted(host, container):
+    """Run as mount(8) runs it at the next boot: the message names the link, and nothing is mounted."""
+    link = plant(container, 'evil', host.path('host/secret'))
+    host.make_dirs('v/upper', 'v/work', 'v/merged')
+    spec = host.path('spec')
+    host.write('spec', boot.spec_text('# test', {
+        'target': host.path('v/merged'), 'lowers': [link], 'upper': host.path('v/upper'),
+        'work': host.path('v/work'), 'options': {}, 'readonly': False, 'on_volatile_marker': 'fail',
+        'idmapped': []}))
+    with pytest.raises(boot.HelperError) as refused:
+        boot.mount(spec, host.path('v/merged'))
+    assert str(refused.value) == (
+        'not mounting %s: lower dir %s: %s is a symlink (to %s) inside the merged view of the overlay at %s; '
+        'symlinks there are not followed' % (host.path('v/merged'), link, link, host.path('host/secret'), container))
+    assert mounts_under(host.path('v')) == []

@@ -1,0 +1,90 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) containerhost.overlayfs contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import (
+    ConfinedResolver,
+    Resolution,
+    describe_refusal,
+    mounted_views,
+)
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A scratch dir only root can change (pytest's own may be group-writable under some umasks)."""
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+def test_the_hosts_symlinks_are_followed_and_the_first_one_inside_a_view_is_reported(root):
+    (root / 'data' / 'ct' / 'merged' / 'etc').mkdir(parents=True)
+    (root / 'srv').symlink_to(root / 'data')  # the host's own: followed
+    (root / 'data' / 'ct' / 'merged' / 'etc' / 'x').symlink_to('/')  # planted in the view: not followed
+    view = str(root / 'data' / 'ct' / 'merged')
+    resolve = ConfinedResolver({view: 'the merged view of the overlay at %s' % view})
+    planted = resolve(str(root / 'srv' / 'ct' / 'merged' / 'etc' / 'x' / 'sub'))
+    assert planted == Resolution(view + '/etc/x/sub', (view, 'etc/x/sub'), 'the merged view of the overlay at %s'
+                                 % view, (view + '/etc/x', '/'))
+    assert describe_refusal('lower dir', '/p', planted) == (
+        'lower dir /p: %s/etc/x is a symlink (to /) inside the merged view of the overlay at %s; symlinks there are '
+        'not followed' % (view, view))
+    clean = resolve(str(root / 'srv' / 'ct' / 'merged' / 'etc' / 'new' / 'sub'))
+    assert (clean.beneath, clean.symlink_inside) == ((view, 'etc/new/sub'), None)
+    assert resolve(str(root / 'srv' / 'ct' / 'merged')) == Resolution(view)  # the view itself is not inside it
+    assert resolve(str(root / 'srv' / 'elsewhere')) == Resolution(str(root / 'data' / 'elsewhere'))
+
+
+def test_a_dir_a_local_user_owns_is_open_and_a_symlink_in_it_is_not_followed(root):
+    (root / 'home' / 'alice').mkdir(parents=True)
+    os.chown(str(root / 'home' / 'alice'), 1000, 1000)
+    (root / 'home' / 'alice' / 'layer').symlink_to('/etc')
+    resolve = ConfinedResolver({})
+    alice = str(root / 'home' / 'alice')
+    assert resolve(alice + '/layer/usr') == Resolution(
+        alice + '/layer/usr', (alice, 'layer/usr'), 'the dir %s, which uid 1000 owns' % alice, (alice + '/layer', '/etc'))
+    (root / 'home' / 'alice' / 'dir').mkdir()
+    assert resolve(alice + '/dir').beneath == (alice, 'dir')
+
+
+def test_writable_dirs_are_open_unless_sticky_and_the_entry_is_roots(root):
+    for name, mode in (('shared', 0o777), ('sticky', 0o1777), ('group', 0o775)):
+        (root / name).mkdir()
+        (root / name).chmod(mode)
+        (root / name / 'roots').mkdir()
+        (root / name / 'users').mkdir()
+        os.chown(str(root / name / 'users'), 1000, 1000)
+    os.chown(str(root / 'group'), 0, 1000)
+    resolve = ConfinedResolver({})
+    assert resolve(str(root / 'shared' / 'roots')).opened_by == 'the dir %s, which every user may write to' % (
+        root / 'shared')
+    assert resolve(str(root / 'sticky' / 'roots')) == Resolution(str(root / 'sticky' / 'roots'))
+    assert resolve(str(root / 'sticky' / 'users')).beneath == (str(root / 'sticky'), 'users')
+    assert resolve(str(root / 'sticky' / 'not-yet')).beneath == (str(root / 'sticky'), 'not-yet')  # anyone may make it
+    assert resolve(str(root / 'group' / 'roots')).opened_by == 'the dir %s, which group 1000 may write to' % (
+        root / 'group')
+    (root / 'group').chmod(0o755)
+    assert ConfinedResolver({})(str(root / 'group' / 'roots')).beneath is None
+
+
+def test_a_loop_of_the_hosts_own_links_ends(root):
+    (root / 'a').symlink_to(root / 'b')
+    (root / 'b').symlink_to(root / 'a')
+    assert ConfinedResolver({})(str(root / 'a' / 'x')).symlink_inside is None
+
+
+def test_the_hosts_root_is_never_open():
+    """Where / is itself an overlay (a live system, a container host inside a container), its paths are the
+    host's own."""
+    table = '1 0 0:30 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w'
+    views = mounted_views(mountinfo.parse(table))
+    assert views == {'/': 'the merged view of the overlay at /', '/u': 'the upper dir of the overlay at /'}
+    assert ConfinedResolver(views)('/etc/passwd').beneath is None
