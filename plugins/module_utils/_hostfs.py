@@ -145,7 +145,7 @@ def discard_volatile_marker(work, beneath=None):
 
 def restore_volatile_marker(work, beneath=None):
     """Put a discarded marker back (a run that is undone leaves the work dir as it found it)."""
-    parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1)
+    parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1, create=True)  # a mount since cleared work/
     try:
         os.mkdir(VOLATILE_MARKER[-1], 0o755, dir_fd=parent)
         marker = os.open(VOLATILE_MARKER[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -159,12 +159,14 @@ def restore_volatile_marker(work, beneath=None):
         os.close(parent)
 
 
-def _open_marker(work, beneath, depth):
+def _open_marker(work, beneath, depth, create=False):
     """An fd on the work dir's first ``depth`` marker dirs (work/incompat/volatile), none reached through a
-    symlink."""
+    symlink; ``create``: each made if missing."""
     fd = syscalls.open_beneath(*beneath) if beneath else os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in VOLATILE_MARKER[:depth]:
+            if create and _lstat_at(fd, name) is None:
+                os.mkdir(name, 0o755, dir_fd=fd)
             below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = below

@@ -159,6 +159,24 @@ class Observed(object):
         self._loops_backed_by = _grouped((loop.backing_file, loop) for loop in loops)
         self._nbd_numbered = dict(((nbd.major, nbd.minor), nbd) for nbd in self.nbds)
         self._export_at = dict((export.path, export) for export in self.exports)
+        self._standing_on, self._hidden_lowers = self._layers_in_use()
+        self._users_under = None  # built on first use: _lower_users_under
+
+    def _layers_in_use(self):
+        """Which mount each overlay's lower lies on, and the lowers it stands on that are no longer in the mount
+        table. An overlay resolved its lowers when it was mounted, and the mount table lists mounts in the order
+        they were attached: a lower on a mount attached after the overlay is not the one the overlay holds (the
+        kernel keeps that one alive, hidden)."""
+        order = dict((entry.mount_id, index) for index, entry in enumerate(self.mounts))
+        standing_on, hidden = {}, {}
+        for entry in self.mounts:
+            for lower in _absolute_lowers(entry):
+                below = self.mount_containing(lower)
+                if below is not None and order[below.mount_id] < order[entry.mount_id]:
+                    standing_on.setdefault(below.mount_id, []).append(entry)
+                else:
+                    hidden.setdefault(entry.mount_id, []).append(lower)
+        return standing_on, hidden
 
     def after(self, mounts):
         """What a run that changed only the mount table leaves: the same paths and devices, with ``mounts``. For
@@ -219,6 +237,21 @@ class Observed(object):
     def is_mounted_device(self, major, minor):
         return bool(self.mounts_of_device(major, minor))
 
+    def overlays_on(self, entry):
+        """Mounted overlays with a lower on the mount ``entry`` (which they hold: unmounting it only hides it)."""
+        return self._standing_on.get(entry.mount_id, [])
+
+    def hidden_lowers(self, entry):
+        """Lowers of the overlay ``entry`` whose mount was replaced after it was mounted: it stands on the old one."""
+        return self._hidden_lowers.get(entry.mount_id, [])
+
+    def overlays_with_lower_under(self, path):
+        """Mounted overlays with a lower at ``path`` or below it."""
+        if self._users_under is None:
+            self._users_under = _grouped((ancestor, entry) for entry in self.mounts
+                                         for lower in _absolute_lowers(entry) for ancestor in path_and_ancestors(lower))
+        return self._users_under.get(self.resolved(path), [])
+
     def overlays_using(self, path):
         """Mounted overlays whose upper or work dir is this path."""
         return self._using_dir.get(self.resolved(path), [])
@@ -230,6 +263,13 @@ def _grouped(pairs):
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
+
+
+def _absolute_lowers(entry):
+    """An overlay's lowers as paths to compare (mountinfo echoes them as given: '//a/', or relative to the cwd of
+    whoever mounted them, which nobody can tell now and which are left out)."""
+    layers = entry.overlay_layers()
+    return [os.path.normpath('/' + lower.lstrip('/')) for lower in (layers[0] if layers else ()) if lower.startswith('/')]
 
 
 def _upper_and_work(entry):

@@ -71,7 +71,7 @@ class _Planner(object):
         teardown, buildup = [], []
         for root in self.roots:
             self._mounted_node(root, teardown, buildup)
-        return teardown + buildup
+        return self._others_left_standing(teardown + buildup)
 
     def _mounted_node(self, node, teardown, buildup):
         """Plan one node. Return None when it stays as it is, else why it is (re)mounted:
@@ -82,6 +82,8 @@ class _Planner(object):
         stacked = self.observed.mounts_at(node.target)
         current = stacked[-1] if stacked else None
         status = self._match(node, current)
+        if status == 'match' and node.kind == 'overlay' and self.observed.hidden_lowers(current):
+            status = 'stale'  # a lower of it was mounted again since: it stands on the earlier one, hidden
         start = len(teardown)
         changed = [reason for reason in (self._mounted_node(lower, teardown, buildup) for lower in node.lowers)
                    if reason]
@@ -336,7 +338,31 @@ class _Planner(object):
         steps, releases = [], []
         for root in reversed(self.roots):
             self._unmounted_node(root, steps, releases)
-        return steps + releases
+        return self._others_left_standing(steps + releases)
+
+    def _others_left_standing(self, steps):
+        """Overlays of other trees stand on mounts too. The kernel keeps a mount unmounted from under one alive,
+        hidden, with its upper and work dirs in use; an overlay mounted anew on those dirs would share them with it
+        (the kernel only warns). So a plan unmounts nothing another overlay it leaves mounted stands on, and mounts
+        no overlay where one it leaves mounted has a lower."""
+        leaving = set(self.observed.resolved(one.target) for one in steps if isinstance(one, step.Unmount))
+        for one in steps:
+            if isinstance(one, step.Unmount):
+                current = self.observed.top_mount_at(one.target)
+                users = self.observed.overlays_on(current) if current is not None else []
+                verb = 'unmount'
+            elif isinstance(one, step.MountOverlay) and one.upper:
+                users = self.observed.overlays_with_lower_under(one.target)
+                verb = 'mount an overlay on'
+            else:
+                continue
+            staying = sorted(set(entry.mountpoint for entry in users) - leaving)
+            if staying:
+                raise PlanError('%s: refusing to %s %s: the overlay mounted at %s (not in this run) stands on what '
+                                'is mounted there now, and would keep it alive, hidden, with its upper and work dirs '
+                                'in use. Unmount the tree at %s first' % (one.node, verb, one.target, staying[0],
+                                                                          staying[0]))
+        return steps
 
     def _unmounted_node(self, node, steps, releases):
         if node.is_mounted_node:

@@ -182,3 +182,39 @@ def test_the_boot_helper_refuses_a_spec_through_a_link_a_container_planted(host,
         'not mounting %s: lower dir %s: %s is a symlink (to %s) inside the merged view of the overlay at %s; '
         'symlinks there are not followed' % (host.path('v/merged'), link, link, host.path('host/secret'), container))
     assert mounts_under(host.path('v')) == []
+
+
+def test_a_base_two_trees_share_is_never_pulled_from_under_one_nor_mounted_twice(host):
+    """Two tasks, two trees over one nested base (the README's shared, nested base)."""
+    host.make_dirs('image')
+    host.write('image/from-base', 'base\n')
+    base = {'type': 'overlay', 'upper': host.path('base/upper'), 'work': host.path('base/work'),
+            'lower': [host.path('image')], 'target': host.path('base/merged')}
+    trees = dict((name, {'upper': host.path(name, 'upper'), 'work': host.path(name, 'work'), 'lower': [base],
+                         'target': host.path(name, 'rootfs')}) for name in ('ct1', 'ct2'))
+    converge_twice(host, filesystem=trees['ct1'])
+    converge_twice(host, filesystem=trees['ct2'])
+    for lazy in (False, True):
+        refused = host.play(filesystem=trees['ct1'], state='unmounted', lazy_unmount=lazy)
+        assert refused['failed'] and ('refusing to unmount %s: the overlay mounted at %s (not in this run) stands on '
+                                      'what is mounted there now' % (host.path('base/merged'), host.path('ct2/rootfs'))
+                                      in refused['msg']), refused['msg']
+    assert sorted(entry.mountpoint for entry in mounts_under(host.root)) == [
+        host.path('base/merged'), host.path('ct1/rootfs'), host.path('ct2/rootfs')]
+
+    # someone unmounts the base by hand: the kernel keeps it alive under ct2, with its upper and work dirs in use
+    checked(['umount', host.path('ct1/rootfs')])
+    checked(['umount', host.path('base/merged')])
+    refused = host.play(filesystem=trees['ct1'])
+    assert refused['failed'] and ('refusing to mount an overlay on %s: the overlay mounted at %s (not in this run)'
+                                  % (host.path('base/merged'), host.path('ct2/rootfs')) in refused['msg'])
+    assert host.play(filesystem=trees['ct2'])['failed']  # stale: its base is gone (the next run says so)
+    # and mounted again by hand on the same dirs (the kernel only warns): ct2 stands on the earlier one, hidden
+    checked(['mount', '-t', 'overlay', 'again', '-o', 'lowerdir=%s,upperdir=%s,workdir=%s' % (
+        host.path('image'), host.path('base/upper'), host.path('base/work')), host.path('base/merged')])
+    stale = host.play(filesystem=trees['ct2'])
+    assert stale['failed'] and 'is mounted, but not on the layers this tree describes' in stale['msg'], stale
+    replaced = host.play(filesystem=trees['ct2'], on_drift='replace')
+    assert not replaced.get('failed'), replaced['msg']
+    assert replaced['plan'][0].startswith('unmount %s' % host.path('ct2/rootfs')), replaced['plan']
+    assert host.play(filesystem=trees['ct2'])['changed'] is False

@@ -903,3 +903,55 @@ def test_unmounting_an_idmapped_tree_takes_its_layers_mount_after_the_overlay():
     steps = plan(roots, idmapped_host(roots), 'unmounted')
     assert summary(steps) == [('unmount', '/srv/i/merged'), ('unmount', IDMAP_PATH)]
     assert [one.remove_mount_point for one in steps] == [False, True]  # the layer's mount point goes with it
+
+
+# --- a nested base two trees share ---------------------------------------------------------------------------
+
+BASE = {'type': 'overlay', 'upper': '/srv/s/base/upper', 'work': '/srv/s/base/work', 'lower': ['/srv/s/image'],
+        'target': '/srv/s/base/merged'}
+SHARING = dict((name, {'upper': '/srv/s/%s/upper' % name, 'work': '/srv/s/%s/work' % name, 'lower': [BASE],
+                       'target': '/srv/s/%s/merged' % name}) for name in ('one', 'two'))
+BASE_MOUNTED = ('60 1 0:60 / /srv/s/base/merged rw - overlay overlay rw,lowerdir=/srv/s/image,'
+                'upperdir=/srv/s/base/upper,workdir=/srv/s/base/work')
+SHARING_MOUNTED = dict((name, '%d 1 0:%d / /srv/s/%s/merged rw - overlay overlay rw,lowerdir=/srv/s/base/merged,'
+                              'upperdir=/srv/s/%s/upper,workdir=/srv/s/%s/work' % (number, number, name, name, name))
+                       for number, name in ((61, 'one'), (62, 'two')))
+KERNEL_WORKDIRS = dict((path, facts(path, entries=KERNEL_WORKDIR))
+                       for path in ('/srv/s/base/work', '/srv/s/one/work', '/srv/s/two/work'))
+
+
+def test_a_base_another_tree_stands_on_is_not_unmounted_from_under_it():
+    roots = roots_of(SHARING['one'])
+    obs = observed(roots, [BASE_MOUNTED, SHARING_MOUNTED['one'], SHARING_MOUNTED['two']])
+    for lazy in (False, True):
+        with pytest.raises(PlanError) as error:
+            plan(roots, obs, 'unmounted', lazy_unmount=lazy)
+        assert str(error.value) == (
+            'filesystems[0].lower[0]: refusing to unmount /srv/s/base/merged: the overlay mounted at /srv/s/two/merged '
+            '(not in this run) stands on what is mounted there now, and would keep it alive, hidden, with its upper '
+            'and work dirs in use. Unmount the tree at /srv/s/two/merged first')
+    alone = observed(roots, [BASE_MOUNTED, SHARING_MOUNTED['one']])  # once two is gone, one takes the base too
+    assert summary(plan(roots, alone, 'unmounted')) == [('unmount', '/srv/s/one/merged'),
+                                                        ('unmount', '/srv/s/base/merged')]
+
+
+def test_a_base_unmounted_from_under_another_tree_is_not_mounted_again_on_the_upper_dir_the_old_one_holds():
+    roots = roots_of(SHARING['one'])
+    obs = observed(roots, [SHARING_MOUNTED['two']], missing=('/srv/s/one/merged',), override=KERNEL_WORKDIRS)
+    with pytest.raises(PlanError, match=r'filesystems\[0\]\.lower\[0\]: refusing to mount an overlay on '
+                                        r'/srv/s/base/merged: the overlay mounted at /srv/s/two/merged \(not in this '
+                                        r'run\) stands on'):
+        plan(roots, obs, 'mounted')
+
+
+def test_an_overlay_whose_lower_was_mounted_again_under_it_is_stale_not_ok():
+    roots = roots_of(SHARING['two'])
+    # two was mounted first, on a base that went; the base listed after it is a later mount
+    lines = [SHARING_MOUNTED['two'], BASE_MOUNTED.replace('60 1 0:60', '70 1 0:70')]
+    obs = observed(roots, lines, override=KERNEL_WORKDIRS)
+    with pytest.raises(PlanError, match=r'\(overlay at /srv/s/two/merged\) is mounted, but not on the layers'):
+        plan(roots, obs, 'mounted')
+    steps = plan(roots, obs, 'mounted', on_drift='replace')
+    assert summary(steps) == [('unmount', '/srv/s/two/merged'), ('mount', '/srv/s/two/merged')]
+    in_order = observed(roots, [BASE_MOUNTED, SHARING_MOUNTED['two']])
+    assert plan(roots, in_order, 'mounted') == []
