@@ -75,6 +75,9 @@ NAME_MAX = 255
 PATH_MAX = 4096
 _UNIT_NAME_CHARS = frozenset(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.')
 _WHITESPACE = ' \t\n\r\v\f'
+CONTROL_OR_SPACE = frozenset(chr(code) for code in list(range(33)) + [127])
+MODULE_OPTION = re.compile(r'[A-Za-z0-9_]+\Z')
+MODULE_VALUE = re.compile(r'[A-Za-z0-9_.,:+-]+\Z')
 
 # The attach services of image layers, one instance per device or export.
 # - DefaultDependencies=no: a default service is ordered after sysinit.target, which is after local-fs.target,
@@ -170,11 +173,12 @@ def unit_name_for_path(path, suffix=None):
 
 def spec_file(target):
     """The spec file of the overlay on a target: named like its mount unit, but where that name has escapes
-    (which fstab would escape again) or is long, with them made '_', shortened and a hash of the target added."""
+    (which fstab would escape again) or is long, with them made '_', shortened and a hash of the target added
+    after an '@', which no unit name of a path holds unescaped: such a name is never another target's plain one."""
     name = unit_name_for_path(target)
     if '\\' in name or len(name) > 200:
         digest = hashlib.sha256(target.encode('utf-8', 'surrogateescape')).hexdigest()[:16]
-        name = '%s-%s' % (name.replace('\\', '_')[:180], digest)
+        name = '%s@%s' % (name.replace('\\', '_')[:180], digest)
     return '%s/%s.conf' % (boot.SPEC_DIR, name)
 
 
@@ -290,6 +294,17 @@ def _settings(settings):
                                % (result['on_volatile_marker'], ', '.join(ON_VOLATILE_MARKER)))
     if not isinstance(result['nbd_options'], dict):
         raise PersistenceError('nbd_options must be a mapping of nbd module options')
+    for key, value in result['nbd_options'].items():  # one line of modprobe.d: a word each
+        if not (isinstance(key, str) and MODULE_OPTION.match(key)):
+            raise PersistenceError('nbd_options: %r is not a module option name ([A-Za-z0-9_]+)' % (key,))
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str)
+                                                                     and MODULE_VALUE.match(value))):
+            raise PersistenceError('nbd_options: %s: %r is not a module option value (a number, or a word of '
+                                   '[A-Za-z0-9_.,:+-])' % (key, value))
+    python = result['python']
+    if not (isinstance(python, str) and python.startswith('/') and not set(python) & CONTROL_OR_SPACE):
+        raise PersistenceError('python: %r is not an absolute path without spaces or control characters (it is the '
+                               'first line of the helper\'s launcher)' % (python,))
     return result
 
 
@@ -310,10 +325,25 @@ class _Renderer(object):
     def result(self):
         if self.needs_helper:
             self._helpers()
+        lines = {}  # a unit that trees are required_by and wanted_by gets one drop-in
         for (unit, kind), mounts in sorted(self.dependents.items()):
-            lines = [MARKER, '[Unit]'] + ['%s=%s' % (key, ' '.join(mounts)) for key in (kind, 'After')]
-            self.files[dropin_file(unit)] = '\n'.join(lines) + '\n'
+            lines.setdefault(unit, []).extend('%s=%s' % (key, ' '.join(mounts)) for key in (kind, 'After'))
+        for unit, unit_lines in sorted(lines.items()):
+            self._write(dropin_file(unit), '\n'.join([MARKER, '[Unit]'] + unit_lines) + '\n')
         return {'files': self.files, 'executables': self.executables, 'fstab': self.fstab, 'units': self.units}
+
+    def _write(self, path, text):
+        """A file's text. Files shared on purpose (a template, the helper, an export two layers use) come out the
+        same each time; two trees that would write one file with two texts (a name that is not one-to-one) fail."""
+        if self.files.get(path, text) != text:
+            raise PersistenceError('two trees would write %s, each with its own content: %s' % (
+                path, ' and '.join(repr(self._about(other)) for other in (self.files[path], text))))
+        self.files[path] = text
+
+    @staticmethod
+    def _about(text):
+        """The line of a file's text that tells it from another's (its spec's JSON, or its last line)."""
+        return [line for line in text.splitlines() if line][-1][:300]
 
     def tree(self, root, item):
         self.node(root, item)
@@ -344,13 +374,13 @@ class _Renderer(object):
         spec = spec_file(node.target)
         layers = [layer.host_path for layer in node.layers] + ([node.upper, node.work] if node.upper else [])
         idmapped = [layer.idmapped_mount for layer in node.layers if layer.idmapped_mount]
-        self.files[spec] = boot.spec_text(MARKER, {
+        self._write(spec, boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
             'options': dict(node.options), 'readonly': node.mounted_readonly,
             'on_volatile_marker': self.settings['on_volatile_marker'],
             'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
                          for mount in idmapped],
-        })
+        }))
         self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
                     requires_mounts_for=layers + [boot.HELPER_LIB],
                     description='Overlay filesystem %s' % node.target)
@@ -389,9 +419,9 @@ class _Renderer(object):
             'FORMAT=%s' % node.image_format,
             'READONLY=%s' % ('--read-only' if node.mounted_readonly else ''),
         ])
-        self.files[NBD_MODULES_LOAD] = '%s\nnbd\n' % MARKER
+        self._write(NBD_MODULES_LOAD, '%s\nnbd\n' % MARKER)
         options = ' '.join('%s=%s' % pair for pair in sorted(self.settings['nbd_options'].items()))
-        self.files[NBD_MODPROBE] = '%s\n%s' % (MARKER, 'options nbd %s\n' % options if options else '')
+        self._write(NBD_MODPROBE, '%s\n%s' % (MARKER, 'options nbd %s\n' % options if options else ''))
         self._mount(node, item, what=device, fstype='auto', options=[_ro_rw(node)],
                     requires_units=[nbd_service_name(device)],
                     description='Image %s (%s) on %s' % (node.source, node.image_format, node.target))
@@ -412,11 +442,11 @@ class _Renderer(object):
         image). Layers that share an instance (one FUSE export) write the same files."""
         self._check_word(node, 'source', node.source)
         service = instance_of(template, instance)
-        self.files[SYSTEMD_UNIT_DIR + '/' + template] = template_text
-        self.files['%s/%s.env' % (env_dir, instance)] = '\n'.join(
-            [MARKER, '# What %s serves' % service] + environment) + '\n'
-        self.files[dropin_file(service)] = '\n'.join(
-            [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(node.source)]) + '\n'
+        self._write(SYSTEMD_UNIT_DIR + '/' + template, template_text)
+        self._write('%s/%s.env' % (env_dir, instance), '\n'.join(
+            [MARKER, '# What %s serves' % service] + environment) + '\n')
+        self._write(dropin_file(service), '\n'.join(
+            [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(node.source)]) + '\n')
 
     def _unpinned_device(self):
         """For a layer not on a device now (its tree is unmounted): the lowest nbd device nothing else pins.
@@ -435,11 +465,11 @@ class _Renderer(object):
             raise PersistenceError('the boot helper needs the sources of %s' % ', '.join(missing))
         package = boot.PACKAGE.split('.')
         for depth in range(1, len(package) + 1):
-            self.files['%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(package[:depth]))] = MARKER + '\n'
+            self._write('%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(package[:depth])), MARKER + '\n')
         for name in boot.BUNDLE:
-            self.files['%s/%s/%s.py' % (boot.HELPER_LIB, '/'.join(package), name)] = MARKER + '\n' + sources[name]
+            self._write('%s/%s/%s.py' % (boot.HELPER_LIB, '/'.join(package), name), MARKER + '\n' + sources[name])
         for program in (boot.MOUNT_HELPER, boot.EXPORT_HELPER):
-            self.files[program] = boot.launcher(MARKER, self.settings['python'])
+            self._write(program, boot.launcher(MARKER, self.settings['python']))
             self.executables.append(program)
 
     # --- output -----------------------------------------------------------------------------------------
@@ -482,7 +512,7 @@ class _Renderer(object):
         # Like systemd-fstab-generator: a nofail mount is wanted by local-fs.target (and, nofail in Options=,
         # not ordered before it), any other one required.
         lines += ['', '[Install]', '%s=local-fs.target' % ('WantedBy' if item['nofail'] else 'RequiredBy')]
-        self.files['%s/%s' % (SYSTEMD_UNIT_DIR, name)] = '\n'.join(lines) + '\n'
+        self._write('%s/%s' % (SYSTEMD_UNIT_DIR, name), '\n'.join(lines) + '\n')
         self.units.append(name)
 
     # --- what the files can carry -----------------------------------------------------------------------

@@ -420,7 +420,7 @@ def test_hostile_but_carried_paths_reach_the_spec_verbatim():
                                                 'on_volatile_marker': 'fail', 'idmapped': []}
     line = rendered(item(overlay('/srv/m t', ['/srv/c:d', '/srv/e%f', '/srv/\u00e9=x']), persistence='fstab'))['fstab'][0]
     digest = hashlib.sha256(b'/srv/m t').hexdigest()[:16]
-    assert line == ('/etc/containerhost-overlayfs/overlays/srv-m_x20t-' + digest + '.conf /srv/m\\040t overlay.containerhost '
+    assert line == ('/etc/containerhost-overlayfs/overlays/srv-m_x20t@' + digest + '.conf /srv/m\\040t overlay.containerhost '
                     'x-systemd.requires-mounts-for=/srv/c:d,x-systemd.requires-mounts-for=/srv/e%f,'
                     'x-systemd.requires-mounts-for=/srv/\u00e9=x,'
                     'x-systemd.requires-mounts-for=/usr/local/lib/containerhost-overlayfs 0 0')
@@ -524,3 +524,37 @@ def test_filter_plugin_reads_the_helper_and_pins_nbd_devices_from_the_mount_tabl
     assert boot.MOUNT_HELPER in result['files']
     with pytest.raises(AnsibleFilterError, match=r'overlay_persistence: .*is not one of fail, discard'):
         overlay_persistence([item(tree)], on_volatile_marker='keep')
+
+
+def test_spec_files_are_one_to_one_with_targets_and_a_shared_name_fails_the_render(monkeypatch):
+    """The issue's pair: an escaped target's hashed name and a plain target that spells it."""
+    escaped = spec_file('/srv/c-1/rootfs')
+    plain = '/srv/%s' % escaped.rsplit('/', 1)[1][len('srv-'):-len('.conf')].replace('-', '/').replace('@', '-')
+    assert spec_file(plain) != escaped
+    result = rendered(item(overlay('/srv/c-1/rootfs', ['/srv/l1', '/srv/l2'])), item(overlay(plain, ['/srv/l1', '/srv/l2'])))
+    assert len([path for path in result['files'] if path.startswith(boot.SPEC_DIR)]) == 2
+    import ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence as persistence
+    monkeypatch.setattr(persistence, 'spec_file', lambda target: boot.SPEC_DIR + '/one.conf')  # were it not so
+    with pytest.raises(PersistenceError, match=r'two trees would write /etc/containerhost-overlayfs/overlays/one.conf, '
+                                               r'each with its own content: .*/srv/c-1/rootfs.* and .*%s' % plain):
+        rendered(item(overlay('/srv/c-1/rootfs', ['/srv/l1', '/srv/l2'])), item(overlay(plain, ['/srv/l1', '/srv/l2'])))
+
+
+@pytest.mark.parametrize('settings, message', [
+    ({'python': '/usr/bin/python3\nimport os'}, r"python: '/usr/bin/python3\\nimport os' is not an absolute path"),
+    ({'python': 'python3'}, r"python: 'python3' is not an absolute path"),
+    ({'nbd_options': {'max_part': '8\ninstall nbd /bin/sh'}}, r"nbd_options: max_part: .* is not a module option"),
+    ({'nbd_options': {'max part': 8}}, r"nbd_options: 'max part' is not a module option name"),
+    ({'nbd_options': {'nbds_max': True}}, r"nbd_options: nbds_max: True is not a module option value"),
+])
+def test_admin_settings_that_would_add_lines_to_a_file_are_refused(settings, message):
+    tree = overlay('/srv/ct/rootfs', [NBD_LAYER], '/srv/ct/u', '/srv/ct/w')
+    with pytest.raises(PersistenceError, match=message):
+        rendered(item(tree), devices={'/srv/base': '/dev/nbd0'}, settings=dict(SETTINGS, **settings))
+
+
+def test_a_unit_trees_are_required_by_and_wanted_by_gets_one_drop_in_with_both():
+    result = rendered(item(overlay('/srv/a', ['/srv/l1', '/srv/l2']), required_by=['x.service']),
+                      item(overlay('/srv/b', ['/srv/l1', '/srv/l2']), wanted_by=['x.service']))
+    assert result['files'][UNIT_DIR + 'x.service.d/containerhost-overlayfs.conf'].splitlines() == [
+        MARKER, '[Unit]', 'Requires=srv-a.mount', 'After=srv-a.mount', 'Wants=srv-b.mount', 'After=srv-b.mount']
