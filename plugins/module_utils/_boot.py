@@ -128,7 +128,7 @@ def mount(spec_path, target):
     if mounted_as_specified(spec, mounts):
         _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
         return
-    target_beneath = refuse_unconfined(spec, mounts)
+    target_beneath, reach = reached(spec, mounts)
     if spec['upper'] and hostfs.has_volatile_marker(spec['work']):
         if spec['on_volatile_marker'] != 'discard':
             raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
@@ -141,15 +141,19 @@ def mount(spec_path, target):
         for layer in spec['idmapped']:
             made += mount_idmapped_layer(layer, mounts)
         with syscalls.pinned_dir(*target_beneath) if target_beneath else contextlib.nullcontext() as at:
-            syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at)
+            if reach:
+                syscalls.mount_overlay_reached(spec['target'], payload, spec['readonly'], reach, at=at)
+            else:
+                syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at)
     except (OptionError, IdMapError, syscalls.MountError) as error:
         raise HelperError(str(error) + _unmount_all(made))
 
 
-def refuse_unconfined(spec, mounts):
+def reached(spec, mounts):
     """The module's refusal, at boot: no path of the spec may pass through a symlink inside another overlay's
-    merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return where the
-    target lies below such a dir ((that dir, the rest)), to mount on it as the module does; None if it does not."""
+    merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return how the
+    mount reaches its paths, as the module's steps say it: where the target lies below such a dir ((that dir, the
+    rest), or None), and the layers' ``reach`` for syscalls.mount_overlay_reached (empty when none lies below one)."""
     resolve = ConfinedResolver(mounted_views(mounts))
     paths = ([('target', spec['target'])] + [('lower dir', lower) for lower in spec['lowers']]
              + [('upper', spec['upper']), ('work', spec['work'])] * bool(spec['upper'])
@@ -158,7 +162,9 @@ def refuse_unconfined(spec, mounts):
         resolution = resolve(path)
         if resolution.symlink_inside:
             raise HelperError('not mounting %s: %s' % (spec['target'], describe_refusal(role, path, resolution)))
-    return resolve(spec['target']).beneath
+    layers = spec['lowers'] + ([spec['upper'], spec['work']] if spec['upper'] else [])
+    reach = [(path, resolve(path).beneath) for path in layers]
+    return resolve(spec['target']).beneath, reach if any(how for _path, how in reach) else []
 
 
 def _unmount_all(targets):

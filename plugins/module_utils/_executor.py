@@ -204,13 +204,18 @@ class Executor(object):
 
     def _mount_overlay(self, one):
         with _reached(one) as at:
-            kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at)
+            if one.reach:  # a layer below an open dir: each handed to the kernel as the dir reached, by fd
+                kernel_messages = syscalls.mount_overlay_reached(one.target, one.payload, one.readonly, one.reach, at=at)
+            else:
+                kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at)
         self._made(one, 'the overlay', one.payload.summary(), lambda entry: overlay_shortfalls(
             entry, one.lowers, one.upper, one.work, one.options, one.readonly), kernel_messages)
         return _unmount_again(one)
 
     def _mount_device(self, one):
         device = self.attached.get(one.ref) or one.device
+        if one.device_beneath:
+            device = syscalls.block_device_beneath(*one.device_beneath)
         fstype = devices.filesystem_type(self.run_command, device)
         with _reached(one) as at:
             syscalls.mount_device(device, one.target, fstype, one.readonly, at=at)
@@ -220,8 +225,8 @@ class Executor(object):
         return _unmount_again(one)
 
     def _mount_bind(self, one):
-        with _reached(one) as at:
-            syscalls.bind_mount(one.source, one.target, at=at)
+        with _reached(one) as at, _source_reached(one) as source:
+            syscalls.bind_mount(one.source, one.target, at=at, source_at=source)
         if one.readonly:
             try:
                 with _parent_reached(one) as at:
@@ -280,6 +285,11 @@ def _reached(one):
     """The path a mount call uses for the step's target: the target, or for one inside another overlay's view the
     directory itself, pinned where no symlink led (syscalls.pinned_dir)."""
     return syscalls.pinned_dir(*one.beneath) if one.beneath else contextlib.nullcontext(one.target)
+
+
+def _source_reached(one):
+    """As _reached, for a bind mount's source."""
+    return syscalls.pinned_dir(*one.source_beneath) if one.source_beneath else contextlib.nullcontext(one.source)
 
 
 def _parent_reached(one):

@@ -197,8 +197,11 @@ class _Planner(object):
             payload = overlay_payload(lowers, node.upper, node.work, node.options)
         except OptionError as error:
             raise PlanError('%s: %s' % (node.describe(), error))
+        layers = lowers + ([node.upper, node.work] if node.upper else [])
+        reach = [(path, self.observed.facts(path).beneath) for path in layers]
         steps.append(step.mount_overlay(node.label, node.target, lowers, node.upper, node.work, node.options,
-                                        node.mounted_readonly, payload, node.flattened))
+                                        node.mounted_readonly, payload, node.flattened,
+                                        reach if any(how for _path, how in reach) else ()))
         return steps
 
     def _mount_file(self, node):
@@ -223,13 +226,15 @@ class _Planner(object):
         self._refuse_symlink_inside(node, 'source', node.source)
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
-        return [step.mount_device(node.label, node.target, node.source, node.mounted_readonly)]
+        return [step.mount_device(node.label, node.target, node.source, node.mounted_readonly,
+                                  device_beneath=self.observed.facts(node.source).beneath)]
 
     def _mount_mount(self, node):
         self._refuse_symlink_inside(node, 'bind source', node.source)
         if not self.observed.facts(node.source).is_dir:
             raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
-        return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly)]
+        return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly,
+                                source_beneath=self.observed.facts(node.source).beneath)]
 
     def _dir_steps(self, node, role, path, owner=None):
         facts = self.observed.facts(path)

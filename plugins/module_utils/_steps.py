@@ -151,6 +151,9 @@ class MountOverlay(Step):
     payload: OverlayPayload
     flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (tree.stacked_layers)
     beneath: Optional[Tuple[str, str]] = None
+    # When a layer (lower, upper or work) lies below an open dir: how the kernel reaches each one
+    # (syscalls.mount_overlay_reached), (path, None) or (path, (root, below)); empty when none does.
+    reach: Tuple[Tuple[str, Optional[Tuple[str, str]]], ...] = ()
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -166,6 +169,7 @@ class MountDevice(Step):
     ref: Optional[str]
     readonly: bool
     beneath: Optional[Tuple[str, str]] = None
+    device_beneath: Optional[Tuple[str, str]] = None  # a device path below an open dir: reached as ``beneath`` is
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -179,6 +183,7 @@ class MountBind(Step):
     source: str
     readonly: bool
     beneath: Optional[Tuple[str, str]] = None
+    source_beneath: Optional[Tuple[str, str]] = None  # a source below an open dir: reached as ``beneath`` is
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
@@ -293,22 +298,23 @@ def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
                       format=image_format, description='stop the FUSE export %s' % export)
 
 
-def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=()):
+def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=(), reach=()):
     flat = ', with the layers of %s in their place (flattened)' % ', '.join(flattened) if flattened else ''
     description = 'mount overlay on %s (%s)%s%s' % (target, payload.summary(), ro_suffix(readonly), flat)
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
                         options=dict(options), readonly=readonly, payload=payload, flattened=tuple(flattened),
-                        description=description)
+                        reach=tuple(reach), description=description)
 
 
-def mount_device(node, target, device, readonly, ref=None, device_text=None):
+def mount_device(node, target, device, readonly, ref=None, device_text=None, device_beneath=None):
     """``device_text`` names the device in the description while it is not known yet."""
     return MountDevice(node=node, target=target, device=device, ref=ref, readonly=readonly,
+                       device_beneath=device_beneath,
                        description='mount %s on %s%s' % (device or device_text, target, ro_suffix(readonly)))
 
 
-def mount_bind(node, target, source, readonly):
-    return MountBind(node=node, target=target, source=source, readonly=readonly,
+def mount_bind(node, target, source, readonly, source_beneath=None):
+    return MountBind(node=node, target=target, source=source, readonly=readonly, source_beneath=source_beneath,
                      description='bind %s on %s%s' % (source, target, ro_suffix(readonly)))
 
 

@@ -16,13 +16,18 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
+import stat
 import struct
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, kernel_map, parse_kernel_map
 
 MS_RDONLY = 0x1
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+CLONE_NEWNS = 0x20000
 MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 KMSG = '/dev/kmsg'
@@ -157,6 +162,86 @@ def mount_overlay(target, payload, readonly, at=None):
         return log.messages()
 
 
+def mount_overlay_reached(target, payload, readonly, reach, at=None):
+    """Mount an overlay as mount_overlay does, with each path its payload names reached as ``reach`` says: (path,
+    (root, below)) for one below an open dir, opened as open_beneath does (no symlink followed below root), and
+    (path, None) for one only root can change. The kernel takes layers by name and shows them as named; here each
+    name leads, through a symlink in a stage of this run's own, to the dir pinned by an fd, so the kernel takes
+    exactly the dirs reached and shows the names as given. The stage lives in a child process's mount namespace,
+    where nobody else sees it; the overlay comes back as a detached mount (open_tree(2)) and is attached on
+    ``target`` (or ``at``, a pinned_dir path) here."""
+    with KernelLog(('overlayfs',)) as log:
+        try:
+            tree = _in_child('mount overlay on %s' % target, _mount_in_stage, target, payload, readonly, reach)
+            try:
+                _syscall('attach the overlay on %s' % target, SYS_MOVE_MOUNT, tree, b'', AT_FDCWD,
+                         os.fsencode(at or target), MOVE_MOUNT_F_EMPTY_PATH)
+            finally:
+                os.close(tree)
+        except MountError as error:
+            error.kernel_messages += log.messages()
+            raise
+        return log.messages()
+
+
+def _in_child(call, function, *args):
+    """Run ``function(*args)``, which returns an fd, in a child process; return the fd (passed back over a socket
+    pair), or raise the MountError it raised there."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            parent_end.close()
+            try:
+                socket.send_fds(child_end, [b'0 '], [function(*args)])
+            except MountError as error:
+                child_end.sendall(('%d %s' % (error.errno, error.call)).encode('utf-8', 'surrogateescape'))
+            except BaseException as error:  # a bug: told, never raised in this forked copy of the caller
+                child_end.sendall(('%d %s: %s: %s' % (errno.EIO, call, type(error).__name__, error)).encode(
+                    'utf-8', 'surrogateescape'))
+        finally:
+            os._exit(0)
+    child_end.close()
+    try:
+        message, fds, _flags, _address = socket.recv_fds(parent_end, 65536, 1)
+    finally:
+        parent_end.close()
+        os.waitpid(pid, 0)
+    if fds:
+        return fds[0]
+    err, _space, failed = message.decode('utf-8', 'surrogateescape').partition(' ')
+    raise MountError(int(err or errno.ECHILD), failed or call + ' (the child process died)', [])
+
+
+def _mount_in_stage(target, payload, readonly, reach):
+    """In the child: a mount namespace of its own, the pinned dirs, the stage (a tmpfs on /proc, which exists
+    everywhere and is not needed once the fds are open, with a procfs of its own inside for the /proc/self/fd links),
+    then the overlay mounted inside the stage (chroot) and cloned detached. Return the clone's fd."""
+    call = 'mount overlay on %s' % target
+    _check(_libc.unshare(CLONE_NEWNS), call + ' (unshare a mount namespace)')
+    _check(_libc.mount(None, b'/', None, MS_REC | MS_PRIVATE, None), call + ' (make its mounts private)')
+    pinned = [(path, open_beneath(*how) if how else os.open(path, os.O_PATH | os.O_DIRECTORY)) for path, how in reach]
+    _call_mount(call + ' (stage)', (), 'stage', '/proc', 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=0700')
+    os.chdir('/proc')
+    os.mkdir('proc')
+    _call_mount(call + ' (procfs in the stage)', (), 'proc', 'proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    for path, fd in pinned:
+        os.makedirs('.' + os.path.dirname(path), exist_ok=True)  # only dirs of its own: a link here leads nowhere
+        os.symlink('/proc/self/fd/%d' % fd, '.' + path)
+    mount_point = '/' + next(name for name in ('target%d' % number for number in range(len(pinned) + 1))
+                             if not os.path.lexists(name))
+    os.mkdir('.' + mount_point)
+    os.chroot('.')
+    mount_overlay(target, payload, readonly, at=mount_point)
+    return _syscall(call + ' (open_tree)', SYS_OPEN_TREE, AT_FDCWD, os.fsencode(mount_point),
+                    OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+
+
+def _check(result, call):
+    if result != 0:
+        raise MountError(ctypes.get_errno(), call, [])
+
+
 def _mount_overlay_fsconfig(target, parameters, readonly, at):
     """fsopen/fsconfig/fsmount/move_mount (Linux 5.2). Errors come from the context log."""
     call = 'mount overlay on %s with fsconfig(2)' % target
@@ -209,9 +294,10 @@ def mount_device(device, target, fstype, readonly, at=None):
                 device, at or target, fstype, MS_RDONLY if readonly else 0, None)
 
 
-def bind_mount(source, target, at=None):
-    """A bind mount ignores MS_RDONLY on creation: remount_readonly makes it read-only."""
-    _call_mount('bind %s on %s' % (source, target), (), source, at or target, None, MS_BIND, None)
+def bind_mount(source, target, at=None, source_at=None):
+    """A bind mount ignores MS_RDONLY on creation: remount_readonly makes it read-only. ``at`` and ``source_at``: the
+    paths the call uses (pinned_dir paths), when they are not ``target`` and ``source``."""
+    _call_mount('bind %s on %s' % (source, target), (), source_at or source, at or target, None, MS_BIND, None)
 
 
 def remount_readonly(target, at=None):
@@ -353,12 +439,13 @@ class ConfinedPathError(OSError):
         return str(self.strerror)
 
 
-def open_beneath(root, below):
-    """An O_PATH fd on ``root/below`` reached without following any symlink below root (openat2(2) with
-    RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH). Symlinks above root are the host's and are followed."""
+def open_beneath(root, below, directory=True):
+    """An O_PATH fd on ``root/below`` (a directory, unless ``directory`` is false) reached without following any
+    symlink below root (openat2(2) with RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH). Symlinks above root are the
+    host's and are followed."""
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        how = _OpenHow(os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+        how = _OpenHow(os.O_PATH | (os.O_DIRECTORY if directory else 0) | os.O_CLOEXEC, 0,
                        RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH)
         fd = _libc.syscall(SYS_OPENAT2, root_fd, os.fsencode(below or '.'), ctypes.byref(how), ctypes.sizeof(how))
     finally:
@@ -382,6 +469,24 @@ def pinned_dir(root, below):
         yield '/proc/self/fd/%d' % fd
     finally:
         os.close(fd)
+
+
+def block_device_beneath(root, below):
+    """The /dev name of the block device ``root/below`` leads to, reached as open_beneath does: mount(2) takes a
+    device by name and shows the name given, so the name is that of the device node pinned, in /dev (root's)."""
+    fd = open_beneath(root, below, directory=False)
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    path = os.path.join(root, below)
+    if not stat.S_ISBLK(info.st_mode):
+        raise ConfinedPathError(errno.ENOTBLK, '%s is not a block device' % path)
+    name = os.path.realpath('/dev/block/%d:%d' % (os.major(info.st_rdev), os.minor(info.st_rdev)))
+    if not os.path.exists(name) or os.stat(name).st_rdev != info.st_rdev:
+        raise ConfinedPathError(errno.ENODEV, '%s: its device %d:%d has no node in /dev/block'
+                                % (path, os.major(info.st_rdev), os.minor(info.st_rdev)))
+    return name
 
 
 @contextlib.contextmanager

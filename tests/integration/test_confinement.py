@@ -13,11 +13,14 @@ the attacked path would have reached.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
@@ -25,8 +28,10 @@ from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     loops_backed_under,
     make_ext4_image,
     make_qcow2,
+    module_params,
     mounts_under,
     quietly,
+    run_command,
 )
 
 SECRET = 'the host\'s own\n'
@@ -218,3 +223,103 @@ def test_a_base_two_trees_share_is_never_pulled_from_under_one_nor_mounted_twice
     assert not replaced.get('failed'), replaced['msg']
     assert replaced['plan'][0].startswith('unmount %s' % host.path('ct2/rootfs')), replaced['plan']
     assert host.play(filesystem=trees['ct2'])['changed'] is False
+
+
+def planned_then(monkeypatch, change, unconfined=False):
+    """Plan as converge does, then ``change`` the host (a container swaps a link in after the plan was made);
+    ``unconfined``: the control, the plan's mount steps without the reach that pins their layers."""
+    real_plan = _converge.plan
+
+    def plan_then_change(*args):
+        planned = real_plan(*args)
+        change()
+        if unconfined:
+            planned = [dataclasses.replace(one, reach=()) if isinstance(one, steps.MountOverlay) else
+                       dataclasses.replace(one, source_beneath=None) if isinstance(one, steps.MountBind) else one
+                       for one in planned]
+        return planned
+    monkeypatch.setattr(_converge, 'plan', plan_then_change)
+
+
+@pytest.mark.parametrize('kind', ['lower dir', 'bind source'])
+def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel(host, container, monkeypatch,
+                                                                                   tmp_path, kind):
+    layer = os.path.join(container, 'layer')
+    os.makedirs(layer)
+    tree = (overlay_over(host, layer) if kind == 'lower dir' else
+            {'type': 'mount', 'source': layer, 'target': host.path('v/merged')})
+
+    def swap():
+        os.rename(layer, layer + '.old')
+        os.symlink(host.path('host/secret'), layer)
+
+    def unswap():
+        os.unlink(layer)
+        os.rename(layer + '.old', layer)
+
+    # control: the same steps with the layer handed to the kernel by name reach the host's dir
+    planned_then(monkeypatch, swap, unconfined=True)
+    converge(module_params(filesystem=tree), run_command, False, lock_path=str(tmp_path / 'lock'))
+    assert shows_secret(host)
+    checked(['umount', host.path('v/merged')])
+    unswap()
+    monkeypatch.undo()
+
+    planned_then(monkeypatch, swap)
+    with pytest.raises(ConvergeError) as raced:
+        converge(module_params(filesystem=tree), run_command, False, lock_path=str(tmp_path / 'lock'))
+    assert '%s is reached through a symlink inside %s, which is not followed there' % (layer, container) in str(
+        raced.value), str(raced.value)
+    assert mounts_under(host.path('v')) == []
+
+
+def test_a_link_inside_a_view_mounted_earlier_in_the_same_batch_is_not_followed(host, container, monkeypatch,
+                                                                                 tmp_path):
+    """The second tree's lower lies in the first tree's view, which the run itself mounts: only the kernel, at
+    apply time, sees the link the container's upper dir holds."""
+    host.make_dirs('ct2/base', 'ct2/upper', 'ct2/work')
+    os.symlink(host.path('host/secret'), host.path('ct2/upper/evil'))
+    first = {'upper': host.path('ct2/upper'), 'work': host.path('ct2/work'), 'lower': [host.path('ct2/base')],
+             'target': host.path('ct2/merged')}
+    batch = [first, overlay_over(host, host.path('ct2/merged/evil'))]
+    planned_then(monkeypatch, lambda: None, unconfined=True)  # control: by name, the kernel follows the link
+    converge(module_params(filesystems=batch), run_command, False, lock_path=str(tmp_path / 'lock'))
+    assert shows_secret(host)
+    checked(['umount', host.path('v/merged')])
+    checked(['umount', host.path('ct2/merged')])
+    monkeypatch.undo()
+
+    refused = host.play(filesystems=batch)
+    assert refused['failed'] and ('%s is reached through a symlink inside %s, which is not followed there'
+                                  % (host.path('ct2/merged/evil'), host.path('ct2/merged'))) in refused['msg'], refused
+    assert mounts_under(host.path('v')) == [] and mounts_under(host.path('ct2')) == []  # the batch was undone
+
+
+def test_layers_inside_a_view_are_mounted_by_fd_and_shown_by_name_at_run_time_and_at_boot(host, container):
+    """A lower in the container's merged view, upper and work in its upper dir (the kernel takes no overlay as upper
+    fs)."""
+    upper_dir = host.path('ct/upper')
+    inner = {'layer': os.path.join(container, 'inner/layer'), 'upper': os.path.join(upper_dir, 'inner/upper'),
+             'work': os.path.join(upper_dir, 'inner/work')}
+    for path in inner.values():
+        os.makedirs(path)
+    host.write('ct/merged/inner/layer/file', 'from the view\n')
+    tree = {'upper': inner['upper'], 'work': inner['work'], 'lower': [inner['layer'], host.path('host/secret')],
+            'target': host.path('v/merged')}
+    first = converge_twice(host, filesystem=tree)
+    assert [one.get('reach') for one in first['steps'] if one['action'] == 'mount'] == [[
+        [inner['layer'], [container, 'inner/layer']], [host.path('host/secret'), None],
+        [inner['upper'], [upper_dir, 'inner/upper']], [inner['work'], [upper_dir, 'inner/work']]]]
+    (mounted,) = mounts_under(host.path('v'))
+    assert mounted.overlay_layers() == ([inner['layer'], host.path('host/secret')], inner['upper'], inner['work'])
+    with open(host.path('v/merged/file')) as handle:
+        assert handle.read() == 'from the view\n'
+    assert not host.play(filesystem=tree, state='unmounted').get('failed')
+
+    host.write('spec', boot.spec_text('# test', {
+        'target': host.path('v/merged'), 'lowers': tree['lower'], 'upper': inner['upper'], 'work': inner['work'],
+        'options': {}, 'readonly': False, 'on_volatile_marker': 'fail', 'idmapped': []}))
+    boot.mount(host.path('spec'), host.path('v/merged'))
+    boot.mount(host.path('spec'), host.path('v/merged'))  # a second start stacks nothing
+    assert [entry.overlay_layers() for entry in mounts_under(host.path('v'))] == [mounted.overlay_layers()]
+    assert host.play(filesystem=tree)['plan'] == []  # the module sees what it would have made
