@@ -22,6 +22,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _st
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import KERNEL_WORKDIR_ENTRIES
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
     bind_shortfalls,
     device_shortfalls,
@@ -134,7 +135,8 @@ class Executor(object):
             if one.owner and below in made:
                 with syscalls.pinned_dir(root, below) as path:
                     os.chown(path, *one.owner)
-            return step.remove_empty_dirs(one.node, made, beneath=root) if made else None
+            return step.remove_empty_dirs(one.node, made, beneath=root,
+                                          work_dir=one.work_dir and below in made) if made else None
         missing = []
         path = one.path
         while not os.path.isdir(path):
@@ -150,9 +152,12 @@ class Executor(object):
         except OSError:
             _remove_all_if_empty(created)
             raise
-        return step.remove_empty_dirs(one.node, created) if created else None
+        return step.remove_empty_dirs(one.node, created, work_dir=one.work_dir) if created else None
 
     def _remove_empty_dirs(self, one):
+        if one.work_dir:  # what a mount put in the work dir this run made, unmounted by now
+            for name in KERNEL_WORKDIR_ENTRIES:
+                _remove_if_empty('%s/%s' % (one.paths[-1], name), one.beneath)
         _remove_all_if_empty(one.paths, one.beneath)
 
     def _discard_volatile_marker(self, one):

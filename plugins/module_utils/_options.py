@@ -46,6 +46,7 @@ EQUIVALENT_WITHOUT_UPPER = {
 # A volatile overlay leaves this directory in its work dir, and the kernel refuses to mount on the work dir
 # again while it is there (fs/overlayfs/util.c, ovl_check_incompat): even after a clean reboot.
 VOLATILE_MARKER = ('work', 'incompat', 'volatile')
+KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself makes in a work dir
 ON_VOLATILE_MARKER = ('fail', 'discard')  # what a run (and the boot) does when it finds one
 
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated

@@ -20,6 +20,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap imp
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+    KERNEL_WORKDIR_ENTRIES,
     OptionError,
     overlay_mount_data,
     overlay_payload,
@@ -27,8 +28,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
-
-KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself leaves in a work dir
 
 
 class PlanError(ValueError):
@@ -245,16 +244,16 @@ class _Planner(object):
                 raise PlanError('%s: %s %s exists and is not a directory' % (node.describe(), role, path))
             return []
         if path in self.planned_dirs or self._batch_target_above(path) is not None:
-            return self._planned_mkdir(node, path, owner)
+            return self._planned_mkdir(node, path, owner, role == 'work')
         if not self.create_dirs:
             raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
-        return self._planned_mkdir(node, path, owner)
+        return self._planned_mkdir(node, path, owner, role == 'work')
 
-    def _planned_mkdir(self, node, path, owner=None):
+    def _planned_mkdir(self, node, path, owner=None, work_dir=False):
         if path in self.planned_dirs:
             return []
         self.planned_dirs.add(path)
-        return [step.mkdir(node.label, path, owner)]
+        return [step.mkdir(node.label, path, owner, work_dir)]
 
     def _batch_target_above(self, path, itself=False):
         """The nearest target of this batch that ``path`` lies under (or is, with ``itself``); None if none."""

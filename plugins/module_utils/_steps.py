@@ -38,20 +38,23 @@ class Step(object):
 @dataclasses.dataclass(frozen=True)
 class Mkdir(Step):
     """``owner`` (uid, gid): of the directory ``path`` itself, when this step makes it (an idmapped tree's upper
-    dir belongs to the ids its root maps to); None leaves it root's."""
+    dir belongs to the ids its root maps to); None leaves it root's. ``work_dir``: it is an overlay's work dir."""
     action: ClassVar[str] = 'mkdir'
     path: str
     beneath: Optional[Tuple[str, str]] = None
     owner: Optional[Tuple[int, int]] = None
+    work_dir: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class RemoveEmptyDirs(Step):
     """Undo of Mkdir: the directories it made, newest last; each goes only while it is empty. With ``beneath``
-    (a root), the paths are below it and reached as the Mkdir reached them."""
+    (a root), the paths are below it and reached as the Mkdir reached them. ``work_dir``: the newest is a work dir,
+    and the empty dirs the kernel made in it (options.KERNEL_WORKDIR_ENTRIES) go first."""
     action: ClassVar[str] = 'remove_empty_dirs'
     paths: Tuple[str, ...]
     beneath: Optional[str] = None
+    work_dir: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,14 +241,15 @@ def ro_suffix(readonly):
 
 # --- constructors ------------------------------------------------------------------------------------------
 
-def mkdir(node, path, owner=None):
+def mkdir(node, path, owner=None, work_dir=False):
     owned = ' owned by %d:%d' % owner if owner else ''
-    return Mkdir(node=node, path=path, owner=owner, description='create directory %s%s' % (path, owned))
+    return Mkdir(node=node, path=path, owner=owner, work_dir=work_dir,
+                 description='create directory %s%s' % (path, owned))
 
 
-def remove_empty_dirs(node, paths, beneath=None):
+def remove_empty_dirs(node, paths, beneath=None, work_dir=False):
     shown = [os.path.join(beneath, path) for path in paths] if beneath else paths
-    return RemoveEmptyDirs(node=node, paths=tuple(paths), beneath=beneath,
+    return RemoveEmptyDirs(node=node, paths=tuple(paths), beneath=beneath, work_dir=work_dir,
                            description='remove the empty directories %s' % ', '.join(shown))
 
 

@@ -481,6 +481,18 @@ def test_an_overlay_the_kernel_mounts_read_only_is_undone_and_reported_and_a_deg
     assert 'its superblock is read-only' in refused['msg'], refused['msg']
 
 
+def test_an_undone_run_takes_the_work_dirs_it_made_with_what_the_kernel_put_in_them(host):
+    """The nested overlay mounts (the kernel makes iw/work), the top is refused as degraded: the undo unmounts the
+    nested one and removes iu/ and iw/ with it, as before the run."""
+    tree = small_upper_fs_out_of_inodes(host)
+    tree['lower'][0] = {'type': 'overlay', 'upper': host.path('iu'), 'work': host.path('iw'),
+                        'lower': [host.path('l1'), host.path('l2')], 'target': host.path('inner')}
+    failed = host.play(filesystem=tree)
+    assert failed['failed'] and 'gave less than asked' in failed['msg'], failed['msg']
+    assert 'Undid the' in failed['msg'], failed['msg']
+    assert [name for name in ('iu', 'iw', 'inner', 'merged') if os.path.lexists(host.path(name))] == []
+
+
 def test_unmounting_a_busy_tree_names_who_holds_it_and_leaves_the_tree_whole(host):
     host.make_dirs('l1', 'l2', 'inner-upper', 'inner-work', 'upper', 'work')
     inner = {'type': 'overlay', 'upper': host.path('inner-upper'), 'work': host.path('inner-work'),
