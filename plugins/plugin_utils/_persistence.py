@@ -297,8 +297,8 @@ def _settings(settings):
     for key, value in result['nbd_options'].items():  # one line of modprobe.d: a word each
         if not (isinstance(key, str) and MODULE_OPTION.match(key)):
             raise PersistenceError('nbd_options: %r is not a module option name ([A-Za-z0-9_]+)' % (key,))
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str)
-                                                                     and MODULE_VALUE.match(value))):
+        word = isinstance(value, str) and MODULE_VALUE.match(value)
+        if isinstance(value, bool) or not (isinstance(value, int) or word):
             raise PersistenceError('nbd_options: %s: %r is not a module option value (a number, or a word of '
                                    '[A-Za-z0-9_.,:+-])' % (key, value))
     python = result['python']

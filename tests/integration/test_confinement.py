@@ -97,8 +97,8 @@ def paths_under(path):
 
 
 @pytest.mark.parametrize('kind', sorted(ATTACKS))
-def test_a_layer_or_source_through_a_link_a_container_planted_is_refused_and_the_host_untouched(host, container,
-                                                                                                  kind):
+def test_a_layer_or_source_through_a_link_a_container_planted_is_refused_and_the_host_untouched(
+        host, container, kind):
     host_thing, tree_of = ATTACKS[kind]
     target = host_thing(host)
     # control: the link in a dir only root can change is the host's own, and leads to the host's thing
@@ -242,8 +242,8 @@ def planned_then(monkeypatch, change, unconfined=False):
 
 
 @pytest.mark.parametrize('kind', ['lower dir', 'bind source'])
-def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel(host, container, monkeypatch,
-                                                                                   tmp_path, kind):
+def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel(
+        host, container, monkeypatch, tmp_path, kind):
     layer = os.path.join(container, 'layer')
     os.makedirs(layer)
     tree = (overlay_over(host, layer) if kind == 'lower dir' else
@@ -273,8 +273,8 @@ def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel
     assert mounts_under(host.path('v')) == []
 
 
-def test_a_link_inside_a_view_mounted_earlier_in_the_same_batch_is_not_followed(host, container, monkeypatch,
-                                                                                 tmp_path):
+def test_a_link_inside_a_view_mounted_earlier_in_the_same_batch_is_not_followed(
+        host, container, monkeypatch, tmp_path):
     """The second tree's lower lies in the first tree's view, which the run itself mounts: only the kernel, at
     apply time, sees the link the container's upper dir holds."""
     host.make_dirs('ct2/base', 'ct2/upper', 'ct2/work')
