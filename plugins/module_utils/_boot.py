@@ -32,7 +32,7 @@ import os
 import sys
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, describe_refusal, mounted_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, describe_refusal, mounted_views, with_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_shortfalls, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
@@ -49,7 +49,7 @@ EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
 BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
-SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker', 'idmapped')
+SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker', 'idmapped', 'views')
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
 EX_FAIL = 32  # mount failure
@@ -128,7 +128,7 @@ def mount(spec_path, target):
     if mounted_as_specified(spec, mounts):
         _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
         return
-    target_beneath, reach = reached(spec, mounts)
+    target_beneath, reach, sources_beneath = reached(spec, mounts)
     if spec['upper'] and hostfs.has_volatile_marker(spec['work']):
         if spec['on_volatile_marker'] != 'discard':
             raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
@@ -139,7 +139,7 @@ def mount(spec_path, target):
     try:
         payload = overlay_payload(spec['lowers'], spec['upper'], spec['work'], spec['options'])
         for layer in spec['idmapped']:
-            made += mount_idmapped_layer(layer, mounts)
+            made += mount_idmapped_layer(layer, mounts, sources_beneath[layer['source']])
         with syscalls.pinned_dir(*target_beneath) if target_beneath else contextlib.nullcontext() as at:
             if reach:
                 syscalls.mount_overlay_reached(spec['target'], payload, spec['readonly'], reach, at=at)
@@ -153,8 +153,10 @@ def reached(spec, mounts):
     """The module's refusal, at boot: no path of the spec may pass through a symlink inside another overlay's
     merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return how the
     mount reaches its paths, as the module's steps say it: where the target lies below such a dir ((that dir, the
-    rest), or None), and the layers' ``reach`` for syscalls.mount_overlay_reached (empty when none lies below one)."""
-    resolve = ConfinedResolver(mounted_views(mounts))
+    rest), or None), the layers' ``reach`` for syscalls.mount_overlay_reached (empty when none lies below one), and
+    where each idmapped layer's source lies below one (source -> (that dir, the rest) or None)."""
+    # the persisted trees' views this spec's paths lie in count whether their overlays are up yet or not
+    resolve = ConfinedResolver(with_views(mounted_views(mounts), spec['views']))
     paths = ([('target', spec['target'])] + [('lower dir', lower) for lower in spec['lowers']]
              + [('upper', spec['upper']), ('work', spec['work'])] * bool(spec['upper'])
              + [('source', layer['source']) for layer in spec['idmapped']])
@@ -164,7 +166,8 @@ def reached(spec, mounts):
             raise HelperError('not mounting %s: %s' % (spec['target'], describe_refusal(role, path, resolution)))
     layers = spec['lowers'] + ([spec['upper'], spec['work']] if spec['upper'] else [])
     reach = [(path, resolve(path).beneath) for path in layers]
-    return resolve(spec['target']).beneath, reach if any(how for _path, how in reach) else []
+    sources = dict((layer['source'], resolve(layer['source']).beneath) for layer in spec['idmapped'])
+    return resolve(spec['target']).beneath, reach if any(how for _path, how in reach) else [], sources
 
 
 def _unmount_all(targets):
@@ -179,9 +182,9 @@ def _unmount_all(targets):
     return ''
 
 
-def mount_idmapped_layer(layer, mounts):
+def mount_idmapped_layer(layer, mounts, source_beneath=None):
     """Mount one idmapped layer of a spec, unless it is mounted with its mapping already; return the targets
-    mounted."""
+    mounted. ``source_beneath``: where its source lies below an open dir (reached())."""
     idmap = parse_idmap(layer['idmap'], 'the idmap of the layer %s' % layer['source'])
     stacked = [entry for entry in mounts if entry.mountpoint == layer['target']]
     if stacked:
@@ -192,7 +195,7 @@ def mount_idmapped_layer(layer, mounts):
             raise HelperError('the idmapped mount of %s on %s is there already, but %s' % (
                 layer['source'], layer['target'], '; '.join(problems)))
         return []
-    hostfs.mount_idmapped_layer(layer['source'], layer['target'], idmap)
+    hostfs.mount_idmapped_layer(layer['source'], layer['target'], idmap, source_beneath)
     return [layer['target']]
 
 
@@ -213,7 +216,11 @@ def export_main(argv, run):
     export, pidfile, metafile = hostfs.export_files(image, image_format)
     try:
         if action == 'start':
-            devices.start_export(run, os.path.realpath(image), image_format, export, pidfile, metafile)
+            resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
+            if resolution.symlink_inside:
+                raise HelperError('not exporting %s: %s' % (image, describe_refusal('image', image, resolution)))
+            with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
+                devices.start_export(run, resolution.realpath, image_format, export, pidfile, metafile, opened_as=at)
         else:
             devices.stop_export(export, pidfile, metafile)
     except (OSError, devices.DeviceError, syscalls.MountError) as error:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
 MAX_SYMLINKS = 40  # the kernel's own limit on links followed in one walk (ELOOP)
 
@@ -104,17 +104,30 @@ class ConfinedResolver(object):
         return self._stats[path]
 
 
-def mounted_views(mounts) -> Dict[str, str]:
-    """The merged view and the upper dir of every mounted overlay (mountinfo.MountEntry records), as the kernel
-    shows them -> what it is."""
-    views = {}
-    for entry in mounts:
-        layers = entry.overlay_layers()
-        if layers:
-            views[entry.mountpoint] = 'the merged view of the overlay at %s' % entry.mountpoint
-            if layers[1]:
-                views[layers[1]] = 'the upper dir of the overlay at %s' % entry.mountpoint
+def views_of(overlays: Iterable[Tuple[str, Optional[str]]]) -> Dict[str, str]:
+    """The merged view and the upper dir of each overlay, given as (target, upper or None) -> what it is. The first
+    overlay to name a path names it."""
+    views = {}  # type: Dict[str, str]
+    for target, upper in overlays:
+        views.setdefault(target, 'the merged view of the overlay at %s' % target)
+        if upper:
+            views.setdefault(upper, 'the upper dir of the overlay at %s' % target)
     return views
+
+
+def mounted_views(mounts) -> Dict[str, str]:
+    """views_of every mounted overlay (mountinfo.MountEntry records), as the kernel shows them."""
+    return views_of((entry.mountpoint, entry.overlay_layers()[1]) for entry in mounts if entry.overlay_layers())
+
+
+def with_views(views: Dict[str, str], more: Dict[str, str]) -> Dict[str, str]:
+    """``views`` (canonical paths) and ``more``, views named as a tree names them (a batch's, not mounted yet), each
+    taken to where it leads through the host's own symlinks, as the kernel will show it once mounted."""
+    resolve = ConfinedResolver(views)
+    merged = dict(views)
+    for path, what in more.items():
+        merged.setdefault(resolve(path).realpath, what)
+    return merged
 
 
 def _points_to(link: str) -> str:

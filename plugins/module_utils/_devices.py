@@ -148,15 +148,16 @@ def _size(base):
 # --- FUSE exports (no nbd needed) ----------------------------------------------------------------
 
 
-def start_export(run, image, image_format, export, pidfile, metafile):
-    """Export the image read-only as a raw file through qemu-storage-daemon's FUSE export."""
+def start_export(run, image, image_format, export, pidfile, metafile, opened_as=None):
+    """Export the image read-only as a raw file through qemu-storage-daemon's FUSE export. ``opened_as``: the path
+    the daemon opens it by, when not ``image`` itself (syscalls.pinned_file)."""
     os.makedirs(os.path.dirname(export), mode=0o700, exist_ok=True)
     with open(export, 'a'):
         pass  # the FUSE mount point must be an existing regular file
     with open(metafile, 'w') as handle:
         json.dump({'image': image, 'format': image_format}, handle)
     argv = ['qemu-storage-daemon', '--daemonize', '--pidfile', pidfile,
-            '--blockdev', 'driver=file,node-name=file,read-only=on,filename=' + _qemu_value(image),
+            '--blockdev', 'driver=file,node-name=file,read-only=on,filename=' + _qemu_value(opened_as or image),
             '--blockdev', 'driver=%s,node-name=image,read-only=on,file=file' % image_format,
             '--export', 'type=fuse,id=export,node-name=image,writable=off,mountpoint=' + _qemu_value(export)]
     try:

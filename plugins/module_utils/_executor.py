@@ -174,7 +174,8 @@ class Executor(object):
         # a loaded module stays: unloading it could take devices from others
 
     def _attach_loop(self, one):
-        device = devices.attach_loop(self.run_command, one.image, one.readonly)
+        with _image_reached(one) as image:
+            device = devices.attach_loop(self.run_command, image, one.readonly)
         self.attached[one.ref] = device
         return step.detach_loop(one.ref, device, one.image, one.readonly)
 
@@ -196,7 +197,9 @@ class Executor(object):
         return step.attach_nbd(one.ref, one.image, one.format, one.readonly)
 
     def _start_export(self, one):
-        devices.start_export(self.run_command, one.image, one.format, one.export, one.pidfile, one.metafile)
+        with _image_reached(one) as image:
+            devices.start_export(self.run_command, one.image, one.format, one.export, one.pidfile, one.metafile,
+                                 opened_as=image)
         return step.stop_export(one.node, one.export, one.pidfile, one.metafile, one.image, one.format)
 
     def _stop_export(self, one):
@@ -246,7 +249,7 @@ class Executor(object):
         return _unmount_again(one)
 
     def _mount_idmapped(self, one):
-        hostfs.mount_idmapped_layer(one.source, one.target, one.idmap)
+        hostfs.mount_idmapped_layer(one.source, one.target, one.idmap, one.source_beneath)
         self._made(one, 'the idmapped mount of %s' % one.source, one.idmap.summary(),
                    lambda entry: idmap_shortfalls(entry, one.idmap, syscalls.mount_idmap(one.target),
                                                   (hostfs.owner(one.source), hostfs.owner(one.target)),
@@ -295,6 +298,12 @@ def _reached(one):
 def _source_reached(one):
     """As _reached, for a bind mount's source."""
     return syscalls.pinned_dir(*one.source_beneath) if one.source_beneath else contextlib.nullcontext(one.source)
+
+
+def _image_reached(one):
+    """The path a device command (losetup, qemu-storage-daemon) opens an image by: the image, or for one below an
+    open dir the file itself, pinned where no symlink led (syscalls.pinned_file)."""
+    return syscalls.pinned_file(*one.image_beneath) if one.image_beneath else contextlib.nullcontext(one.image)
 
 
 def _parent_reached(one):

@@ -10,6 +10,7 @@ Standard library only: the boot helper (boot.py) runs it outside Ansible.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -75,14 +76,16 @@ def owner(path):
     return info.st_uid, info.st_gid
 
 
-def mount_idmapped_layer(source, target, idmap):
+def mount_idmapped_layer(source, target, idmap, source_beneath=None):
     """An idmapped layer's mount on its own mount point, which is made for it (and removed again if the mount
-    fails): the collection's dir under idmap.IDMAP_DIR lives as long as the mount."""
+    fails): the collection's dir under idmap.IDMAP_DIR lives as long as the mount. ``source_beneath``: a source
+    below an open dir, (that dir, the rest), cloned from the dir reached as syscalls.open_beneath does."""
     made = not os.path.isdir(target)
     if made:
         os.makedirs(target, 0o755)
     try:
-        syscalls.mount_idmapped(source, target, idmap)
+        with syscalls.pinned_dir(*source_beneath) if source_beneath else contextlib.nullcontext() as reached:
+            syscalls.mount_idmapped(source, target, idmap, source_at=reached)
     except OSError:
         if made:
             os.rmdir(target)

@@ -70,7 +70,8 @@ class ImagePlanner(object):
         free = self._free_loops(self.image(node), readonly)
         if free:
             return free[0].device, []
-        return None, [step.attach_loop(node.label, node.source, readonly)]
+        return None, [step.attach_loop(node.label, node.source, readonly,
+                                       image_beneath=self.observed.facts(node.source).beneath)]
 
     def _attach_nbd(self, node, readonly):
         image = self.image(node)
@@ -96,7 +97,8 @@ class ImagePlanner(object):
             if export is not None and export_path not in self.exports_stopped:
                 steps.append(self._stop_export_step(node, export))
             self.exports_started.add(export_path)
-            steps.append(step.start_export(node.label, image, node.image_format, export_path, pidfile, metafile))
+            steps.append(step.start_export(node.label, image, node.image_format, export_path, pidfile, metafile,
+                                           image_beneath=self.observed.facts(node.source).beneath))
         else:
             free = self._free_loops(export_path, True)
             if free:

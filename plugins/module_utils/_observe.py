@@ -18,7 +18,7 @@ import stat
 from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views, views_of, with_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
@@ -410,12 +410,5 @@ def container_views(roots, mounts):
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
     the batch. Canonical path -> what it is, for messages. A batch's paths are taken through the host's own
     symlinks (those in dirs only root can change), as the kernel will show them once mounted."""
-    views = mounted_views(mounts)
-    resolve = ConfinedResolver(dict(views))
-    for root in roots:
-        for node in root.walk():
-            if node.kind == 'overlay':
-                views.setdefault(resolve(node.target).realpath, 'the merged view of the overlay at %s' % node.target)
-                if node.upper:
-                    views.setdefault(resolve(node.upper).realpath, 'the upper dir of the overlay at %s' % node.target)
-    return views
+    return with_views(mounted_views(mounts), views_of(
+        (node.target, node.upper) for root in roots for node in root.walk() if node.kind == 'overlay'))

@@ -219,7 +219,8 @@ class _Planner(object):
 
     def _mount_idmapped(self, node):
         self._refuse_symlink_inside(node, 'source', node.source)
-        return [step.mount_idmapped(node.label, node.target, node.source, node.idmap)]
+        return [step.mount_idmapped(node.label, node.target, node.source, node.idmap,
+                                    self.observed.facts(node.source).beneath)]
 
     def _mount_block(self, node):
         self._refuse_symlink_inside(node, 'source', node.source)

@@ -83,11 +83,13 @@ class LoadModule(Step):
 
 @dataclasses.dataclass(frozen=True)
 class AttachLoop(Step):
-    """``ref`` names the attach for the mount step that uses its device (known only when it runs)."""
+    """``ref`` names the attach for the mount step that uses its device (known only when it runs).
+    ``image_beneath``: an image below an open dir, reached as Mkdir's ``beneath`` is."""
     action: ClassVar[str] = 'attach_loop'
     ref: str
     image: str
     readonly: bool
+    image_beneath: Optional[Tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,7 @@ class StartExport(Step):
     export: str
     pidfile: str
     metafile: str
+    image_beneath: Optional[Tuple[str, str]] = None  # as AttachLoop's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +204,7 @@ class MountIdmapped(Step):
     target: str
     source: str
     idmap: IdMap
+    source_beneath: Optional[Tuple[str, str]] = None  # a source below an open dir: reached as Mkdir's beneath is
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind, idmap=self.idmap.to_yaml())
@@ -269,8 +273,8 @@ def load_module(node, module, kernel):
     return LoadModule(node=node, module=module, kernel=kernel, description='load the %s kernel module' % module)
 
 
-def attach_loop(node, image, readonly):
-    return AttachLoop(node=node, ref=node, image=image, readonly=readonly,
+def attach_loop(node, image, readonly, image_beneath=None):
+    return AttachLoop(node=node, ref=node, image=image, readonly=readonly, image_beneath=image_beneath,
                       description='attach %s to a free loop device%s' % (image, ro_suffix(readonly)))
 
 
@@ -291,9 +295,9 @@ def detach_nbd(node, device, image=None, image_format=None, readonly=True):
                                                          else 'its qemu-nbd is gone'))
 
 
-def start_export(node, image, image_format, export, pidfile, metafile):
+def start_export(node, image, image_format, export, pidfile, metafile, image_beneath=None):
     return StartExport(node=node, image=image, format=image_format, export=export, pidfile=pidfile,
-                       metafile=metafile, description='export %s (%s) read-only as a raw file %s with '
+                       metafile=metafile, image_beneath=image_beneath, description='export %s (%s) read-only as a raw file %s with '
                                                       'qemu-storage-daemon' % (image, image_format, export))
 
 
@@ -322,8 +326,8 @@ def mount_bind(node, target, source, readonly, source_beneath=None):
                      description='bind %s on %s%s' % (source, target, ro_suffix(readonly)))
 
 
-def mount_idmapped(node, target, source, idmap):
-    return MountIdmapped(node=node, target=target, source=source, idmap=idmap,
+def mount_idmapped(node, target, source, idmap, source_beneath=None):
+    return MountIdmapped(node=node, target=target, source=source, idmap=idmap, source_beneath=source_beneath,
                          description='mount %s on %s idmapped (%s)' % (source, target, idmap.summary()))
 
 

@@ -186,19 +186,21 @@ def mount_overlay_reached(target, payload, readonly, reach, at=None):
 
 def _in_child(call, function, *args):
     """Run ``function(*args)``, which returns an fd, in a child process; return the fd (passed back over a socket
-    pair), or raise the MountError it raised there."""
+    pair), or raise what it raised there: a MountError as it was, another OSError as a ConfinedPathError with its
+    message (a path refused by open_beneath), anything else (a bug) as an OSError naming its type."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         try:
             parent_end.close()
             try:
-                socket.send_fds(child_end, [b'0 '], [function(*args)])
+                socket.send_fds(child_end, [b'fd'], [function(*args)])
             except MountError as error:
-                child_end.sendall(('%d %s' % (error.errno, error.call)).encode('utf-8', 'surrogateescape'))
-            except BaseException as error:  # a bug: told, never raised in this forked copy of the caller
-                child_end.sendall(('%d %s: %s: %s' % (errno.EIO, call, type(error).__name__, error)).encode(
-                    'utf-8', 'surrogateescape'))
+                _tell(child_end, 'mount', error.errno, error.call)
+            except OSError as error:
+                _tell(child_end, 'path', error.errno or errno.EIO, str(error))
+            except BaseException as error:  # never raised in this forked copy of the caller
+                _tell(child_end, 'path', errno.EIO, '%s: %s: %s' % (call, type(error).__name__, error))
         finally:
             os._exit(0)
     child_end.close()
@@ -209,8 +211,14 @@ def _in_child(call, function, *args):
         os.waitpid(pid, 0)
     if fds:
         return fds[0]
-    err, _space, failed = message.decode('utf-8', 'surrogateescape').partition(' ')
-    raise MountError(int(err or errno.ECHILD), failed or call + ' (the child process died)', [])
+    kind, err, text = (message.decode('utf-8', 'surrogateescape').split(' ', 2) + ['', '', ''])[:3]
+    if kind == 'mount':
+        raise MountError(int(err), text, [])
+    raise ConfinedPathError(int(err or errno.ECHILD), text or call + ': the child process that stages it died')
+
+
+def _tell(end, kind, err, text):
+    end.sendall(('%s %d %s' % (kind, err, text)).encode('utf-8', 'surrogateescape'))
 
 
 def _mount_in_stage(target, payload, readonly, reach):
@@ -323,12 +331,13 @@ IDMAP_REFUSALS = {  # what mount_setattr(2)'s errors mean for an idmapped mount
 }
 
 
-def mount_idmapped(source, target, idmap):
+def mount_idmapped(source, target, idmap, source_at=None):
     """Mount a clone of ``source`` (the dir and the mount it is on, without the mounts below it) on ``target``, its
     files' owners shown through ``idmap`` (an _idmap.IdMap). The clone is made detached (open_tree(2)), idmapped
-    while nothing can see it (mount_setattr(2) takes MOUNT_ATTR_IDMAP only there) and then attached (move_mount)."""
+    while nothing can see it (mount_setattr(2) takes MOUNT_ATTR_IDMAP only there) and then attached (move_mount).
+    ``source_at``: the path the call clones (a pinned_dir path), when it is not ``source`` itself."""
     call = 'mount %s idmapped on %s' % (source, target)
-    tree = _syscall(call + ' (open_tree)', SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source),
+    tree = _syscall(call + ' (open_tree)', SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source_at or source),
                     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
     try:
         with user_namespace(idmap) as userns:
@@ -467,6 +476,19 @@ def pinned_dir(root, below):
     fd = open_beneath(root, below)
     try:
         yield '/proc/self/fd/%d' % fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def pinned_file(root, below):
+    """The regular file ``root/below`` as open_beneath reaches it, as the path by which another process (losetup,
+    qemu) opens exactly that file: the /proc/PID/fd link of this process's fd, held while the block runs."""
+    fd = open_beneath(root, below, directory=False)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfinedPathError(errno.EINVAL, '%s is not a regular file' % os.path.join(root, below))
+        yield '/proc/%d/fd/%d' % (os.getpid(), fd)
     finally:
         os.close(fd)
 

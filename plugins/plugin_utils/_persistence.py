@@ -42,6 +42,7 @@ import os
 import re
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import views_of
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import ON_VOLATILE_MARKER
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
@@ -55,6 +56,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree impo
     TreeError,
     order_by_dependency,
     parse_filesystem,
+    path_and_ancestors,
 )
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import ItemError, normalize_items
 
@@ -267,7 +269,8 @@ def render_normalized(normalized, devices=None, settings=None):
         ordered = order_by_dependency(roots)
     except TreeError as error:
         raise PersistenceError(str(error))
-    renderer = _Renderer(devices, options)
+    views = views_of((node.target, node.upper) for root in roots for node in root.walk() if node.kind == 'overlay')
+    renderer = _Renderer(devices, options, views)
     for root in ordered:
         renderer.tree(root, item_of[id(root)])
     return renderer.result()
@@ -310,9 +313,10 @@ def _settings(settings):
 
 class _Renderer(object):
 
-    def __init__(self, devices, settings):
+    def __init__(self, devices, settings, views):
         self.devices = devices
         self.settings = settings
+        self.views = views  # confine.views_of every overlay persisted: its merged view and upper dir
         self.files = {}
         self.executables = []
         self.fstab = []
@@ -374,12 +378,17 @@ class _Renderer(object):
         spec = spec_file(node.target)
         layers = [layer.host_path for layer in node.layers] + ([node.upper, node.work] if node.upper else [])
         idmapped = [layer.idmapped_mount for layer in node.layers if layer.idmapped_mount]
+        named = [node.target] + layers + [mount.source for mount in idmapped]
+        # the views of persisted trees its paths lie in: at boot they count before their own overlays are up
+        views = dict((above, self.views[above]) for path in named for above in path_and_ancestors(path)[1:]
+                     if above in self.views)
         self._write(spec, boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
             'options': dict(node.options), 'readonly': node.mounted_readonly,
             'on_volatile_marker': self.settings['on_volatile_marker'],
             'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
                          for mount in idmapped],
+            'views': views,
         }))
         self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
                     requires_mounts_for=layers + [boot.HELPER_LIB],

@@ -14,7 +14,9 @@ the attacked path would have reached.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 
 import pytest
 
@@ -22,6 +24,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _bo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources, render, spec_file
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     converge_twice,
@@ -180,7 +183,7 @@ def test_the_boot_helper_refuses_a_spec_through_a_link_a_container_planted(host,
     host.write('spec', boot.spec_text('# test', {
         'target': host.path('v/merged'), 'lowers': [link], 'upper': host.path('v/upper'),
         'work': host.path('v/work'), 'options': {}, 'readonly': False, 'on_volatile_marker': 'fail',
-        'idmapped': []}))
+        'idmapped': [], 'views': {}}))
     with pytest.raises(boot.HelperError) as refused:
         boot.mount(spec, host.path('v/merged'))
     assert str(refused.value) == (
@@ -225,6 +228,13 @@ def test_a_base_two_trees_share_is_never_pulled_from_under_one_nor_mounted_twice
     assert host.play(filesystem=trees['ct2'])['changed'] is False
 
 
+UNCONFINED = {  # what a step carries to reach its paths by fd, taken away
+    steps.MountOverlay: {'reach': ()}, steps.MountBind: {'source_beneath': None},
+    steps.MountIdmapped: {'source_beneath': None}, steps.AttachLoop: {'image_beneath': None},
+    steps.StartExport: {'image_beneath': None},
+}
+
+
 def planned_then(monkeypatch, change, unconfined=False):
     """Plan as converge does, then ``change`` the host (a container swaps a link in after the plan was made);
     ``unconfined``: the control, the plan's mount steps without the reach that pins their layers."""
@@ -234,24 +244,31 @@ def planned_then(monkeypatch, change, unconfined=False):
         planned = real_plan(*args)
         change()
         if unconfined:
-            planned = [dataclasses.replace(one, reach=()) if isinstance(one, steps.MountOverlay) else
-                       dataclasses.replace(one, source_beneath=None) if isinstance(one, steps.MountBind) else one
+            planned = [dataclasses.replace(one, **UNCONFINED[type(one)]) if type(one) in UNCONFINED else one
                        for one in planned]
         return planned
     monkeypatch.setattr(_converge, 'plan', plan_then_change)
 
 
-@pytest.mark.parametrize('kind', ['lower dir', 'bind source'])
+@pytest.mark.parametrize('kind', ['lower dir', 'bind source', 'idmapped source', 'image, loop', 'image, fuse'])
 def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel(
         host, container, monkeypatch, tmp_path, kind):
+    """The container's own layer, image or source in its view is what the plan saw; the link swapped in before the
+    apply leads to the host's."""
+    host_thing, tree_of = ATTACKS[kind]
+    secret = host_thing(host)
     layer = os.path.join(container, 'layer')
-    os.makedirs(layer)
-    tree = (overlay_over(host, layer) if kind == 'lower dir' else
-            {'type': 'mount', 'source': layer, 'target': host.path('v/merged')})
+    if kind.startswith('image'):
+        own = make_qcow2(host, 'own.qcow2', {'own': 'x'}) if kind == 'image, fuse' else make_ext4_image(
+            host, 'own.img', {'own': 'x'})
+        shutil.move(own, layer)  # into the view: another mount
+    else:
+        os.makedirs(layer)
+    tree = tree_of(host, layer)
 
     def swap():
         os.rename(layer, layer + '.old')
-        os.symlink(host.path('host/secret'), layer)
+        os.symlink(secret, layer)
 
     def unswap():
         os.unlink(layer)
@@ -261,7 +278,7 @@ def test_a_layer_swapped_for_a_link_after_the_plan_is_not_followed_by_the_kernel
     planned_then(monkeypatch, swap, unconfined=True)
     converge(module_params(filesystem=tree), run_command, False, lock_path=str(tmp_path / 'lock'))
     assert shows_secret(host)
-    checked(['umount', host.path('v/merged')])
+    assert not host.play(filesystem=tree, state='unmounted', on_drift='replace').get('failed')
     unswap()
     monkeypatch.undo()
 
@@ -318,8 +335,35 @@ def test_layers_inside_a_view_are_mounted_by_fd_and_shown_by_name_at_run_time_an
 
     host.write('spec', boot.spec_text('# test', {
         'target': host.path('v/merged'), 'lowers': tree['lower'], 'upper': inner['upper'], 'work': inner['work'],
-        'options': {}, 'readonly': False, 'on_volatile_marker': 'fail', 'idmapped': []}))
+        'options': {}, 'readonly': False, 'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}))
     boot.mount(host.path('spec'), host.path('v/merged'))
     boot.mount(host.path('spec'), host.path('v/merged'))  # a second start stacks nothing
     assert [entry.overlay_layers() for entry in mounts_under(host.path('v'))] == [mounted.overlay_layers()]
     assert host.play(filesystem=tree)['plan'] == []  # the module sees what it would have made
+
+
+def test_at_boot_the_upper_dir_of_a_persisted_container_not_up_yet_is_a_view_all_the_same(host):
+    """The container's overlay comes up after this tree at the next boot, or not at all: the link it planted in its
+    upper dir (where this tree's upper lies) is refused because the spec names that dir as a view."""
+    host.make_dirs('ct/base', 'ct/upper/inner/work', 'ct/work', 'host/state', 'v/merged', 'l1', 'l2')
+    os.symlink(host.path('host/state'), host.path('ct/upper/inner/upper'))
+    container = {'upper': host.path('ct/upper'), 'work': host.path('ct/work'), 'lower': [host.path('ct/base')],
+                 'target': host.path('ct/merged')}
+    inside = {'upper': host.path('ct/upper/inner/upper'), 'work': host.path('ct/upper/inner/work'),
+              'lower': [host.path('l1'), host.path('l2')], 'target': host.path('v/merged')}
+    rendered = render([{'filesystem': container}, {'filesystem': inside}],
+                      settings={'helper_sources': helper_sources()})
+    spec_path = spec_file(host.path('v/merged'))
+    spec = json.loads(rendered['files'][spec_path].split('\n', 2)[2])
+    assert spec['views'] == {host.path('ct/upper'): 'the upper dir of the overlay at %s' % host.path('ct/merged')}
+    host.write('spec', rendered['files'][spec_path])
+    with pytest.raises(boot.HelperError, match=r'upper %s: %s is a symlink \(to %s\) inside the upper dir of the '
+                                               r'overlay at %s' % (inside['upper'], inside['upper'],
+                                                                   host.path('host/state'), host.path('ct/merged'))):
+        boot.mount(host.path('spec'), host.path('v/merged'))
+    assert mounts_under(host.path('v')) == [] and os.listdir(host.path('host/state')) == []
+    # control: without the view, the helper takes ct/upper for the host's own dir and follows the link
+    host.write('spec', boot.spec_text('# test', dict(spec, views={})))
+    boot.mount(host.path('spec'), host.path('v/merged'))
+    open(host.path('v/merged/written'), 'w').close()
+    assert os.listdir(host.path('host/state')) == ['written']

@@ -24,7 +24,8 @@ SPEC = {'target': '/srv/m', 'lowers': ['/srv/a,b', '/srv/c:d', '/srv/\u00e9 x'],
         'options': {'index': 'off'}, 'readonly': False, 'on_volatile_marker': 'fail',
         'idmapped': [{'target': '/run/containerhost-overlayfs/idmap/0123', 'source': '/srv/a,b',
                       'idmap': {'uid': [{'start': 0, 'target': 100000, 'count': 65536}],
-                                'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}}]}
+                                'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}}],
+        'views': {'/srv': 'the upper dir of the overlay at /srv/ct'}}
 
 
 def test_a_spec_reads_back_exactly(tmp_path):

@@ -801,6 +801,31 @@ def test_steps_inside_another_overlays_view_carry_where_it_begins():
     assert all(one.beneath is None for one in steps if one.node == 'filesystems[0]')
 
 
+def test_layers_sources_and_images_inside_another_overlays_view_are_reached_from_where_it_begins():
+    """Every path below a view reaches the step that uses it with (the view, the rest): the executor opens it from
+    there, following no symlink, and hands the kernel, losetup or qemu the fd."""
+    inside = dict((name, '/srv/ct/merged/' + name) for name in ('layer', 'src', 'disk', 'img.raw'))
+    tree = {'upper': '/srv/v/upper', 'work': '/srv/v/work', 'target': '/srv/v/merged', 'lower': [
+        inside['layer'], {'type': 'mount', 'source': inside['src'], 'target': '/srv/v/bound'},
+        {'type': 'block', 'source': inside['disk'], 'target': '/srv/v/disk'},
+        {'type': 'file', 'source': inside['img.raw'], 'format': 'raw', 'target': '/srv/v/img'}]}
+    roots = roots_of(CONTAINER, tree)
+    kinds = {'layer': 'dir', 'src': 'dir', 'disk': 'block', 'img.raw': 'file'}
+    override = dict((path, facts(path, kind=kinds[name], rdev=(8, 16) if name == 'disk' else None)._replace(
+        beneath=(VIEW[0], name), opened_by=VIEW[1])) for name, path in inside.items())
+    obs = observed(roots, missing=('/srv/ct/merged', '/srv/ct/upper', '/srv/ct/work', '/srv/v/merged', '/srv/v/upper',
+                                   '/srv/v/work', '/srv/v/bound', '/srv/v/disk', '/srv/v/img'),
+                   override=override, views=dict([VIEW]))
+    planned = dict(((type(one).__name__, one.node), one) for one in plan(roots, obs, 'mounted'))
+    assert planned['MountBind', 'filesystems[1].lower[1]'].source_beneath == (VIEW[0], 'src')
+    assert planned['MountDevice', 'filesystems[1].lower[2]'].device_beneath == (VIEW[0], 'disk')
+    assert planned['MountDevice', 'filesystems[1].lower[3]'].device_beneath is None  # the loop device: ours
+    assert planned['AttachLoop', 'filesystems[1].lower[3]'].image_beneath == (VIEW[0], 'img.raw')
+    assert planned['MountOverlay', 'filesystems[1]'].reach == (
+        (inside['layer'], (VIEW[0], 'layer')), ('/srv/v/bound', None), ('/srv/v/disk', None), ('/srv/v/img', None),
+        ('/srv/v/upper', None), ('/srv/v/work', None))
+
+
 def test_a_symlink_inside_another_overlays_view_is_refused_by_name():
     for state in ('mounted', 'unmounted'):
         with pytest.raises(PlanError) as error:

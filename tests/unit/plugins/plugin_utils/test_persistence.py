@@ -144,7 +144,7 @@ def test_an_overlay_is_a_mount_of_its_spec_by_the_helper():
     ]
     assert spec(result, '/srv/merged') == {'target': '/srv/merged', 'lowers': ['/srv/l1', '/srv/l2'], 'upper': '/srv/u',
                                            'work': '/srv/w', 'options': {}, 'readonly': False,
-                                           'on_volatile_marker': 'fail', 'idmapped': []}
+                                           'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}
 
 
 def test_a_tree_nested_three_deep_persists_the_flattened_layers_the_module_mounts():
@@ -189,7 +189,7 @@ def test_options_readonly_and_the_volatile_choice_go_in_the_spec():
     result = rendered(item(tree), settings=dict(SETTINGS, on_volatile_marker='discard'))
     assert spec(result, '/srv/ro') == {'target': '/srv/ro', 'lowers': ['/srv/a', '/srv/b'], 'upper': None, 'work': None,
                                        'options': {'redirect_dir': 'nofollow', 'userxattr': 'on'}, 'readonly': True,
-                                       'on_volatile_marker': 'discard', 'idmapped': []}
+                                       'on_volatile_marker': 'discard', 'idmapped': [], 'views': {}}
     assert 'Options=' not in unit(result, 'srv-ro.mount')
     assert setting(unit(result, 'srv-ro.mount'), 'RequiresMountsFor') == '/srv/a /srv/b /usr/local/lib/containerhost-overlayfs'
 
@@ -417,7 +417,7 @@ def test_hostile_but_carried_paths_reach_the_spec_verbatim():
         '/usr/local/lib/containerhost-overlayfs')
     assert spec(result, '/srv/merged 100%') == {'target': '/srv/merged 100%', 'lowers': lowers, 'upper': '/srv/u\tx',
                                                 'work': '/srv/w=y', 'options': {}, 'readonly': False,
-                                                'on_volatile_marker': 'fail', 'idmapped': []}
+                                                'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}
     line = rendered(item(overlay('/srv/m t', ['/srv/c:d', '/srv/e%f', '/srv/\u00e9=x']), persistence='fstab'))['fstab'][0]
     digest = hashlib.sha256(b'/srv/m t').hexdigest()[:16]
     assert line == ('/etc/containerhost-overlayfs/overlays/srv-m_x20t@' + digest + '.conf /srv/m\\040t overlay.containerhost '
@@ -558,3 +558,14 @@ def test_a_unit_trees_are_required_by_and_wanted_by_gets_one_drop_in_with_both()
                       item(overlay('/srv/b', ['/srv/l1', '/srv/l2']), wanted_by=['x.service']))
     assert result['files'][UNIT_DIR + 'x.service.d/containerhost-overlayfs.conf'].splitlines() == [
         MARKER, '[Unit]', 'Requires=srv-a.mount', 'After=srv-a.mount', 'Wants=srv-b.mount', 'After=srv-b.mount']
+
+
+def test_a_spec_names_the_persisted_views_its_paths_lie_in():
+    """At boot the container's overlay may come up after this tree: its upper dir is a view all the same."""
+    container = overlay('/srv/ct/rootfs', ['/srv/base', '/srv/extra'], '/srv/ct/upper', '/srv/ct/work')
+    inside = overlay('/srv/v/merged', ['/srv/ct/rootfs/usr', '/srv/base'], '/srv/ct/upper/in/u', '/srv/ct/upper/in/w')
+    result = rendered(item(container), item(inside))
+    assert spec(result, '/srv/v/merged')['views'] == {
+        '/srv/ct/rootfs': 'the merged view of the overlay at /srv/ct/rootfs',
+        '/srv/ct/upper': 'the upper dir of the overlay at /srv/ct/rootfs'}
+    assert spec(result, '/srv/ct/rootfs')['views'] == {}
