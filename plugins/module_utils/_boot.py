@@ -129,14 +129,15 @@ def mount(spec_path, target):
         _say('%s is already mounted as %s describes' % (spec['target'], spec_path))
         return
     target_beneath, reach, sources_beneath = reached(spec, mounts)
-    if spec['upper'] and hostfs.has_volatile_marker(spec['work']):
-        if spec['on_volatile_marker'] != 'discard':
-            raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
-        hostfs.discard_volatile_marker(spec['work'])
-        _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
-             'as it is' % (volatile_marker(spec['work']), spec['target']))
+    work_beneath = dict(reach).get(spec['work']) if spec['upper'] else None
     made = []
     try:
+        if spec['upper'] and hostfs.has_volatile_marker(spec['work'], work_beneath):
+            if spec['on_volatile_marker'] != 'discard':
+                raise HelperError('not mounting %s: %s' % (spec['target'], volatile_marker_refusal(spec['work'])))
+            hostfs.discard_volatile_marker(spec['work'], work_beneath)
+            _say('discarded the volatile marker %s (on_volatile_marker: discard): %s is mounted with its upper dir '
+                 'as it is' % (volatile_marker(spec['work']), spec['target']))
         payload = overlay_payload(spec['lowers'], spec['upper'], spec['work'], spec['options'])
         for layer in spec['idmapped']:
             made += mount_idmapped_layer(layer, mounts, sources_beneath[layer['source']])
@@ -145,7 +146,7 @@ def mount(spec_path, target):
                 syscalls.mount_overlay_reached(spec['target'], payload, spec['readonly'], reach, at=at)
             else:
                 syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at)
-    except (OptionError, IdMapError, syscalls.MountError) as error:
+    except (OptionError, IdMapError, OSError) as error:  # OSError: a MountError, or a path refused on the way
         raise HelperError(str(error) + _unmount_all(made))
 
 

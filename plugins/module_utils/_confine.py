@@ -17,6 +17,7 @@ Standard library only: the boot helper uses this module too.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
@@ -46,6 +47,7 @@ class ConfinedResolver(object):
         self.lstat = lstat
         self.resolved = {'/': Resolution('/')}  # type: Dict[str, Resolution]
         self._stats = {}  # type: Dict[str, Optional[os.stat_result]]
+        self._unreadable = {}  # type: Dict[str, str]
 
     def __call__(self, path: str, links: int = 0) -> Resolution:
         if path not in self.resolved:
@@ -84,23 +86,28 @@ class ConfinedResolver(object):
             return self.views[directory]
         info = self._stat(directory)
         if info is None:
-            return None
+            return self._unreadable.get(directory)  # a dir still to be made is root's, one that cannot be read is not
         if info.st_uid != 0:
             return 'the dir %s, which uid %d owns' % (directory, info.st_uid)
         # In a sticky dir (/tmp) only an entry's owner may rename or remove it: root's entries stay root's.
         kept = bool(info.st_mode & stat.S_ISVTX) and entry is not None and entry.st_uid == 0
         if info.st_mode & stat.S_IWOTH and not kept:
             return 'the dir %s, which every user may write to' % directory
-        if info.st_mode & stat.S_IWGRP and info.st_gid != 0 and not kept:
-            return 'the dir %s, which group %d may write to' % (directory, info.st_gid)
+        if info.st_mode & stat.S_IWGRP and not kept:
+            if info.st_gid != 0:
+                return 'the dir %s, which group %d may write to' % (directory, info.st_gid)
+            if _has_access_acl(directory):  # its group bits are the ACL's mask: named users or groups may write
+                return 'the dir %s, whose access ACL lets others write to it' % directory
         return None
 
     def _stat(self, path: str) -> Optional[os.stat_result]:
         if path not in self._stats:
             try:
                 self._stats[path] = self.lstat(path)
-            except OSError:  # missing, or unreadable: the walk goes on by name, and observe reports it
+            except OSError as error:  # the walk goes on by name, and observe reports it
                 self._stats[path] = None
+                if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    self._unreadable[path] = 'the dir %s, which cannot be read (%s)' % (path, error.strerror)
         return self._stats[path]
 
 
@@ -116,8 +123,12 @@ def views_of(overlays: Iterable[Tuple[str, Optional[str]]]) -> Dict[str, str]:
 
 
 def mounted_views(mounts) -> Dict[str, str]:
-    """views_of every mounted overlay (mountinfo.MountEntry records), as the kernel shows them."""
-    return views_of((entry.mountpoint, entry.overlay_layers()[1]) for entry in mounts if entry.overlay_layers())
+    """views_of every mounted overlay (mountinfo.MountEntry records). The kernel shows a mount point where it is,
+    but an upper dir as it was given (through a symlink of the host's, with '//'): each is taken to where it
+    leads."""
+    overlays = [(entry.mountpoint, entry.overlay_layers()[1]) for entry in mounts if entry.overlay_layers()]
+    return with_views(views_of((target, None) for target, _upper in overlays),
+                      views_of((target, _normalized(upper)) for target, upper in overlays))
 
 
 def with_views(views: Dict[str, str], more: Dict[str, str]) -> Dict[str, str]:
@@ -128,6 +139,21 @@ def with_views(views: Dict[str, str], more: Dict[str, str]) -> Dict[str, str]:
     for path, what in more.items():
         merged.setdefault(resolve(path).realpath, what)
     return merged
+
+
+def _has_access_acl(directory: str) -> bool:
+    try:
+        return 'system.posix_acl_access' in os.listxattr(directory)
+    except OSError:
+        return True  # cannot tell: not taken for root's alone
+
+
+def _normalized(path: Optional[str]) -> Optional[str]:
+    """An absolute path as mountinfo may echo it ('//a/b/') in the form the resolver takes ('/a/b'); None for none,
+    or for a relative one (relative to the cwd of whoever mounted it, which nobody can tell now)."""
+    if not path or not path.startswith('/'):
+        return None
+    return os.path.normpath('/' + path.lstrip('/'))
 
 
 def _points_to(link: str) -> str:

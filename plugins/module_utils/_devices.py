@@ -54,9 +54,22 @@ def run_checked(run, argv):
 # --- loop devices -------------------------------------------------------------------------------
 
 
-def attach_loop(run, backing, readonly):
+def attach_loop(run, backing, readonly, pinned=False):
+    """``pinned``: ``backing`` is the /proc/PID/fd link of a file reached without following links
+    (syscalls.pinned_file). losetup turns the name it is given into a canonical one and opens that, which walks the
+    file's path again: the device must read the very file pinned, or it is detached again."""
     argv = ['losetup', '--find', '--show'] + (['--read-only'] if readonly else []) + ['--', backing]
-    return run_checked(run, argv).strip()
+    device = run_checked(run, argv).strip()
+    if pinned and syscalls.loop_backing_identity(device) != _identity(backing):
+        run_checked(run, ['losetup', '--detach', device])
+        raise DeviceError('losetup attached another file than %s (a link swapped in on the way there): detached '
+                          'again' % os.readlink(backing))
+    return device
+
+
+def _identity(path):
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def loops_backed_by(backing, sys_block=SYS_BLOCK):

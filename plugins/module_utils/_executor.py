@@ -175,7 +175,7 @@ class Executor(object):
 
     def _attach_loop(self, one):
         with _image_reached(one) as image:
-            device = devices.attach_loop(self.run_command, image, one.readonly)
+            device = devices.attach_loop(self.run_command, image, one.readonly, pinned=bool(one.image_beneath))
         self.attached[one.ref] = device
         return step.detach_loop(one.ref, device, one.image, one.readonly)
 

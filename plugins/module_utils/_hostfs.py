@@ -112,11 +112,11 @@ def export_files(image, image_format):
     return base + '.img', base + '.pid', base + '.json'
 
 
-def has_volatile_marker(work):
-    """Whether the work dir ``work`` (a canonical path) holds the marker a volatile overlay leaves, each of its
-    dirs a dir and no symlink (one a container planted is not the kernel's)."""
+def has_volatile_marker(work, beneath=None):
+    """Whether the work dir ``work`` holds the marker a volatile overlay leaves, each of its dirs a dir and no
+    symlink (one a container planted is not the kernel's); ``beneath`` as for discard_volatile_marker."""
     try:
-        os.close(_open_marker(work, None, len(VOLATILE_MARKER)))
+        os.close(_open_marker(work, beneath, len(VOLATILE_MARKER)))
     except OSError:
         return False
     return True

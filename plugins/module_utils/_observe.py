@@ -159,6 +159,7 @@ class Observed(object):
         self._loops_backed_by = _grouped((loop.backing_file, loop) for loop in loops)
         self._nbd_numbered = dict(((nbd.major, nbd.minor), nbd) for nbd in self.nbds)
         self._export_at = dict((export.path, export) for export in self.exports)
+        self._resolve = ConfinedResolver(self.views)
         self._standing_on, self._hidden_lowers = self._layers_in_use()
         self._users_under = None  # built on first use: _lower_users_under
 
@@ -170,7 +171,7 @@ class Observed(object):
         order = dict((entry.mount_id, index) for index, entry in enumerate(self.mounts))
         standing_on, hidden = {}, {}
         for entry in self.mounts:
-            for lower in _absolute_lowers(entry):
+            for lower in self._lowers_of(entry):
                 below = self.mount_containing(lower)
                 if below is not None and order[below.mount_id] < order[entry.mount_id]:
                     standing_on.setdefault(below.mount_id, []).append(entry)
@@ -237,6 +238,13 @@ class Observed(object):
     def is_mounted_device(self, major, minor):
         return bool(self.mounts_of_device(major, minor))
 
+    def _lowers_of(self, entry):
+        """An overlay's lowers where they lead: mountinfo echoes them as given ('//a/', through the host's symlinks,
+        or relative to the cwd of whoever mounted them, which nobody can tell now and which are left out)."""
+        layers = entry.overlay_layers()
+        return [self._resolve(os.path.normpath('/' + lower.lstrip('/'))).realpath
+                for lower in (layers[0] if layers else ()) if lower.startswith('/')]
+
     def overlays_on(self, entry):
         """Mounted overlays with a lower on the mount ``entry`` (which they hold: unmounting it only hides it)."""
         return self._standing_on.get(entry.mount_id, [])
@@ -249,7 +257,7 @@ class Observed(object):
         """Mounted overlays with a lower at ``path`` or below it."""
         if self._users_under is None:
             self._users_under = _grouped((ancestor, entry) for entry in self.mounts
-                                         for lower in _absolute_lowers(entry) for ancestor in path_and_ancestors(lower))
+                                         for lower in self._lowers_of(entry) for ancestor in path_and_ancestors(lower))
         return self._users_under.get(self.resolved(path), [])
 
     def overlays_using(self, path):
@@ -263,13 +271,6 @@ def _grouped(pairs):
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
-
-
-def _absolute_lowers(entry):
-    """An overlay's lowers as paths to compare (mountinfo echoes them as given: '//a/', or relative to the cwd of
-    whoever mounted them, which nobody can tell now and which are left out)."""
-    layers = entry.overlay_layers()
-    return [os.path.normpath('/' + lower.lstrip('/')) for lower in (layers[0] if layers else ()) if lower.startswith('/')]
 
 
 def _upper_and_work(entry):

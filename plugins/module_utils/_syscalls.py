@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import json
 import os
 import socket
 import stat
@@ -61,6 +63,8 @@ STATMOUNT_FIELDS = ('size', 'mnt_opts', 'mask', 'sb_dev_major', 'sb_dev_minor', 
                     'fs_subtype', 'sb_source', 'opt_num', 'opt_array', 'opt_sec_num', 'opt_sec_array',
                     'supported_mask', 'mnt_uidmap_num', 'mnt_uidmap', 'mnt_gidmap_num', 'mnt_gidmap')
 STATMOUNT_HEADER = 512
+
+LOOP_GET_STATUS64, LOOP_INFO64_SIZE = 0x4C05, 232  # struct loop_info64, lo_device and lo_inode first
 
 # openat2(2) (Linux 5.6): resolve a path below a directory without following any symlink.
 RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x02, 0x04, 0x08
@@ -194,13 +198,13 @@ def _in_child(call, function, *args):
         try:
             parent_end.close()
             try:
-                socket.send_fds(child_end, [b'fd'], [function(*args)])
-            except MountError as error:
-                _tell(child_end, 'mount', error.errno, error.call)
+                socket.send_fds(child_end, [b'{}'], [function(*args)])
+            except MountError as error:  # with what the filesystem context logged (fsconfig's reasons are there)
+                _tell(child_end, kind='mount', errno=error.errno, text=error.call, kernel=error.kernel_messages)
             except OSError as error:
-                _tell(child_end, 'path', error.errno or errno.EIO, str(error))
+                _tell(child_end, kind='path', errno=error.errno or errno.EIO, text=str(error))
             except BaseException as error:  # never raised in this forked copy of the caller
-                _tell(child_end, 'path', errno.EIO, '%s: %s: %s' % (call, type(error).__name__, error))
+                _tell(child_end, kind='path', errno=errno.EIO, text='%s: %s: %s' % (call, type(error).__name__, error))
         finally:
             os._exit(0)
     child_end.close()
@@ -211,14 +215,14 @@ def _in_child(call, function, *args):
         os.waitpid(pid, 0)
     if fds:
         return fds[0]
-    kind, err, text = (message.decode('utf-8', 'surrogateescape').split(' ', 2) + ['', '', ''])[:3]
-    if kind == 'mount':
-        raise MountError(int(err), text, [])
-    raise ConfinedPathError(int(err or errno.ECHILD), text or call + ': the child process that stages it died')
+    told = json.loads(message.decode() or '{}')
+    if told.get('kind') == 'mount':
+        raise MountError(told['errno'], told['text'], told['kernel'])
+    raise ConfinedPathError(told.get('errno', errno.ECHILD), told.get('text', call + ': the child that staged it died'))
 
 
-def _tell(end, kind, err, text):
-    end.sendall(('%s %d %s' % (kind, err, text)).encode('utf-8', 'surrogateescape'))
+def _tell(end, **what):
+    end.sendall(json.dumps(what).encode())
 
 
 def _mount_in_stage(target, payload, readonly, reach):
@@ -493,6 +497,17 @@ def pinned_file(root, below):
         os.close(fd)
 
 
+def loop_backing_identity(device):
+    """(st_dev, st_ino) of the file a loop device reads (LOOP_GET_STATUS64's lo_device and lo_inode)."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = bytearray(LOOP_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info, True)
+    finally:
+        os.close(fd)
+    return struct.unpack_from('=QQ', bytes(info), 0)
+
+
 def block_device_beneath(root, below):
     """The /dev name of the block device ``root/below`` leads to, reached as open_beneath does: mount(2) takes a
     device by name and shows the name given, so the name is that of the device node pinned, in /dev (root's)."""
@@ -517,8 +532,12 @@ def in_parent_of(root, below):
     component. For the calls that must reach what is mounted there without holding it: umount2 (a held fd keeps
     the mount busy) and a remount (a pinned fd reaches the directory under the mount)."""
     parent, _slash, name = below.rpartition('/')
-    fd = open_beneath(root, parent)
     saved = os.open('.', os.O_PATH | os.O_CLOEXEC)
+    try:
+        fd = open_beneath(root, parent)
+    except OSError:
+        os.close(saved)
+        raise
     try:
         os.fchdir(fd)
         yield name

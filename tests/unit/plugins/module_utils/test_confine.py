@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import struct
 
 import pytest
 
@@ -88,3 +90,27 @@ def test_the_hosts_root_is_never_open():
     views = mounted_views(mountinfo.parse(table))
     assert views == {'/': 'the merged view of the overlay at /', '/u': 'the upper dir of the overlay at /'}
     assert ConfinedResolver(views)('/etc/passwd').beneath is None
+
+
+def test_a_root_dir_whose_access_acl_lets_a_user_write_is_open(root):
+    """What setfacl -m u:1000:rwx writes: owner, group and other root's as before, uid 1000 named, the mask rwx."""
+    (root / 'acl' / 'entry').mkdir(parents=True)
+    entries = [(0x01, 7, 0xffffffff), (0x02, 7, 1000), (0x04, 5, 0xffffffff), (0x10, 7, 0xffffffff),
+               (0x20, 5, 0xffffffff)]  # user_obj, user 1000, group_obj, mask, other
+    acl = struct.pack('<I', 2) + b''.join(struct.pack('<HHI', *entry) for entry in entries)
+    try:
+        os.setxattr(str(root / 'acl'), 'system.posix_acl_access', acl)
+    except OSError as error:
+        pytest.skip('no ACLs on this filesystem: %s' % error)
+    assert stat.S_IMODE(os.stat(str(root / 'acl')).st_mode) == 0o775
+    assert ConfinedResolver({})(str(root / 'acl' / 'entry')).opened_by == (
+        'the dir %s, whose access ACL lets others write to it' % (root / 'acl'))
+
+
+def test_a_dir_that_cannot_be_read_is_not_taken_for_roots(root, monkeypatch):
+    def lstat(path):
+        if path == str(root / 'dead'):
+            raise OSError(5, 'Input/output error')
+        return os.lstat(path)
+    assert ConfinedResolver({}, lstat=lstat)(str(root / 'dead' / 'x')).opened_by == (
+        'the dir %s, which cannot be read (Input/output error)' % (root / 'dead'))
