@@ -296,9 +296,9 @@ def detach_nbd(node, device, image=None, image_format=None, readonly=True):
 
 
 def start_export(node, image, image_format, export, pidfile, metafile, image_beneath=None):
+    description = 'export %s (%s) read-only as a raw file %s with qemu-storage-daemon' % (image, image_format, export)
     return StartExport(node=node, image=image, format=image_format, export=export, pidfile=pidfile,
-                       metafile=metafile, image_beneath=image_beneath, description='export %s (%s) read-only as a raw file %s with '
-                                                      'qemu-storage-daemon' % (image, image_format, export))
+                       metafile=metafile, image_beneath=image_beneath, description=description)
 
 
 def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
