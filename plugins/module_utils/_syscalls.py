@@ -44,6 +44,7 @@ FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
 MOUNT_ATTR_RDONLY = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_SYMLINKS = 0x10  # follow the target's last component: a pinned_dir's /proc/self/fd link
 AT_FDCWD = -100
 
 # Idmapped mounts (Linux 5.12; overlayfs takes them as layers from 5.19) and reading them back (statmount(2) 6.8,
@@ -179,13 +180,18 @@ def mount_overlay_reached(target, payload, readonly, reach, at=None):
             tree = _in_child('mount overlay on %s' % target, _mount_in_stage, target, payload, readonly, reach)
             try:
                 _syscall('attach the overlay on %s' % target, SYS_MOVE_MOUNT, tree, b'', AT_FDCWD,
-                         os.fsencode(at or target), MOVE_MOUNT_F_EMPTY_PATH)
+                         os.fsencode(at or target), _move_flags(at))
             finally:
                 os.close(tree)
         except MountError as error:
             error.kernel_messages += log.messages()
             raise
         return log.messages()
+
+
+def _move_flags(pinned):
+    """move_mount(2) follows no link at its target unless told: a pinned target is one (a /proc/self/fd link)."""
+    return MOVE_MOUNT_F_EMPTY_PATH | (MOVE_MOUNT_T_SYMLINKS if pinned else 0)
 
 
 def _in_child(call, function, *args):
@@ -268,7 +274,7 @@ def _mount_overlay_fsconfig(target, parameters, readonly, at):
         mount = _syscall(call, SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY if readonly else 0,
                          log_fd=context)
         try:
-            _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(at), MOVE_MOUNT_F_EMPTY_PATH)
+            _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(at), _move_flags(at != target))
         finally:
             os.close(mount)
     finally:

@@ -340,6 +340,13 @@ def test_layers_inside_a_view_are_mounted_by_fd_and_shown_by_name_at_run_time_an
     boot.mount(host.path('spec'), host.path('v/merged'))  # a second start stacks nothing
     assert [entry.overlay_layers() for entry in mounts_under(host.path('v'))] == [mounted.overlay_layers()]
     assert host.play(filesystem=tree)['plan'] == []  # the module sees what it would have made
+    assert not host.play(filesystem=tree, state='unmounted').get('failed')
+
+    # the target in the view too: the overlay made in the stage is attached on the target pinned
+    inside = dict(tree, target=os.path.join(container, 'inner/target'))
+    converge_twice(host, filesystem=inside)
+    with open(os.path.join(inside['target'], 'file')) as handle:
+        assert handle.read() == 'from the view\n'
 
 
 def test_at_boot_the_upper_dir_of_a_persisted_container_not_up_yet_is_a_view_all_the_same(host):
