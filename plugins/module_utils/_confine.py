@@ -128,7 +128,7 @@ def mounted_views(mounts) -> Dict[str, str]:
     leads."""
     overlays = [(entry.mountpoint, entry.overlay_layers()[1]) for entry in mounts if entry.overlay_layers()]
     return with_views(views_of((target, None) for target, _upper in overlays),
-                      views_of((target, _normalized(upper)) for target, upper in overlays))
+                      views_of((target, normalized(upper)) for target, upper in overlays))
 
 
 def with_views(views: Dict[str, str], more: Dict[str, str]) -> Dict[str, str]:
@@ -148,7 +148,7 @@ def _has_access_acl(directory: str) -> bool:
         return True  # cannot tell: not taken for root's alone
 
 
-def _normalized(path: Optional[str]) -> Optional[str]:
+def normalized(path: Optional[str]) -> Optional[str]:
     """An absolute path as mountinfo may echo it ('//a/b/') in the form the resolver takes ('/a/b'); None for none,
     or for a relative one (relative to the cwd of whoever mounted it, which nobody can tell now)."""
     if not path or not path.startswith('/'):

@@ -18,7 +18,7 @@ import stat
 from typing import NamedTuple, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views, views_of, with_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views, normalized, views_of, with_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
     EXPORT_DIR,
@@ -132,7 +132,7 @@ def observe_path(path, work_dir=False, resolve=None):
         rdev=(os.major(info.st_rdev), os.minor(info.st_rdev)) if is_block else None,
         entries=_entries(real) if work_dir and is_dir else (),
         # The kernel refuses to mount on a work dir that holds this marker.
-        volatile_leftover=work_dir and is_dir and has_volatile_marker(real),
+        volatile_leftover=work_dir and is_dir and has_volatile_marker(real, resolution.beneath),
         is_symlink=is_symlink, **confined
     )
 
@@ -242,8 +242,7 @@ class Observed(object):
         """An overlay's lowers where they lead: mountinfo echoes them as given ('//a/', through the host's symlinks,
         or relative to the cwd of whoever mounted them, which nobody can tell now and which are left out)."""
         layers = entry.overlay_layers()
-        return [self._resolve(os.path.normpath('/' + lower.lstrip('/'))).realpath
-                for lower in (layers[0] if layers else ()) if lower.startswith('/')]
+        return [self._resolve(path).realpath for path in map(normalized, layers[0] if layers else ()) if path]
 
     def overlays_on(self, entry):
         """Mounted overlays with a lower on the mount ``entry`` (which they hold: unmounting it only hides it)."""
