@@ -25,6 +25,8 @@ options:
         C(type='block') is a block device
         (C(<source dev>)). C(<readonly/>) makes a mount read-only. C(<driver type='overlay' index='off' .../>)
         carries overlay mount options.
+      - "C(<mountFlags><nodev/><nosuid/><noexec/></mountFlags>) in a top-level C(<filesystem>) sets its mount's
+        flags: without the element, C(nodev) only; an empty C(<mountFlags/>) sets none."
       - "An C(<idmap>) (libvirt's: C(<uid start='0' target='100000' count='65536'/>) and C(<gid .../>) ranges) in a
         C(<backingStore>) exposes that layer to its overlay through an idmapped mount: its files' owners show
         shifted, as an unprivileged container in that id range needs them, without a copy or a chown. In a
@@ -39,7 +41,12 @@ options:
       - One filesystem tree in YAML form, the same tree as O(xml).
       - "Keys of an overlay: C(type) (default V(overlay)), C(upper), C(work), C(lower) (a list, topmost first),
         C(target), C(options) (overlay mount options such as C(index), C(metacopy), C(redirect_dir), C(xino),
-        C(userxattr), C(volatile)), C(readonly), C(idmap)."
+        C(userxattr), C(volatile)), C(readonly), C(mount_flags), C(idmap)."
+      - "C(mount_flags) (top level only): the flags of the tree's own mount, a list of V(nodev), V(nosuid) and
+        V(noexec). The default is V([nodev]), as container engines mount a container's root: a device node a
+        container makes in its view is no device on the host. V([]) sets none. A tree mounted with other flags
+        (by hand, or before this option existed) gets them in place, nothing unmounted (step C(set_mount_flags));
+        a container's own bind of its view keeps the flags it was made with until it is made again."
       - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
         V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver) V(loop), V(nbd) or
         V(fuse), C(target)),

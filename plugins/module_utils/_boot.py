@@ -49,7 +49,8 @@ EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
 BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
-SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'on_volatile_marker', 'idmapped', 'views')
+SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'mount_flags', 'on_volatile_marker',
+             'idmapped', 'views')
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
 EX_FAIL = 32  # mount failure
@@ -143,9 +144,10 @@ def mount(spec_path, target):
             made += mount_idmapped_layer(layer, mounts, sources_beneath[layer['source']])
         with syscalls.pinned_dir(*target_beneath) if target_beneath else contextlib.nullcontext() as at:
             if reach:
-                syscalls.mount_overlay_reached(spec['target'], payload, spec['readonly'], reach, at=at)
+                syscalls.mount_overlay_reached(spec['target'], payload, spec['readonly'], reach, at=at,
+                                               mount_flags=spec['mount_flags'])
             else:
-                syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at)
+                syscalls.mount_overlay(spec['target'], payload, spec['readonly'], at=at, mount_flags=spec['mount_flags'])
     except (OptionError, IdMapError, OSError) as error:  # OSError: a MountError, or a path refused on the way
         raise HelperError(str(error) + _unmount_all(made))
 

@@ -100,16 +100,23 @@ def load_module(run, module, kernel):
                           'it; driver fuse needs no kernel module)' % (module, kernel, (err or out).strip()))
 
 
-def attach_nbd(run, image, image_format, readonly, sys_block=SYS_BLOCK):
+def attach_nbd(run, image, image_format, readonly, opened_as=None, sys_block=SYS_BLOCK):
     """Serve the image with qemu-nbd on the first free /dev/nbdN; wait until the device really has it.
+    ``opened_as``: the path qemu-nbd opens it by, when not ``image`` itself (syscalls.pinned_file); the image's
+    name is then its export's description, where observe reads it back.
 
     Runs hold the host lock, but other tools may race for a device: a connect that fails moves on to the
     next free device.
     """
+    if opened_as:
+        served = ['--description=' + image, '--',
+                  'json:' + json.dumps(_pinned_image(image_format, opened_as, readonly))]
+    else:
+        served = ['--', image]
     failures = []
     for device in free_nbd_devices(sys_block):
         argv = ['qemu-nbd', '--format=%s' % image_format, '--connect=%s' % device]  # -c daemonizes
-        argv += (['--read-only'] if readonly else []) + ['--', image]
+        argv += (['--read-only'] if readonly else []) + served
         rc, out, err = run_command(run, argv)
         if rc == 0:
             try:
@@ -125,6 +132,13 @@ def attach_nbd(run, image, image_format, readonly, sys_block=SYS_BLOCK):
         raise DeviceError('no free nbd device (all /dev/nbd* are in use; the nbd module option nbds_max sets '
                           'how many there are)')
     raise DeviceError('qemu-nbd could not serve %s: %s' % (image, '; '.join(failures)))
+
+
+def _pinned_image(image_format, opened_as, readonly):
+    """qemu's options for an image below an open dir: its contents are a container's or a user's, and so is the
+    backing file its header names (the host's own disk, say). It is opened without one."""
+    return {'driver': image_format, 'backing': None, 'read-only': readonly,
+            'file': {'driver': 'file', 'filename': opened_as, 'read-only': readonly}}
 
 
 def free_nbd_devices(sys_block=SYS_BLOCK):
@@ -169,9 +183,13 @@ def start_export(run, image, image_format, export, pidfile, metafile, opened_as=
         pass  # the FUSE mount point must be an existing regular file
     with open(metafile, 'w') as handle:
         json.dump({'image': image, 'format': image_format}, handle)
+    image_node = 'driver=%s,node-name=image,read-only=on,file=file' % image_format
+    if opened_as:  # as _pinned_image, the file node apart
+        image_node = json.dumps({'driver': image_format, 'node-name': 'image', 'read-only': True, 'file': 'file',
+                                 'backing': None})
     argv = ['qemu-storage-daemon', '--daemonize', '--pidfile', pidfile,
             '--blockdev', 'driver=file,node-name=file,read-only=on,filename=' + _qemu_value(opened_as or image),
-            '--blockdev', 'driver=%s,node-name=image,read-only=on,file=file' % image_format,
+            '--blockdev', image_node,
             '--export', 'type=fuse,id=export,node-name=image,writable=off,mountpoint=' + _qemu_value(export)]
     try:
         run_checked(run, argv)

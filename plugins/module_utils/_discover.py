@@ -115,7 +115,7 @@ class _Reader(object):
 
     def tree(self, entry):
         self._top_at(entry.mountpoint)  # a stacked duplicate is no tree
-        raw = self._overlay(entry, entry.mountpoint)
+        raw = dict(self._overlay(entry, entry.mountpoint), mount_flags=list(entry.mount_flags))
         try:
             return to_yaml(parse_filesystem(raw, 'filesystem'))
         except TreeError as error:

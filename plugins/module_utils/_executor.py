@@ -26,6 +26,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
     bind_shortfalls,
     device_shortfalls,
+    flag_shortfalls,
     overlay_shortfalls,
     stacked_shortfalls,
 )
@@ -68,6 +69,7 @@ class Executor(object):
             step.MountDevice: self._mount_device,
             step.MountBind: self._mount_bind,
             step.MountIdmapped: self._mount_idmapped,
+            step.SetMountFlags: self._set_mount_flags,
             step.Unmount: self._unmount,
             step.CannotRestore: self._cannot_restore,
         }
@@ -185,7 +187,9 @@ class Executor(object):
         return step.attach_loop(one.ref, one.image, one.readonly)
 
     def _attach_nbd(self, one):
-        device = devices.attach_nbd(self.run_command, one.image, one.format, one.readonly)
+        with _image_reached(one) as image:
+            device = devices.attach_nbd(self.run_command, one.image, one.format, one.readonly,
+                                        opened_as=image if one.image_beneath else None)
         self.attached[one.ref] = device
         return step.detach_nbd(one.ref, device, one.image, one.format, one.readonly)
 
@@ -213,11 +217,14 @@ class Executor(object):
     def _mount_overlay(self, one):
         with _reached(one) as at:
             if one.reach:  # a layer below an open dir: each handed to the kernel as the dir reached, by fd
-                kernel_messages = syscalls.mount_overlay_reached(one.target, one.payload, one.readonly, one.reach, at=at)
+                kernel_messages = syscalls.mount_overlay_reached(one.target, one.payload, one.readonly, one.reach,
+                                                                 at=at, mount_flags=one.mount_flags)
             else:
-                kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at)
-        self._made(one, 'the overlay', one.payload.summary(), lambda entry: overlay_shortfalls(
-            entry, one.lowers, one.upper, one.work, one.options, one.readonly), kernel_messages)
+                kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at,
+                                                         mount_flags=one.mount_flags)
+        self._made(one, 'the overlay', one.payload.summary() + step.mode_suffix(False, one.mount_flags),
+                   lambda entry: overlay_shortfalls(entry, one.lowers, one.upper, one.work, one.options, one.readonly)
+                   + flag_shortfalls(entry, one.mount_flags), kernel_messages)
         return _unmount_again(one)
 
     def _mount_device(self, one):
@@ -226,26 +233,29 @@ class Executor(object):
             device = syscalls.block_device_beneath(*one.device_beneath)
         fstype = devices.filesystem_type(self.run_command, device)
         with _reached(one) as at:
-            syscalls.mount_device(device, one.target, fstype, one.readonly, at=at)
+            syscalls.mount_device(device, one.target, fstype, one.readonly, at=at, mount_flags=one.mount_flags)
         number = hostfs.device_number(device)
-        self._made(one, device, fstype + step.ro_suffix(one.readonly),
-                   lambda entry: device_shortfalls(entry, number, one.readonly))
+        self._made(one, device, fstype + step.mode_suffix(one.readonly, one.mount_flags),
+                   lambda entry: device_shortfalls(entry, number, one.readonly) + flag_shortfalls(entry, one.mount_flags))
         return _unmount_again(one)
 
     def _mount_bind(self, one):
         with _reached(one) as at, _source_reached(one) as source:
             syscalls.bind_mount(one.source, one.target, at=at, source_at=source)
-        if one.readonly:
-            try:
-                with _parent_reached(one) as at:
+        try:  # a bind mount takes its mode only from a remount
+            with _parent_reached(one) as at:
+                if one.readonly:
                     syscalls.remount_readonly(one.target, at=at)
-            except OSError:
-                with _parent_reached(one) as at:
-                    syscalls.unmount(one.target, at=at)
-                raise
+                if one.mount_flags:
+                    syscalls.set_mount_flags(one.target, one.mount_flags, at=at)
+        except OSError:
+            with _parent_reached(one) as at:
+                syscalls.unmount(one.target, at=at)
+            raise
         # the target must now be the source dir itself (stat, not mountinfo's device: btrfs subvolumes differ)
-        self._made(one, 'the bind of %s' % one.source, 'bind' + step.ro_suffix(one.readonly),
-                   lambda entry: bind_shortfalls(entry, hostfs.same_file(one.target, one.source), one.readonly))
+        self._made(one, 'the bind of %s' % one.source, 'bind' + step.mode_suffix(one.readonly, one.mount_flags),
+                   lambda entry: bind_shortfalls(entry, hostfs.same_file(one.target, one.source), one.readonly)
+                   + flag_shortfalls(entry, one.mount_flags))
         return _unmount_again(one)
 
     def _mount_idmapped(self, one):
@@ -255,6 +265,13 @@ class Executor(object):
                                                   (hostfs.owner(one.source), hostfs.owner(one.target)),
                                                   hostfs.same_file(one.source, one.target)))
         return step.unmount(one.node, one.target, step.cannot_restore(one.node, one.target), remove_mount_point=True)
+
+    def _set_mount_flags(self, one):
+        with _parent_reached(one) as at:
+            syscalls.set_mount_flags(one.target, one.mount_flags, at=at)
+        self._made(one, 'the mount flags', ','.join(one.mount_flags) or 'none',
+                   lambda entry: flag_shortfalls(entry, one.mount_flags))
+        return step.set_mount_flags(one.node, one.target, one.was, one.mount_flags, beneath=one.beneath)
 
     def _made(self, one, what, asked, shortfalls, kernel_messages=()):
         """Note a mount the plan made, to read it back (_read_back). The mounts an undo makes again are not: the

@@ -63,7 +63,7 @@ class ImagePlanner(object):
         """Steps that give the image a device (unless a free one already serves it), then mount it."""
         device, steps = self.attach_by_driver[node.driver](node, readonly)
         steps.append(step.mount_device(node.label, node.target, device, readonly, ref=node.label,
-                                       device_text=DEVICE_OF[node.driver] % node.source))
+                                       device_text=DEVICE_OF[node.driver] % node.source, mount_flags=node.mount_flags))
         return steps
 
     def _attach_loop(self, node, readonly):
@@ -83,7 +83,8 @@ class ImagePlanner(object):
         steps = []
         if not self.observed.nbd_loaded:
             steps.append(step.load_module(node.label, 'nbd', self.observed.kernel))
-        steps.append(step.attach_nbd(node.label, node.source, node.image_format, readonly))
+        steps.append(step.attach_nbd(node.label, node.source, node.image_format, readonly,
+                                     image_beneath=self.observed.facts(node.source).beneath))
         return None, steps
 
     def _attach_fuse(self, node, readonly):

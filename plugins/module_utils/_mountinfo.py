@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import split_lowerdir, unescape_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import MOUNT_FLAGS, split_lowerdir, unescape_path
 
 MOUNTINFO = '/proc/self/mountinfo'
 _OCTAL = re.compile(r'\\([0-7]{3})')
@@ -48,6 +48,11 @@ class MountEntry(object):
     @property
     def readonly(self):
         return 'ro' in self.mount_options
+
+    @property
+    def mount_flags(self):
+        """The per-mount flags of MOUNT_FLAGS it has, in that order."""
+        return tuple(flag for flag in MOUNT_FLAGS if flag in self.mount_options)
 
     @property
     def superblock_readonly(self):

@@ -325,7 +325,7 @@ def qemu_nbd_server(pid):
         return None
     if not argv or 'qemu-nbd' not in os.path.basename(argv[0]):
         return None
-    image_format, readonly = None, False
+    image_format, readonly, described = None, False, None
     for index, arg in enumerate(argv[1:-1], 1):
         if arg in ('-f', '--format'):
             image_format = argv[index + 1]
@@ -333,7 +333,10 @@ def qemu_nbd_server(pid):
             image_format = arg.split('=', 1)[1]
         elif arg in ('-r', '--read-only'):
             readonly = True
-    image = argv[-1]
+        elif arg.startswith('--description='):
+            described = arg.split('=', 1)[1]
+    # an image below an open dir is served from a pinned fd (json:{...}); its export's description names it
+    image = described if described and argv[-1].startswith('json:') else argv[-1]
     if not os.path.isabs(image):
         image = _open_file_ending_in(pid, image) or os.path.join(cwd, image)
     return ImageServer(os.path.realpath(image), image_format, readonly)

@@ -49,6 +49,13 @@ VOLATILE_MARKER = ('work', 'incompat', 'volatile')
 KERNEL_WORKDIR_ENTRIES = ('index', 'work')  # what overlayfs itself makes in a work dir
 ON_VOLATILE_MARKER = ('fail', 'discard')  # what a run (and the boot) does when it finds one
 
+# Per-mount flags a top-level filesystem may ask for (its mount's, not its superblock's: a remount sets them in
+# place). nodev by default, as containers/storage mounts container roots: a device node a container made in its
+# view is not a device through the host's mount. nosuid and noexec are asked for: they are locked into every bind a
+# container makes of its root, so setuid programs, or any program, would stop working inside it.
+MOUNT_FLAGS = ('nodev', 'nosuid', 'noexec')
+DEFAULT_MOUNT_FLAGS = ('nodev',)
+
 MOUNT_DATA_LIMIT = 4095  # mount(2) copies one page; longer data is silently truncated
 FSCONFIG_STRING_LIMIT = 256  # fsconfig(2) string values, NUL included
 
@@ -86,6 +93,19 @@ def _normalize_value(name, value, where):
     if value not in allowed:
         raise OptionError('%s.options.%s: %r is not one of %s' % (where, name, value, ', '.join(allowed)))
     return value
+
+
+def normalize_mount_flags(raw, where):
+    """The mount flags of a top-level filesystem, in MOUNT_FLAGS order; DEFAULT_MOUNT_FLAGS when not given."""
+    if raw is None:
+        return DEFAULT_MOUNT_FLAGS
+    if not isinstance(raw, list) or not all(isinstance(flag, str) for flag in raw):
+        raise OptionError('%s.mount_flags must be a list of flag names (%s); [] for none' % (where, ', '.join(MOUNT_FLAGS)))
+    unknown = sorted(set(raw) - set(MOUNT_FLAGS))
+    if unknown:
+        raise OptionError('%s.mount_flags: %s is not one of %s (read-only is readonly: true)'
+                          % (where, ', '.join(unknown), ', '.join(MOUNT_FLAGS)))
+    return tuple(flag for flag in MOUNT_FLAGS if flag in raw)
 
 
 def check_conflicts(options, has_upper, where):

@@ -94,9 +94,17 @@ class _Planner(object):
         if status in ('drift', 'stale', 'broken', 'repair'):
             teardown[start:start] = [self._unmount_step(node, current)] + self._release(node, current)
         if status == 'match':
+            buildup.extend(self._flag_steps(node, current))
             return None
         buildup.extend(self._mount_steps(node))
         return {'absent': 'new', 'broken': 'repair', 'repair': 'repair'}.get(status, 'replace')
+
+    def _flag_steps(self, node, current):
+        """A top-level filesystem mounted as asked but for its mount flags gets them in place: they are the
+        mount's, not its filesystem's, and nothing above it in the tree stands on them."""
+        if node.is_layer or current.mount_flags == node.mount_flags:
+            return []
+        return [self._confined(step.set_mount_flags(node.label, node.target, node.mount_flags, current.mount_flags))]
 
     def _refuse_unless_replacing(self, node, current, status):
         if self.on_drift == 'replace':
@@ -200,7 +208,7 @@ class _Planner(object):
         reach = [(path, self.observed.facts(path).beneath) for path in layers]
         steps.append(step.mount_overlay(node.label, node.target, lowers, node.upper, node.work, node.options,
                                         node.mounted_readonly, payload, node.flattened,
-                                        reach if any(how for _path, how in reach) else ()))
+                                        reach if any(how for _path, how in reach) else (), node.mount_flags))
         return steps
 
     def _mount_file(self, node):
@@ -227,14 +235,16 @@ class _Planner(object):
         if not self.observed.facts(node.source).is_block:
             raise PlanError('%s: %s is not a block device' % (node.describe(), node.source))
         return [step.mount_device(node.label, node.target, node.source, node.mounted_readonly,
-                                  device_beneath=self.observed.facts(node.source).beneath)]
+                                  device_beneath=self.observed.facts(node.source).beneath,
+                                  mount_flags=node.mount_flags)]
 
     def _mount_mount(self, node):
         self._refuse_symlink_inside(node, 'bind source', node.source)
         if not self.observed.facts(node.source).is_dir:
             raise PlanError('%s: bind source %s is not a directory' % (node.describe(), node.source))
         return [step.mount_bind(node.label, node.target, node.source, node.mounted_readonly,
-                                source_beneath=self.observed.facts(node.source).beneath)]
+                                source_beneath=self.observed.facts(node.source).beneath,
+                                mount_flags=node.mount_flags)]
 
     def _dir_steps(self, node, role, path, owner=None):
         facts = self.observed.facts(path)
@@ -412,10 +422,12 @@ def _restore(node, current, shown_idmap):
             payload = overlay_payload(lowers, upper, work, shown)
         except OptionError:
             return step.cannot_restore(node.label, node.target)
-        return step.mount_overlay(node.label, node.target, lowers, upper, work, shown, current.readonly, payload)
+        return step.mount_overlay(node.label, node.target, lowers, upper, work, shown, current.readonly, payload,
+                                  mount_flags=current.mount_flags)
     if node.mount_kind == 'mount':
-        return step.mount_bind(node.label, node.target, node.source, current.readonly)
+        return step.mount_bind(node.label, node.target, node.source, current.readonly,
+                               mount_flags=current.mount_flags)
     if current.source.startswith('/dev/'):
         return step.mount_device(node.label, node.target, current.source, current.readonly,
-                                 ref=node.label if node.kind == 'file' else None)
+                                 ref=node.label if node.kind == 'file' else None, mount_flags=current.mount_flags)
     return step.cannot_restore(node.label, node.target)

@@ -108,6 +108,7 @@ class AttachNbd(Step):
     image: str
     format: str
     readonly: bool
+    image_beneath: Optional[Tuple[str, str]] = None  # as AttachLoop's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +156,7 @@ class MountOverlay(Step):
     options: dict
     readonly: bool
     payload: OverlayPayload
+    mount_flags: Tuple[str, ...] = ()  # options.MOUNT_FLAGS, set with the mount
     flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (tree.stacked_layers)
     beneath: Optional[Tuple[str, str]] = None
     # When a layer (lower, upper or work) lies below an open dir: how the kernel reaches each one
@@ -174,6 +176,7 @@ class MountDevice(Step):
     device: Optional[str]
     ref: Optional[str]
     readonly: bool
+    mount_flags: Tuple[str, ...] = ()
     beneath: Optional[Tuple[str, str]] = None
     device_beneath: Optional[Tuple[str, str]] = None  # a device path below an open dir: reached as ``beneath`` is
 
@@ -188,11 +191,23 @@ class MountBind(Step):
     target: str
     source: str
     readonly: bool
+    mount_flags: Tuple[str, ...] = ()
     beneath: Optional[Tuple[str, str]] = None
     source_beneath: Optional[Tuple[str, str]] = None  # a source below an open dir: reached as ``beneath`` is
 
     def to_dict(self):
         return dict(Step.to_dict(self), kind=self.kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetMountFlags(Step):
+    """Set the mount flags of the mount at ``target`` in place (options.MOUNT_FLAGS: these, and none of the others),
+    nothing unmounted; ``was``: its flags before, for the undo."""
+    action: ClassVar[str] = 'set_mount_flags'
+    target: str
+    mount_flags: Tuple[str, ...]
+    was: Tuple[str, ...]
+    beneath: Optional[Tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,11 +251,17 @@ class CannotRestore(Step):
 
 MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
 # by their target; Mkdir by its path. An idmapped layer's target is the collection's own, in no container's view.
-CONFINABLE_STEPS = (MountOverlay, MountDevice, MountBind, Unmount)
+CONFINABLE_STEPS = (MountOverlay, MountDevice, MountBind, SetMountFlags, Unmount)
 
 
 def ro_suffix(readonly):
     return ' read-only' if readonly else ''
+
+
+def mode_suffix(readonly, mount_flags):
+    """' read-only, nodev, nosuid': how a mount is made, for its description."""
+    shown = (['read-only'] if readonly else []) + list(mount_flags)
+    return ' ' + ', '.join(shown) if shown else ''
 
 
 # --- constructors ------------------------------------------------------------------------------------------
@@ -283,8 +304,9 @@ def detach_loop(node, device, image, readonly):
                       description='detach %s (backing %s)' % (device, image))
 
 
-def attach_nbd(node, image, image_format, readonly):
+def attach_nbd(node, image, image_format, readonly, image_beneath=None):
     return AttachNbd(node=node, ref=node, image=image, format=image_format, readonly=readonly,
+                     image_beneath=image_beneath,
                      description='serve %s (%s) with qemu-nbd on a free nbd device%s'
                                  % (image, image_format, ro_suffix(readonly)))
 
@@ -306,24 +328,33 @@ def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
                       format=image_format, description='stop the FUSE export %s' % export)
 
 
-def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=(), reach=()):
+def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=(), reach=(),
+                  mount_flags=()):
     flat = ', with the layers of %s in their place (flattened)' % ', '.join(flattened) if flattened else ''
-    description = 'mount overlay on %s (%s)%s%s' % (target, payload.summary(), ro_suffix(readonly), flat)
+    description = 'mount overlay on %s (%s)%s%s' % (target, payload.summary(), mode_suffix(readonly, mount_flags), flat)
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
-                        options=dict(options), readonly=readonly, payload=payload, flattened=tuple(flattened),
-                        reach=tuple(reach), description=description)
+                        options=dict(options), readonly=readonly, payload=payload, mount_flags=tuple(mount_flags),
+                        flattened=tuple(flattened), reach=tuple(reach), description=description)
 
 
-def mount_device(node, target, device, readonly, ref=None, device_text=None, device_beneath=None):
+def mount_device(node, target, device, readonly, ref=None, device_text=None, device_beneath=None, mount_flags=()):
     """``device_text`` names the device in the description while it is not known yet."""
     return MountDevice(node=node, target=target, device=device, ref=ref, readonly=readonly,
-                       device_beneath=device_beneath,
-                       description='mount %s on %s%s' % (device or device_text, target, ro_suffix(readonly)))
+                       mount_flags=tuple(mount_flags), device_beneath=device_beneath,
+                       description='mount %s on %s%s' % (device or device_text, target,
+                                                         mode_suffix(readonly, mount_flags)))
 
 
-def mount_bind(node, target, source, readonly, source_beneath=None):
-    return MountBind(node=node, target=target, source=source, readonly=readonly, source_beneath=source_beneath,
-                     description='bind %s on %s%s' % (source, target, ro_suffix(readonly)))
+def mount_bind(node, target, source, readonly, source_beneath=None, mount_flags=()):
+    return MountBind(node=node, target=target, source=source, readonly=readonly, mount_flags=tuple(mount_flags),
+                     source_beneath=source_beneath,
+                     description='bind %s on %s%s' % (source, target, mode_suffix(readonly, mount_flags)))
+
+
+def set_mount_flags(node, target, mount_flags, was, beneath=None):
+    return SetMountFlags(node=node, target=target, mount_flags=tuple(mount_flags), was=tuple(was), beneath=beneath,
+                         description='set the mount flags of %s to %s (now %s), in place'
+                                     % (target, ','.join(mount_flags) or 'none', ','.join(was) or 'none'))
 
 
 def mount_idmapped(node, target, source, idmap, source_beneath=None):

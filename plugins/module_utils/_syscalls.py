@@ -43,6 +43,10 @@ SYS_OPENAT2, SYS_MOUNT_SETATTR, SYS_STATMOUNT = 437, 442, 457
 FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x2, 0x4, 0x8
+# options.MOUNT_FLAGS as mount(2) and as fsmount(2) and mount_setattr(2) take them
+FLAG_BITS = {'nodev': (MS_NODEV, MOUNT_ATTR_NODEV), 'nosuid': (MS_NOSUID, MOUNT_ATTR_NOSUID),
+             'noexec': (MS_NOEXEC, MOUNT_ATTR_NOEXEC)}
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_SYMLINKS = 0x10  # follow the target's last component: a pinned_dir's /proc/self/fd link
 AT_FDCWD = -100
@@ -152,22 +156,32 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
         return log.messages()
 
 
-def mount_overlay(target, payload, readonly, at=None):
+def _mount_bits(readonly, mount_flags):
+    """mount(2)'s flags for a mount made read-only (or not) with ``mount_flags`` (options.MOUNT_FLAGS)."""
+    return (MS_RDONLY if readonly else 0) | sum(FLAG_BITS[flag][0] for flag in mount_flags)
+
+
+def _attr_bits(readonly, mount_flags):
+    """The same as MOUNT_ATTR_* bits, for fsmount(2) and mount_setattr(2)."""
+    return (MOUNT_ATTR_RDONLY if readonly else 0) | sum(FLAG_BITS[flag][1] for flag in mount_flags)
+
+
+def mount_overlay(target, payload, readonly, at=None, mount_flags=()):
     """Mount an overlay exactly as its payload (options.overlay_payload) says; return what the kernel logged.
     ``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     if payload.api == 'mount':
         return _call_mount('mount overlay on %s' % target, ('overlayfs',), 'overlay', at or target, 'overlay',
-                           MS_RDONLY if readonly else 0, payload.data)
+                           _mount_bits(readonly, mount_flags), payload.data)
     with KernelLog(('overlayfs',)) as log:
         try:
-            _mount_overlay_fsconfig(target, payload.parameters, readonly, at or target)
+            _mount_overlay_fsconfig(target, payload.parameters, _attr_bits(readonly, mount_flags), at or target)
         except MountError as error:
             error.kernel_messages += log.messages()  # overlayfs reports some errors with pr_err only
             raise
         return log.messages()
 
 
-def mount_overlay_reached(target, payload, readonly, reach, at=None):
+def mount_overlay_reached(target, payload, readonly, reach, at=None, mount_flags=()):
     """Mount an overlay as mount_overlay does, with each path its payload names reached as ``reach`` says: (path,
     (root, below)) for one below an open dir, opened as open_beneath does (no symlink followed below root), and
     (path, None) for one only root can change. The kernel takes layers by name and shows them as named; here each
@@ -177,7 +191,8 @@ def mount_overlay_reached(target, payload, readonly, reach, at=None):
     ``target`` (or ``at``, a pinned_dir path) here."""
     with KernelLog(('overlayfs',)) as log:
         try:
-            tree = _in_child('mount overlay on %s' % target, _mount_in_stage, target, payload, readonly, reach)
+            tree = _in_child('mount overlay on %s' % target, _mount_in_stage, target, payload, readonly, reach,
+                             mount_flags)
             try:
                 _syscall('attach the overlay on %s' % target, SYS_MOVE_MOUNT, tree, b'', AT_FDCWD,
                          os.fsencode(at or target), _move_flags(at))
@@ -231,10 +246,11 @@ def _tell(end, **what):
     end.sendall(json.dumps(what).encode())
 
 
-def _mount_in_stage(target, payload, readonly, reach):
+def _mount_in_stage(target, payload, readonly, reach, mount_flags):
     """In the child: a mount namespace of its own, the pinned dirs, the stage (a tmpfs on /proc, which exists
     everywhere and is not needed once the fds are open, with a procfs of its own inside for the /proc/self/fd links),
-    then the overlay mounted inside the stage (chroot) and cloned detached. Return the clone's fd."""
+    then the overlay mounted inside the stage (chroot) and cloned detached (the clone keeps its mount flags). Return
+    the clone's fd."""
     call = 'mount overlay on %s' % target
     _check(_libc.unshare(CLONE_NEWNS), call + ' (unshare a mount namespace)')
     _check(_libc.mount(None, b'/', None, MS_REC | MS_PRIVATE, None), call + ' (make its mounts private)')
@@ -250,7 +266,7 @@ def _mount_in_stage(target, payload, readonly, reach):
                              if not os.path.lexists(name))
     os.mkdir('.' + mount_point)
     os.chroot('.')
-    mount_overlay(target, payload, readonly, at=mount_point)
+    mount_overlay(target, payload, readonly, at=mount_point, mount_flags=mount_flags)
     return _syscall(call + ' (open_tree)', SYS_OPEN_TREE, AT_FDCWD, os.fsencode(mount_point),
                     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
 
@@ -260,7 +276,7 @@ def _check(result, call):
         raise MountError(ctypes.get_errno(), call, [])
 
 
-def _mount_overlay_fsconfig(target, parameters, readonly, at):
+def _mount_overlay_fsconfig(target, parameters, attributes, at):
     """fsopen/fsconfig/fsmount/move_mount (Linux 5.2). Errors come from the context log."""
     call = 'mount overlay on %s with fsconfig(2)' % target
     context = _syscall(call, SYS_FSOPEN, b'overlay', FSOPEN_CLOEXEC)
@@ -271,8 +287,7 @@ def _mount_overlay_fsconfig(target, parameters, readonly, at):
             else:
                 _fsconfig(call, context, FSCONFIG_SET_STRING, key, value)
         _fsconfig(call, context, FSCONFIG_CMD_CREATE, None, None)
-        mount = _syscall(call, SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY if readonly else 0,
-                         log_fd=context)
+        mount = _syscall(call, SYS_FSMOUNT, context, FSMOUNT_CLOEXEC, attributes, log_fd=context)
         try:
             _syscall(call, SYS_MOVE_MOUNT, mount, b'', AT_FDCWD, os.fsencode(at), _move_flags(at != target))
         finally:
@@ -306,10 +321,10 @@ def _context_log(context):
     return messages
 
 
-def mount_device(device, target, fstype, readonly, at=None):
+def mount_device(device, target, fstype, readonly, at=None, mount_flags=()):
     """``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     _call_mount('mount %s (%s) on %s' % (device, fstype, target), (os.path.basename(device),),
-                device, at or target, fstype, MS_RDONLY if readonly else 0, None)
+                device, at or target, fstype, _mount_bits(readonly, mount_flags), None)
 
 
 def bind_mount(source, target, at=None, source_at=None):
@@ -322,6 +337,15 @@ def remount_readonly(target, at=None):
     """``at`` must reach the bind mount's own root (in_parent_of), not the directory it covers."""
     _call_mount('make bind mount %s read-only' % target, (), None, at or target, None,
                 MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+
+
+def set_mount_flags(target, mount_flags, at=None):
+    """Give the mount at ``target`` exactly ``mount_flags`` of options.MOUNT_FLAGS, in place (mount_setattr(2):
+    nothing else of the mount changes). ``at`` must reach the mount's own root (in_parent_of), as for a remount."""
+    wanted = _attr_bits(False, mount_flags)
+    attr = _MountAttr(wanted, _attr_bits(False, FLAG_BITS) & ~wanted, 0, 0)
+    _syscall('set the mount flags of %s' % target, SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(at or target),
+             AT_SYMLINK_NOFOLLOW, ctypes.byref(attr), ctypes.sizeof(attr))
 
 
 def unmount(target, lazy=False, at=None):

@@ -19,8 +19,10 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, IdMapError, idmap_mount_path, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+    DEFAULT_MOUNT_FLAGS,
     OptionError,
     check_conflicts,
+    normalize_mount_flags,
     normalize_options,
 )
 
@@ -36,12 +38,12 @@ IMAGE_DRIVERS = {'loop': ('raw',), 'nbd': QEMU_FORMATS, 'fuse': QEMU_FORMATS}
 ACCESS_MODES = ('passthrough',)
 
 KEYS = {
-    'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'accessmode', 'idmap'),
+    'overlay': ('type', 'upper', 'work', 'lower', 'target', 'options', 'readonly', 'mount_flags', 'accessmode', 'idmap'),
     'dir': ('type', 'target', 'readonly', 'idmap'),
-    'mount': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
-    'bind': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
-    'block': ('type', 'source', 'target', 'readonly', 'accessmode', 'idmap'),
-    'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'accessmode', 'idmap'),
+    'mount': ('type', 'source', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap'),
+    'bind': ('type', 'source', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap'),
+    'block': ('type', 'source', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap'),
+    'file': ('type', 'source', 'driver', 'format', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap'),
 }
 # A lower with an idmap (its own, or its filesystem's) is used through a node of this kind: the idmapped mount of
 # the lower's target, on a path of the collection's own (idmap.idmap_mount_path). The tree's YAML never names it.
@@ -61,7 +63,7 @@ class Node(object):
 
     def __init__(self, kind, label, target, source=None, upper=None, work=None, lowers=(),
                  options=None, readonly=False, driver=None, image_format=None, accessmode=None, is_layer=False,
-                 idmap=None):
+                 idmap=None, mount_flags=()):
         self.kind = kind
         self.label = label
         self.target = target
@@ -76,6 +78,7 @@ class Node(object):
         self.accessmode = accessmode
         self.is_layer = is_layer
         self.idmap = idmap
+        self.mount_flags = mount_flags  # a top-level filesystem's (options.MOUNT_FLAGS); a layer's mount has none
         self.position = 0  # place in the input batch (roots are applied in dependency order)
         # An overlay's layers as it is mounted (stacked_layers): Layer records, topmost first, and the labels of
         # the nested overlays whose own layers stand in their place (flattened)
@@ -190,8 +193,11 @@ def _parse_node(raw, label, context):
     if unknown:
         raise TreeError('%s: unknown key %s for type %s (allowed: %s)'
                         % (label, ', '.join(unknown), kind, ', '.join(KEYS[kind])))
-    if 'accessmode' in raw and not top:
-        raise TreeError('%s.accessmode: only a top-level filesystem has an access mode' % label)
+    top_only = (('accessmode', 'an access mode'),
+                ('mount_flags', 'mount flags (its layers are read by its overlay only)'))
+    for key, what in top_only:
+        if key in raw and not top:
+            raise TreeError('%s.%s: only a top-level filesystem has %s' % (label, key, what))
     common = dict(
         label=label,
         target=_path(raw, 'target', label),
@@ -199,6 +205,7 @@ def _parse_node(raw, label, context):
         accessmode=_accessmode(raw, label),
         is_layer=not top,
         idmap=_idmap(raw, label, kind, top),
+        mount_flags=_mount_flags(raw, label) if top else (),
     )
     if kind == 'overlay':
         if overlays_above >= MAX_OVERLAY_NESTING and not flatten:  # before descending: a deep tree costs nothing
@@ -365,6 +372,13 @@ def _flag(raw, key, label):
         raise TreeError('%s.%s must be true or false, not %r' % (label, key, raw.get(key)))
 
 
+def _mount_flags(raw, label):
+    try:
+        return normalize_mount_flags(raw.get('mount_flags'), label)
+    except OptionError as error:
+        raise TreeError(str(error))
+
+
 def _accessmode(raw, label):
     value = raw.get('accessmode')
     if value is not None and value not in ACCESS_MODES:
@@ -516,6 +530,8 @@ def to_yaml(node):
     result['target'] = node.target
     if node.readonly:
         result['readonly'] = True
+    if not node.is_layer and node.mount_flags != DEFAULT_MOUNT_FLAGS:
+        result['mount_flags'] = list(node.mount_flags)
     if node.accessmode:
         result['accessmode'] = node.accessmode
     if node.idmap:

@@ -35,6 +35,16 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
     return problems
 
 
+def flag_shortfalls(entry, mount_flags):
+    """The mount flags (options.MOUNT_FLAGS) ``entry`` has other than ``mount_flags``, one phrase each."""
+    if entry is None:
+        return ['nothing is mounted there']
+    missing = [flag for flag in mount_flags if flag not in entry.mount_flags]
+    extra = [flag for flag in entry.mount_flags if flag not in mount_flags]
+    return (['it is mounted without %s' % ', '.join(missing)] if missing else []) + (
+        ['it is mounted with %s' % ', '.join(extra)] if extra else [])
+
+
 def _fold(path):
     return fold_path(path) if path else path
 

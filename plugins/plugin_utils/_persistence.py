@@ -384,7 +384,7 @@ class _Renderer(object):
                      if above in self.views)
         self._write(spec, boot.spec_text(MARKER, {
             'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
-            'options': dict(node.options), 'readonly': node.mounted_readonly,
+            'options': dict(node.options), 'readonly': node.mounted_readonly, 'mount_flags': list(node.mount_flags),
             'on_volatile_marker': self.settings['on_volatile_marker'],
             'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
                          for mount in idmapped],
@@ -489,7 +489,9 @@ class _Renderer(object):
         self._check_line_value(node, 'source', what)
         for path in requires_mounts_for:
             self._check_word(node, 'layer', path)
-        options = list(options) + (['nofail'] if item['nofail'] else [])
+        # a top-level filesystem's mount flags: mount(8) sets them (an overlay's helper, from its spec)
+        flags = list(node.mount_flags) if fstype != boot.FSTYPE else []
+        options = list(options) + flags + (['nofail'] if item['nofail'] else [])
         if item['persistence'] == 'systemd':
             self._unit(node, item, what, fstype, options, description, requires_mounts_for, requires_units)
             return

@@ -15,6 +15,8 @@ from __future__ import annotations
 import codecs
 import re
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import MOUNT_FLAGS, OVERLAY_OPTIONS
+
 try:
     from lxml import etree
 except ImportError:  # only xml needs it: parse_document names the missing library, and the result has no xml
@@ -28,9 +30,6 @@ DECLARED_ENCODING = re.compile(r"""encoding\s*=\s*["']([^"']*)["']""")
 LIBVIRT_BOOKKEEPING = ('alias', 'address')
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32
-OVERLAY_OPTION_NAMES = ('redirect_dir', 'index', 'uuid', 'nfs_export', 'xino', 'metacopy', 'verity',
-                        'default_permissions', 'userxattr', 'volatile')
-FLAG_OPTIONS = ('default_permissions', 'userxattr', 'volatile')
 ID_RANGE_ATTRIBUTES = ('start', 'target', 'count')  # of libvirt's <idmap><uid .../><gid .../></idmap>
 
 
@@ -119,12 +118,12 @@ def _node(element, kind, where):
     for child in element:
         children.setdefault(child.tag, []).append(child)
     allowed = {
-        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly', 'idmap'),
+        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly', 'mountFlags', 'idmap'),
         'dir': ('target', 'readonly', 'idmap'),
-        'mount': ('source', 'target', 'readonly', 'idmap'),
-        'bind': ('source', 'target', 'readonly', 'idmap'),
-        'block': ('source', 'target', 'readonly', 'idmap'),
-        'file': ('source', 'driver', 'target', 'readonly', 'idmap'),
+        'mount': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
+        'bind': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
+        'block': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
+        'file': ('source', 'driver', 'target', 'readonly', 'mountFlags', 'idmap'),
     }.get(kind)
     if allowed is None:
         return tree  # an unknown type: the tree's rules name it
@@ -132,7 +131,7 @@ def _node(element, kind, where):
         if tag not in allowed:
             raise XmlError('%s: <%s> is not allowed in a %s (allowed: %s)'
                            % (where, tag, kind, ', '.join('<%s>' % name for name in allowed)))
-    for tag in ('target', 'driver', 'readonly', 'idmap'):
+    for tag in ('target', 'driver', 'readonly', 'mountFlags', 'idmap'):
         if len(children.get(tag, [])) > 1:
             raise XmlError('%s: more than one <%s>' % (where, tag))
     target = children.get('target')
@@ -143,6 +142,8 @@ def _node(element, kind, where):
         tree['readonly'] = True
     if children.get('idmap'):
         tree['idmap'] = _idmap(children['idmap'][0], where + '/idmap')
+    if children.get('mountFlags'):
+        tree['mount_flags'] = _mount_flags(children['mountFlags'][0], where + '/mountFlags')
     if kind == 'overlay':
         _overlay(children, tree, where)
     elif kind in ('mount', 'bind', 'block', 'file'):
@@ -201,6 +202,19 @@ def _idmap(element, where):
     return ranges
 
 
+def _mount_flags(element, where):
+    """<mountFlags><nodev/><nosuid/></mountFlags> -> ['nodev', 'nosuid']; an empty <mountFlags/> asks for none."""
+    _allow_attributes(element, where, ())
+    flags = []
+    for child in element:
+        if child.tag not in MOUNT_FLAGS:
+            raise XmlError('%s: <%s> is not a mount flag (allowed: %s)'
+                           % (where, child.tag, ', '.join('<%s/>' % name for name in MOUNT_FLAGS)))
+        _allow_attributes(child, '%s/%s' % (where, child.tag), ())
+        flags.append(child.tag)
+    return flags
+
+
 def _image_driver(element, where):
     """Seed spelling <driver name='nbd' type='qcow2'/>; libvirt's <driver type='loop' format='raw'/>."""
     if element.get('name') is not None:
@@ -224,9 +238,9 @@ def _overlay_options(element, where):
     for name, value in element.attrib.items():
         if name == 'type':
             continue
-        if name not in OVERLAY_OPTION_NAMES:
+        if name not in OVERLAY_OPTIONS:
             raise XmlError('%s: unknown overlay option attribute %r (known: %s)'
-                           % (where, name, ', '.join(OVERLAY_OPTION_NAMES)))
+                           % (where, name, ', '.join(OVERLAY_OPTIONS)))
         options[name] = value
     return options
 
@@ -289,6 +303,10 @@ def _element(tag, tree):
     etree.SubElement(element, 'target', dir=tree['target'])
     if tree.get('readonly'):
         etree.SubElement(element, 'readonly')
+    if tree.get('mount_flags') is not None:
+        flags = etree.SubElement(element, 'mountFlags')
+        for name in tree['mount_flags']:
+            etree.SubElement(flags, name)
     return element
 
 
@@ -302,10 +320,10 @@ def _option_text(value):
 # punctuation; inside a path (/srv/filesystems[3].target) it is part of the path and stays as it is.
 # After the field: an attribute (options.xino), or an element and its attribute (idmap.uid[0].count).
 YAML_LABEL = re.compile(r'(?<![^\s(])filesystems\[(\d+)\]((?:\.lower\[\d+\])*)(?:\.(upper|work|target|source|options|'
-                        r'format|driver|readonly|type|accessmode|lower|idmap)(?:\.(\w+)(?:\[(\d+)\](?:\.(\w+))?)?)?)?'
+                        r'format|driver|readonly|mount_flags|type|accessmode|lower|idmap)(?:\.(\w+)(?:\[(\d+)\](?:\.(\w+))?)?)?)?'
                         r'(?![^\s:;,)])')
 FIELD_IN_XML = {'upper': '/source[1]', 'work': '/source[2]', 'target': '/target', 'source': '/source',
-                'format': '/driver', 'driver': '/driver', 'readonly': '/readonly', 'type': '/@type',
+                'format': '/driver', 'driver': '/driver', 'readonly': '/readonly', 'mount_flags': '/mountFlags', 'type': '/@type',
                 'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver', 'idmap': '/idmap'}
 
 

@@ -182,8 +182,8 @@ def test_the_boot_helper_refuses_a_spec_through_a_link_a_container_planted(host,
     spec = host.path('spec')
     host.write('spec', boot.spec_text('# test', {
         'target': host.path('v/merged'), 'lowers': [link], 'upper': host.path('v/upper'),
-        'work': host.path('v/work'), 'options': {}, 'readonly': False, 'on_volatile_marker': 'fail',
-        'idmapped': [], 'views': {}}))
+        'work': host.path('v/work'), 'options': {}, 'readonly': False, 'mount_flags': ['nodev'],
+        'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}))
     with pytest.raises(boot.HelperError) as refused:
         boot.mount(spec, host.path('v/merged'))
     assert str(refused.value) == (
@@ -329,16 +329,18 @@ def test_layers_inside_a_view_are_mounted_by_fd_and_shown_by_name_at_run_time_an
         [inner['upper'], [upper_dir, 'inner/upper']], [inner['work'], [upper_dir, 'inner/work']]]]
     (mounted,) = mounts_under(host.path('v'))
     assert mounted.overlay_layers() == ([inner['layer'], host.path('host/secret')], inner['upper'], inner['work'])
+    assert mounted.mount_flags == ('nodev',)  # set on the overlay in the stage, kept by its clone
     with open(host.path('v/merged/file')) as handle:
         assert handle.read() == 'from the view\n'
     assert not host.play(filesystem=tree, state='unmounted').get('failed')
 
     host.write('spec', boot.spec_text('# test', {
         'target': host.path('v/merged'), 'lowers': tree['lower'], 'upper': inner['upper'], 'work': inner['work'],
-        'options': {}, 'readonly': False, 'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}))
+        'options': {}, 'readonly': False, 'mount_flags': ['nodev'], 'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}))
     boot.mount(host.path('spec'), host.path('v/merged'))
     boot.mount(host.path('spec'), host.path('v/merged'))  # a second start stacks nothing
-    assert [entry.overlay_layers() for entry in mounts_under(host.path('v'))] == [mounted.overlay_layers()]
+    assert [(entry.overlay_layers(), entry.mount_flags) for entry in mounts_under(host.path('v'))] == [
+        (mounted.overlay_layers(), ('nodev',))]
     assert host.play(filesystem=tree)['plan'] == []  # the module sees what it would have made
     assert not host.play(filesystem=tree, state='unmounted').get('failed')
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -358,6 +359,36 @@ def test_readonly_overlay_and_readonly_bind(host):
     ])
     readonly = {entry.mountpoint: entry.readonly for entry in mounts_under(host.root)}
     assert readonly == {host.path('ro-overlay'): True, host.path('ro-bind'): True}
+
+
+def test_mount_flags_are_set_read_back_and_changed_in_place(host):
+    """nodev by default; nosuid and noexec when asked; a tree mounted without its flags (by hand, or by a release
+    before mount flags) gets them in place, on the same mount."""
+    host.make_dirs('base', 'extra', 'data')
+    os.mknod(host.path('base/null'), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    shutil.copy('/bin/true', host.path('data/true'))
+    overlay = {'upper': host.path('u'), 'work': host.path('w'), 'lower': [host.path('base'), host.path('extra')],
+               'target': host.path('m')}
+    bind = {'type': 'mount', 'source': host.path('data'), 'target': host.path('b'), 'mount_flags': ['nosuid', 'noexec']}
+    converge_twice(host, filesystems=[overlay, bind])
+    flags = {entry.mountpoint: entry.mount_flags for entry in mounts_under(host.root)}
+    assert flags == {host.path('m'): ('nodev',), host.path('b'): ('nosuid', 'noexec')}
+    with open(host.path('base/null'), 'wb'):
+        pass  # the control: the device node is a device where no mount says nodev
+    with pytest.raises(PermissionError):
+        open(host.path('m/null'), 'wb')
+    checked([host.path('data/true')])
+    with pytest.raises(PermissionError):
+        subprocess.run([host.path('b/true')], check=False)
+
+    (before,) = [entry.mount_id for entry in mounts_under(host.root) if entry.mountpoint == host.path('m')]
+    changed = converge_twice(host, filesystems=[dict(overlay, mount_flags=[]), bind])
+    assert [(one['action'], one['target'], one['mount_flags'], one['was']) for one in changed['steps']] == [
+        ('set_mount_flags', host.path('m'), [], ['nodev'])]
+    (after,) = [entry for entry in mounts_under(host.root) if entry.mountpoint == host.path('m')]
+    assert (after.mount_id, after.mount_flags) == (before, ())
+    with open(host.path('m/null'), 'wb'):
+        pass
 
 
 def test_adhoc_xml_twice(host):

@@ -296,10 +296,39 @@ def test_an_nbd_tree_set_up_by_hand_reads_back_with_its_image_and_format_and_pla
         'type': 'overlay', 'upper': guest.path('upper'), 'work': guest.path('work'),
         'lower': [{'type': 'file', 'source': guest.path('base.qcow2'), 'driver': 'nbd', 'format': 'qcow2',
                    'target': guest.path('image')}, guest.path('runtime')],
-        'target': guest.path('merged')}], results['found']
+        'target': guest.path('merged'), 'mount_flags': []}], results['found']  # mounted without nodev
     assert (results['fed']['changed'], results['fed']['plan']) == (False, []), results['fed']
     assert guest.mount_ids() == mounted
     assert [device for device, _pid in guest.connected_nbds()] == ['nbd13']
+
+
+def test_an_nbd_image_in_a_users_dir_is_served_from_the_file_pinned_and_without_the_backing_file_it_names(guest):
+    """A dir a local user owns is open: the image there is the user's, and so is its header. qemu-nbd gets the file
+    pinned (its name is the export's description, which the next run reads back) and no backing file: a chained
+    image naming the host's own image would otherwise serve the host's data as the user's layer."""
+    secret = guest.qcow2('host/secret.qcow2', 'secret', 'the host\'s own')
+    guest.sh('mkdir -p %s && chown 1000:1000 %s' % ((shlex.quote(guest.path('user')),) * 2))
+    image = guest.qcow2('user/layer.qcow2', 'layer', 'from the user\'s image')
+    tree = {'upper': guest.path('upper'), 'work': guest.path('work'), 'target': guest.path('merged'),
+            'lower': [{'type': 'file', 'driver': 'nbd', 'format': 'qcow2', 'source': image,
+                       'target': guest.path('image')}, guest.path('runtime')]}
+    guest.dirs('runtime')
+    converge_twice(guest, filesystem=tree)
+    assert guest.sh('cat %s' % guest.path('merged', 'layer')).stdout == 'from the user\'s image'
+    (argv,) = [argv for argv in (guest.sh("tr '\\0' '\\n' < /proc/%s/cmdline" % pid).stdout.splitlines()
+                                 for _device, pid in guest.connected_nbds()) if '--description=' + image in argv]
+    assert argv[-2] == '--' and argv[-1].startswith('json:'), argv
+    assert '"backing": null' in argv[-1] and '/proc/' in argv[-1], argv
+    assert not guest.play(filesystem=tree, state='unmounted').get('failed')
+
+    chained = guest.path('user', 'chained.qcow2')
+    guest.sh('qemu-img create -q -f qcow2 -b %s -F qcow2 %s' % (shlex.quote(secret), shlex.quote(chained)))
+    # the control: by its name, the chained image reads as the host's
+    assert guest.sh('qemu-img compare %s %s' % (shlex.quote(chained), shlex.quote(secret))).returncode == 0
+    refused = guest.play(filesystem=dict(tree, lower=[dict(tree['lower'][0], source=chained)] + tree['lower'][1:]))
+    assert refused.get('failed'), refused  # a qcow2 with nothing of its own: no filesystem on the device
+    assert guest.mount_ids() == [] and not [pid for _device, pid in guest.connected_nbds()
+                                            if guest.root in guest.sh('cat /proc/%s/cmdline' % pid).stdout]
 
 
 if __name__ == '__main__':

@@ -14,7 +14,9 @@ The steps build on each other and run in file order (a failed step skips the res
 2. three reboots in a row: every tree back with its layers, mounted after what it stands on, every write made
    through a merged view still there, a unit that requires a nofail tree started after it, the LXC domain
    autostarted by libvirtd after its tree, its writes in the tree's upper dir; then the role changes nothing;
-3. a volatile tree: after a clean reboot it stays down and says why (the default), the role refuses it;
+3. a volatile tree: after a clean reboot it stays down and says why (the default), the role refuses it; a tree
+   whose lower dir lies in the loop tree's container's view is mounted by fd, and once the container swaps that dir
+   for a link to a host dir, it stays down after the reboot and says why, the host dir no layer of it;
 4. with on_volatile_marker discard the role mounts it, and it comes back after an unclean reset; an image missing
    at that boot keeps only its tree down, the boot completes, the role names the image, and with the image back
    the next run mounts that tree and changes nothing else;
@@ -94,6 +96,9 @@ def trees_of(release):
     return [(settings, canonical(tree)) for settings, tree in items]
 
 
+# Its lower dir lies in the merged view of the loop tree's container, which shapes it.
+INSIDE = ({'name': 'inside'}, canonical(overlay(path('inside', 'merged'), [path('loop', 'rootfs', 'inner'), path('runtime')],
+                                                path('inside', 'upper'), path('inside', 'work'))))
 VOLATILE = ({'name': 'volatile'}, canonical(overlay(path('vol', 'merged'), [path('base'), path('runtime')],
                                                     path('vol', 'upper'), path('vol', 'work'), options={'volatile': True})))
 
@@ -358,11 +363,22 @@ def test_after_the_reboots_the_role_changes_nothing(host):
 
 
 def test_a_volatile_tree_stays_down_after_a_clean_reboot_and_says_why(host):
-    host.converge(host.trees + [VOLATILE])
-    assert path('vol', 'merged') in host.mounts()
+    inner = path('loop', 'rootfs', 'inner')
+    host.vm.run(['sh', '-euc', 'mkdir -p "$1" && echo container > "$1/file"', 'sh', inner], check=True)
+    host.converge(host.trees + [VOLATILE, INSIDE])
+    mounts = host.mounts()
+    assert path('vol', 'merged') in mounts
+    assert mounts[path('inside', 'merged')].overlay_layers()[0] == [inner, path('runtime')]
+    # the container swaps the dir for a link to a host dir, through its own view
+    host.vm.run(['sh', '-euc', 'mkdir -p "$1" && echo host > "$1/secret" && mv "$2" "$2.old" && ln -s "$1" "$2" && sync',
+                 'sh', path('hostdir'), inner], check=True)
     host.vm.reboot()
     host.wait_for_boot()
-    assert path('vol', 'merged') not in host.mounts()
+    mounts = host.mounts()
+    assert path('vol', 'merged') not in mounts and path('inside', 'merged') not in mounts
+    log = host.vm.run('journalctl -b -u srv-p-inside-merged.mount --no-pager -o cat', check=True).stdout
+    assert ('not mounting /srv/p/inside/merged: lower dir %s: %s is a symlink (to /srv/p/hostdir) inside the merged '
+            'view of the overlay at /srv/p/loop/rootfs; symlinks there are not followed' % (inner, inner) in log), log
     assert_trees_up(host, [tree for _settings, tree in host.trees])
     log = host.vm.run('journalctl -b -u srv-p-vol-merged.mount --no-pager -o cat', check=True).stdout
     assert 'not mounting /srv/p/vol/merged: work dir /srv/p/vol/work holds work/incompat/volatile' in log, log

@@ -21,7 +21,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils import _bo
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import MARKER
 
 SPEC = {'target': '/srv/m', 'lowers': ['/srv/a,b', '/srv/c:d', '/srv/\u00e9 x'], 'upper': '/srv/u', 'work': '/srv/w',
-        'options': {'index': 'off'}, 'readonly': False, 'on_volatile_marker': 'fail',
+        'options': {'index': 'off'}, 'readonly': False, 'mount_flags': ['nodev'], 'on_volatile_marker': 'fail',
         'idmapped': [{'target': '/run/containerhost-overlayfs/idmap/0123', 'source': '/srv/a,b',
                       'idmap': {'uid': [{'start': 0, 'target': 100000, 'count': 65536}],
                                 'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}}],

@@ -25,7 +25,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree impo
 ROOT = '1 0 8:1 / / rw - ext4 /dev/sda1 rw'
 
 
-def overlay_line(mount_id, target, lowers, upper=None, work=None, extra='', mount_options='rw,relatime'):
+def overlay_line(mount_id, target, lowers, upper=None, work=None, extra='', mount_options='rw,nodev,relatime'):
     options = 'rw,lowerdir=' + ':'.join(lowers)
     if upper:
         options += ',upperdir=%s,workdir=%s' % (upper, work)

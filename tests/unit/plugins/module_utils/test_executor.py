@@ -255,7 +255,7 @@ def test_undo_stops_at_the_first_undo_step_that_fails_and_says_what_is_left(tmp_
     first, second = tmp_path / 'a', tmp_path / 'b'
     plan = [mkdir_step(first), overlay_step(first), mkdir_step(second), overlay_step(second)]
 
-    def mount_overlay(target, payload, readonly, at=None):
+    def mount_overlay(target, payload, readonly, at=None, mount_flags=()):
         if target == str(second):
             raise kernel_refusal(target)
         host.overlays[target] = payload.data
@@ -314,7 +314,7 @@ def test_an_overlay_the_kernel_gives_less_than_asked_is_unmounted_and_reported_w
     host = FakeHost(monkeypatch)
     target = tmp_path / 'm'
 
-    def degraded(target, payload, readonly, at=None):
+    def degraded(target, payload, readonly, at=None, mount_flags=()):
         host.events.append(('mount_overlay', target))
         host.overlays[target] = payload.data.replace('uuid=on', 'uuid=null')
         return ['overlayfs: failed to create directory /w/work (errno: 28); mounting read-only']
@@ -336,7 +336,7 @@ def test_a_device_mount_the_kernel_gives_read_write_is_unmounted_and_reported(tm
     host = FakeHost(monkeypatch)
     fake_mount = syscalls.mount_device
 
-    def read_write(device, target, fstype, readonly, at=None):
+    def read_write(device, target, fstype, readonly, at=None, mount_flags=()):
         fake_mount(device, target, fstype, False, at=at)
     monkeypatch.setattr(syscalls, 'mount_device', read_write)
     target = str(tmp_path / 'm')
@@ -360,7 +360,7 @@ def test_the_mounts_of_a_run_are_read_back_in_one_pass_and_a_short_one_undoes_th
     host.overlays.clear()
     fake_mount = syscalls.mount_overlay
 
-    def second_one_short(target, payload, readonly, at=None):
+    def second_one_short(target, payload, readonly, at=None, mount_flags=()):
         fake_mount(target, payload, readonly, at=at)
         if target.endswith('m1'):
             host.overlays[target] = host.overlays[target].replace('upperdir=/u', 'upperdir=/elsewhere')

@@ -55,9 +55,9 @@ TARGETS = ('/srv/t/merged', '/srv/t/b/merged', '/srv/t/lower3')
 NESTED_MOUNTED = ('50 1 0:50 / /srv/t/b/merged rw,relatime - overlay overlay rw,lowerdir=/srv/t/b/l1:/srv/t/b/l2,'
                   'upperdir=/srv/t/b/upper,workdir=/srv/t/b/work,uuid=on')
 IMAGE_MOUNTED = '51 1 7:0 / /srv/t/lower3 ro,relatime - ext4 /dev/loop0 rw'
-TOP_MOUNTED = ('52 1 0:52 / /srv/t/merged rw,relatime - overlay overlay rw,lowerdir=/srv/t/b/merged:/srv/t/lower3:'
+TOP_MOUNTED = ('52 1 0:52 / /srv/t/merged rw,nodev,relatime - overlay overlay rw,lowerdir=/srv/t/b/merged:/srv/t/lower3:'
                '/srv/t/lower2,upperdir=/srv/t/upper,workdir=/srv/t/work,uuid=on')
-TOP_DRIFTED = ('52 1 0:52 / /srv/t/merged rw,relatime - overlay overlay rw,lowerdir=/srv/t/other:/srv/t/lower2,'
+TOP_DRIFTED = ('52 1 0:52 / /srv/t/merged rw,nodev,relatime - overlay overlay rw,lowerdir=/srv/t/other:/srv/t/lower2,'
                'upperdir=/srv/t/upper,workdir=/srv/t/work')
 LOOP0 = LoopDevice('/dev/loop0', 7, 0, '/srv/t/guest.img', True, [])
 
@@ -155,6 +155,20 @@ def test_everything_mounted_gives_an_empty_plan():
                    override={'/srv/t/work': facts('/srv/t/work', entries=KERNEL_WORKDIR)})
     assert plan(roots, obs, 'mounted') == []
     assert plan(roots, obs, 'mounted', on_drift='replace') == []
+
+
+@pytest.mark.parametrize('shown, wanted, was', [
+    ('rw,relatime', ('nodev',), ()),  # mounted before mount flags, or by hand: nodev is set in place
+    ('rw,nodev,noexec,relatime', ('nodev',), ('nodev', 'noexec')),
+])
+def test_a_tree_mounted_with_other_mount_flags_gets_them_in_place_not_as_drift(shown, wanted, was):
+    roots = roots_of(TREE)
+    top = TOP_MOUNTED.replace(' rw,nodev,relatime ', ' %s ' % shown)
+    obs = observed(roots, [NESTED_MOUNTED, IMAGE_MOUNTED, top], loops=[LOOP0],
+                   override={'/srv/t/work': facts('/srv/t/work', entries=KERNEL_WORKDIR)})
+    [one] = plan(roots, obs, 'mounted')
+    assert (one.action, one.target, one.mount_flags, one.was) == ('set_mount_flags', '/srv/t/merged', wanted, was)
+    assert plan(roots_of(dict(TREE, mount_flags=list(was))), obs, 'mounted') == []
 
 
 def test_a_duplicate_stacked_mount_of_the_same_tree_still_matches():
@@ -273,7 +287,7 @@ def test_lower_only_overlay_shown_with_kernel_added_redirect_dir_matches():
     tree = {'type': 'overlay', 'lower': ['/srv/r/l1', '/srv/r/l2'], 'target': '/srv/r/m'}
     roots = roots_of(tree)
     # measured on 6.18: the kernel adds redirect_dir=on to an overlay without upper
-    line = '67 1 0:41 / /srv/r/m rw,relatime - overlay overlay ro,lowerdir=/srv/r/l1:/srv/r/l2,redirect_dir=on'
+    line = '67 1 0:41 / /srv/r/m rw,nodev,relatime - overlay overlay ro,lowerdir=/srv/r/l1:/srv/r/l2,redirect_dir=on'
     assert plan(roots, observed(roots, [line]), 'mounted') == []
 
 
@@ -283,7 +297,7 @@ def test_lower_only_overlay_with_redirect_dir_the_kernel_rewrites_is_not_drift(v
     tree = {'type': 'overlay', 'lower': ['/srv/r/l1', '/srv/r/l2'], 'target': '/srv/r/m',
             'options': {'redirect_dir': value}}
     roots = roots_of(tree)
-    line = '67 1 0:41 / /srv/r/m rw,relatime - overlay overlay ro,lowerdir=/srv/r/l1:/srv/r/l2,redirect_dir=on'
+    line = '67 1 0:41 / /srv/r/m rw,nodev,relatime - overlay overlay ro,lowerdir=/srv/r/l1:/srv/r/l2,redirect_dir=on'
     assert plan(roots, observed(roots, [line]), 'mounted') == []
 
 
@@ -331,13 +345,13 @@ def test_volatile_shown_as_fsync_volatile_matches():
 ])
 def test_layers_shown_with_trailing_or_doubled_slashes_match(shown):
     roots = roots_of(TREE)
-    line = '52 1 0:52 / /srv/t/merged rw,relatime - overlay overlay rw,' + shown
+    line = '52 1 0:52 / /srv/t/merged rw,nodev,relatime - overlay overlay rw,' + shown
     assert plan(roots, observed(roots, [NESTED_MOUNTED, IMAGE_MOUNTED, line], loops=[LOOP0]), 'mounted') == []
 
 
 def test_layers_shown_with_a_leading_double_slash_match():
     roots = roots_of(TREE)
-    line = ('52 1 0:52 / /srv/t/merged rw,relatime - overlay overlay rw,lowerdir=//srv/t/b/merged:/srv/t/lower3:'
+    line = ('52 1 0:52 / /srv/t/merged rw,nodev,relatime - overlay overlay rw,lowerdir=//srv/t/b/merged:/srv/t/lower3:'
             '/srv/t/lower2,upperdir=//srv/t/upper,workdir=/srv/t/work')
     assert plan(roots, observed(roots, [NESTED_MOUNTED, IMAGE_MOUNTED, line], loops=[LOOP0]), 'mounted') == []
 
@@ -346,7 +360,7 @@ def test_escaped_layers_in_mountinfo_match_hostile_paths():
     lowers = ['/srv/h/l:2', '/srv/h/l,3', '/srv/h/l\\4', '/srv/h/l 5', '/srv/h/l\n6']
     tree = {'upper': '/srv/h/u,x:y', 'work': '/srv/h/w', 'lower': lowers, 'target': '/srv/h/m t'}
     roots = roots_of(tree)
-    line = ('71 1 0:39 / /srv/h/m\\040t rw,relatime - overlay overlay rw,lowerdir=/srv/h/l\\134:2:'
+    line = ('71 1 0:39 / /srv/h/m\\040t rw,nodev,relatime - overlay overlay rw,lowerdir=/srv/h/l\\134:2:'
             '/srv/h/l\\134\\0543:/srv/h/l\\134\\1344:/srv/h/l\\0405:/srv/h/l\\0126,'
             'upperdir=/srv/h/u\\134\\054x\\134:y,workdir=/srv/h/w,uuid=on')
     assert plan(roots, observed(roots, [line]), 'mounted') == []
@@ -597,7 +611,7 @@ NBD_TREE = {'upper': '/srv/s/upper', 'work': '/srv/s/work',
                        'target': '/srv/s/img'}, '/srv/s/base'],
             'target': '/srv/s/m'}
 NBD_MOUNTED = '70 60 43:0 / /srv/s/img ro,relatime - ext4 /dev/nbd0 ro'
-NBD_TOP = '71 60 0:80 / /srv/s/m rw,relatime - overlay overlay rw,lowerdir=/srv/s/img:/srv/s/base,' \
+NBD_TOP = '71 60 0:80 / /srv/s/m rw,nodev,relatime - overlay overlay rw,lowerdir=/srv/s/img:/srv/s/base,' \
           'upperdir=/srv/s/upper,workdir=/srv/s/work'
 
 
@@ -697,7 +711,7 @@ def test_block_source_that_is_not_a_block_device_is_refused():
 def test_bind_mount_matches_by_identity():
     tree = {'type': 'mount', 'source': '/srv/host', 'target': '/srv/bound'}
     roots = roots_of(tree)
-    line = '90 1 8:1 /srv/host /srv/bound rw,relatime - ext4 /dev/sda1 rw'
+    line = '90 1 8:1 /srv/host /srv/bound rw,nodev,relatime - ext4 /dev/sda1 rw'
     same = {'/srv/host': facts('/srv/host', identity=(1, 42)), '/srv/bound': facts('/srv/bound', identity=(1, 42))}
     assert plan(roots, observed(roots, [line], override=same), 'mounted') == []
     other = dict(same, **{'/srv/bound': facts('/srv/bound', identity=(1, 43))})
@@ -846,7 +860,7 @@ IDMAPPED_TREE = {'upper': '/srv/i/upper', 'work': '/srv/i/work', 'target': '/srv
                  'idmap': id_shift(100000)}
 IDMAP_PATH = idmap_mount_path('/srv/i/merged', '/srv/i/base')
 IDMAPPED_MOUNTED = '60 1 8:1 /srv/i/base %s rw,relatime,idmapped - ext4 /dev/sda1 rw' % IDMAP_PATH
-IDMAPPED_TOP = ('61 1 0:61 / /srv/i/merged rw,relatime - overlay overlay rw,lowerdir=%s,upperdir=/srv/i/upper,'
+IDMAPPED_TOP = ('61 1 0:61 / /srv/i/merged rw,nodev,relatime - overlay overlay rw,lowerdir=%s,upperdir=/srv/i/upper,'
                 'workdir=/srv/i/work' % IDMAP_PATH)
 
 
@@ -938,7 +952,7 @@ SHARING = dict((name, {'upper': '/srv/s/%s/upper' % name, 'work': '/srv/s/%s/wor
                        'target': '/srv/s/%s/merged' % name}) for name in ('one', 'two'))
 BASE_MOUNTED = ('60 1 0:60 / /srv/s/base/merged rw - overlay overlay rw,lowerdir=/srv/s/image,'
                 'upperdir=/srv/s/base/upper,workdir=/srv/s/base/work')
-SHARING_MOUNTED = dict((name, '%d 1 0:%d / /srv/s/%s/merged rw - overlay overlay rw,lowerdir=/srv/s/base/merged,'
+SHARING_MOUNTED = dict((name, '%d 1 0:%d / /srv/s/%s/merged rw,nodev - overlay overlay rw,lowerdir=/srv/s/base/merged,'
                               'upperdir=/srv/s/%s/upper,workdir=/srv/s/%s/work' % (number, number, name, name, name))
                        for number, name in ((61, 'one'), (62, 'two')))
 KERNEL_WORKDIRS = dict((path, facts(path, entries=KERNEL_WORKDIR))

@@ -37,7 +37,7 @@ def test_an_overlay_mount_returns_what_was_asked_and_the_payload_the_kernel_gets
     assert mount.to_dict() == {
         'action': 'mount', 'kind': 'overlay', 'node': 'filesystems[0]', 'target': '/m',
         'lowers': ('/l1', '/l,2'), 'upper': '/u', 'work': '/w', 'options': {'index': 'off'}, 'readonly': False,
-        'flattened': (),
+        'mount_flags': (), 'flattened': (),
         'payload': {'api': 'mount', 'data': 'lowerdir=/l1:/l\\,2,upperdir=/u,workdir=/w,index=off', 'parameters': ()},
         'description': 'mount overlay on /m (lowerdir=/l1:/l\\,2,upperdir=/u,workdir=/w,index=off)',
         'beneath': None,
@@ -49,8 +49,8 @@ def test_an_unmount_returns_the_step_that_would_restore_it():
     restore = steps.mount_bind('filesystems[1]', '/m', '/src', True)
     shown = steps.unmount('filesystems[1]', '/m', restore, shown='none from /dev/sda1 (rw)').to_dict()
     assert shown['restore'] == dict(action='mount', kind='bind', node='filesystems[1]', target='/m', source='/src',
-                                    readonly=True, description='bind /src on /m read-only', beneath=None,
-                                    source_beneath=None)
+                                    readonly=True, mount_flags=(), description='bind /src on /m read-only',
+                                    beneath=None, source_beneath=None)
     assert shown['description'] == 'unmount /m (none from /dev/sda1 (rw))'
 
 

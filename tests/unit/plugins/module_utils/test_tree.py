@@ -179,6 +179,11 @@ NESTED_BAD_WORK = overlay('/m', ['/l0', overlay('/n', ['/nl'], '/nu', 'nw')], '/
     ([overlay('/m', [{'type': 'dir', 'target': '/l', 'accessmode': 'passthrough'}], '/u', '/w')],
      ['filesystems[0].lower[0]']),
     ([overlay('/m', [42], '/u', '/w')], ['filesystems[0].lower[0] must be a mapping or a path string']),
+    ([overlay('/m', ['/l'], '/u', '/w', mount_flags=['nodev', 'ro'])],
+     ['filesystems[0].mount_flags: ro is not one of nodev, nosuid, noexec', 'readonly: true']),
+    ([overlay('/m', ['/l'], '/u', '/w', mount_flags='nodev')], ['filesystems[0].mount_flags must be a list']),
+    ([overlay('/m', [overlay('/n', ['/a', '/b'], mount_flags=['nosuid'])], '/u', '/w')],
+     ['filesystems[0].lower[0].mount_flags: only a top-level filesystem has mount flags']),
     (['/just/a/path'], ['filesystems[0] must be a mapping']),
     ([overlay('/m', ['/l'], ['/u'], '/w')], ['filesystems[0].upper must be a path string']),
     ([overlay('/m', ['/l'], '/w/u', '/w')], ['filesystems[0]', 'separate subtrees']),
@@ -191,6 +196,20 @@ def test_errors_name_the_field(raw_list, fragments):
 @pytest.mark.parametrize('raw_list', [[], None, {'target': '/m'}, 'x'])
 def test_batch_must_be_a_non_empty_list(raw_list):
     refused(raw_list, 'filesystems must be a non-empty list')
+
+
+@pytest.mark.parametrize('given, flags, shown', [
+    (None, ('nodev',), None),  # the default: nodev, as containers/storage mounts a container's root
+    (['noexec', 'nodev', 'nosuid'], ('nodev', 'nosuid', 'noexec'), ['nodev', 'nosuid', 'noexec']),
+    ([], (), []),
+])
+def test_mount_flags_default_to_nodev_and_read_back_only_when_other(given, flags, shown):
+    raw = overlay('/m', ['/l', overlay('/n', ['/a', '/b'])], '/u', '/w')
+    if given is not None:
+        raw['mount_flags'] = given
+    [root] = parse_filesystems([raw])
+    assert (root.mount_flags, root.lowers[1].mount_flags) == (flags, ())
+    assert to_yaml(root).get('mount_flags') == shown
 
 
 def test_exactly_500_lower_layers_are_accepted():

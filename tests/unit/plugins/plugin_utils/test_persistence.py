@@ -144,7 +144,7 @@ def test_an_overlay_is_a_mount_of_its_spec_by_the_helper():
     ]
     assert spec(result, '/srv/merged') == {'target': '/srv/merged', 'lowers': ['/srv/l1', '/srv/l2'], 'upper': '/srv/u',
                                            'work': '/srv/w', 'options': {}, 'readonly': False,
-                                           'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}
+                                           'mount_flags': ['nodev'], 'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}
 
 
 def test_a_tree_nested_three_deep_persists_the_flattened_layers_the_module_mounts():
@@ -185,11 +185,12 @@ def test_an_overlay_as_an_fstab_line():
 
 
 def test_options_readonly_and_the_volatile_choice_go_in_the_spec():
-    tree = overlay('/srv/ro', ['/srv/a', '/srv/b'], readonly=True, options={'redirect_dir': 'nofollow', 'userxattr': True})
+    tree = dict(overlay('/srv/ro', ['/srv/a', '/srv/b'], readonly=True,
+                        options={'redirect_dir': 'nofollow', 'userxattr': True}), mount_flags=['noexec', 'nosuid'])
     result = rendered(item(tree), settings=dict(SETTINGS, on_volatile_marker='discard'))
     assert spec(result, '/srv/ro') == {'target': '/srv/ro', 'lowers': ['/srv/a', '/srv/b'], 'upper': None, 'work': None,
                                        'options': {'redirect_dir': 'nofollow', 'userxattr': 'on'}, 'readonly': True,
-                                       'on_volatile_marker': 'discard', 'idmapped': [], 'views': {}}
+                                       'mount_flags': ['nosuid', 'noexec'], 'on_volatile_marker': 'discard', 'idmapped': [], 'views': {}}
     assert 'Options=' not in unit(result, 'srv-ro.mount')
     assert setting(unit(result, 'srv-ro.mount'), 'RequiresMountsFor') == '/srv/a /srv/b /usr/local/lib/containerhost-overlayfs'
 
@@ -261,9 +262,9 @@ def test_loop_image_layer():
 
 def test_top_level_loop_image_is_read_write_unless_readonly():
     top = dict(LOOP_LAYER, target='/srv/disk')
-    assert setting(unit(rendered(item(top)), 'srv-disk.mount'), 'Options') == 'loop,rw'
+    assert setting(unit(rendered(item(top)), 'srv-disk.mount'), 'Options') == 'loop,rw,nodev'
     top['readonly'] = True
-    assert setting(unit(rendered(item(top)), 'srv-disk.mount'), 'Options') == 'loop,ro'
+    assert setting(unit(rendered(item(top)), 'srv-disk.mount'), 'Options') == 'loop,ro,nodev'
 
 
 def test_nbd_image_layer_systemd():
@@ -310,7 +311,7 @@ def test_nbd_template_is_rendered_once_and_top_level_nbd_is_writable():
     second = dict(NBD_LAYER, target='/srv/disk', source='/srv/images/disk.qcow2')
     result = rendered(item(first), item(second), devices={'/srv/base': '/dev/nbd1', '/srv/disk': '/dev/nbd2'})
     assert result['units'] == ['srv-base.mount', 'srv-m1.mount', 'srv-disk.mount']
-    assert setting(unit(result, 'srv-disk.mount'), 'Options') == 'rw'
+    assert setting(unit(result, 'srv-disk.mount'), 'Options') == 'rw,nodev'
     assert 'READONLY=\n' in result['files']['/etc/containerhost-overlayfs/nbd/nbd2.env']
     assert 'options nbd' not in result['files'][NBD_MODPROBE]  # no options given
 
@@ -392,8 +393,8 @@ def test_block_and_bind_nodes():
     assert setting(unit(result, 'srv-bound.mount'), 'What') == '/srv/src'
     assert setting(unit(result, 'srv-bound.mount'), 'Options') == 'bind'
     bind = {'type': 'bind', 'source': '/srv/a b', 'target': '/srv/c d', 'readonly': True}
-    assert rendered(item(bind, persistence='fstab'))['fstab'] == ['/srv/a\\040b /srv/c\\040d none bind,ro 0 0']
-    assert setting(unit(rendered(item(bind)), 'srv-c\\x20d.mount'), 'Options') == 'bind,ro'
+    assert rendered(item(bind, persistence='fstab'))['fstab'] == ['/srv/a\\040b /srv/c\\040d none bind,ro,nodev 0 0']
+    assert setting(unit(rendered(item(bind)), 'srv-c\\x20d.mount'), 'Options') == 'bind,ro,nodev'
 
 
 def test_every_file_carries_the_marker():
@@ -416,7 +417,7 @@ def test_hostile_but_carried_paths_reach_the_spec_verbatim():
         '"/srv/a b" /srv/c:d "/srv/q\'\\"uote" /srv/e,f "/srv/g\\\\h" /srv/%%i /srv/\u00e9=x "/srv/u\tx" /srv/w=y '
         '/usr/local/lib/containerhost-overlayfs')
     assert spec(result, '/srv/merged 100%') == {'target': '/srv/merged 100%', 'lowers': lowers, 'upper': '/srv/u\tx',
-                                                'work': '/srv/w=y', 'options': {}, 'readonly': False,
+                                                'work': '/srv/w=y', 'options': {}, 'readonly': False, 'mount_flags': ['nodev'],
                                                 'on_volatile_marker': 'fail', 'idmapped': [], 'views': {}}
     line = rendered(item(overlay('/srv/m t', ['/srv/c:d', '/srv/e%f', '/srv/\u00e9=x']), persistence='fstab'))['fstab'][0]
     digest = hashlib.sha256(b'/srv/m t').hexdigest()[:16]
@@ -458,7 +459,7 @@ def test_targets_a_unit_line_cannot_carry_are_refused(persistence, target, messa
 
 def test_commas_and_backslashes_outside_options_are_fine():
     bind = {'type': 'bind', 'source': '/srv/a,b\\c', 'target': '/srv/d,e\\f'}
-    assert rendered(item(bind, persistence='fstab'))['fstab'] == ['/srv/a,b\\134c /srv/d,e\\134f none bind 0 0']
+    assert rendered(item(bind, persistence='fstab'))['fstab'] == ['/srv/a,b\\134c /srv/d,e\\134f none bind,nodev 0 0']
     text = unit(rendered(item(bind)), 'srv-d\\x2ce\\x5cf.mount')
     assert setting(text, 'What') == '/srv/a,b\\c' and setting(text, 'Where') == '/srv/d,e\\f'
 

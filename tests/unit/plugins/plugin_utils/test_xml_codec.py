@@ -164,6 +164,26 @@ def test_readonly_on_filesystem_and_backing_store():
     assert xml_to_filesystems(filesystems_to_xml(canonical([tree]))) == [tree]
 
 
+def test_mount_flags_are_an_element_of_flags_and_empty_asks_for_none():
+    [tree, bare, plain] = xml_to_filesystems(
+        "<filesystems><filesystem type='overlay'><source dir='/u'/><source dir='/w'/>"
+        "<backingStore type='dir'><target dir='/l'/></backingStore><backingStore type='dir'><target dir='/k'/>"
+        "</backingStore><target dir='/m'/><mountFlags><nosuid/><nodev/></mountFlags></filesystem>"
+        "<filesystem type='mount'><source dir='/s'/><target dir='/t'/><mountFlags/></filesystem>"
+        "<filesystem type='mount'><source dir='/s2'/><target dir='/t2'/></filesystem></filesystems>")
+    assert (tree['mount_flags'], bare['mount_flags'], 'mount_flags' in plain) == (['nosuid', 'nodev'], [], False)
+    roots = parse_filesystems([tree, bare, plain])
+    assert [root.mount_flags for root in roots] == [('nodev', 'nosuid'), (), ('nodev',)]
+    again = xml_to_filesystems(filesystems_to_xml(canonical([tree, bare, plain])))
+    assert [parse_filesystems([one])[0].mount_flags for one in again] == [('nodev', 'nosuid'), (), ('nodev',)]
+
+
+def test_a_mount_flag_that_is_none_is_refused_by_its_place():
+    with pytest.raises(XmlError, match=r"/filesystem\[1\]/mountFlags: <ro> is not a mount flag"):
+        xml_to_filesystems("<filesystem type='mount'><source dir='/s'/><target dir='/t'/><mountFlags><ro/>"
+                           "</mountFlags></filesystem>")
+
+
 def test_overlay_driver_element_carries_options():
     [tree] = xml_to_filesystems("<filesystem type='overlay'><driver type='overlay' index='off' "
                                 "redirect_dir='nofollow' volatile='on' xino='auto'/>"
