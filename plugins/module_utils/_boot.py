@@ -46,6 +46,7 @@ FSTYPE = 'overlay.containerhost'  # mount(8) runs /sbin/mount.overlay.containerh
 MOUNT_HELPER = '/sbin/mount.' + FSTYPE
 HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE, in their package layout
 EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
+NBD_HELPER = HELPER_LIB + '/containerhost-overlayfs-nbd'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
 BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
@@ -230,9 +231,29 @@ def export_main(argv, run):
         raise HelperError('%s the FUSE export of %s (%s): %s' % (action, image, image_format, error))
 
 
+# --- containerhost-overlayfs-nbd ---------------------------------------------------------------------------
+
+def nbd_main(argv, run):
+    """The nbd service's start at boot: qemu-nbd on DEVICE (it daemonizes, and writes PIDFILE for systemd), given
+    the image as the module gives it, through the file pinned where it lies below an open dir."""
+    if len(argv) not in (5, 6) or argv[0] != 'start' or argv[5:] not in ([], ['--read-only']):
+        raise HelperError('usage: %s start DEVICE PIDFILE IMAGE FORMAT [--read-only]' % os.path.basename(NBD_HELPER),
+                          EX_USAGE)
+    device, pidfile, image, image_format = argv[1:5]
+    resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
+    if resolution.symlink_inside:
+        raise HelperError('not serving %s: %s' % (image, describe_refusal('image', image, resolution)))
+    try:
+        with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
+            devices.run_checked(run, devices.nbd_argv(device, image, image_format, argv[5:] == ['--read-only'], at,
+                                                      pidfile))
+    except (OSError, devices.DeviceError) as error:
+        raise HelperError('serve %s (%s) on %s: %s' % (image, image_format, device, error))
+
+
 # --- entry point ----------------------------------------------------------------------------------------------
 
-PROGRAMS = (os.path.basename(MOUNT_HELPER), os.path.basename(EXPORT_HELPER))
+PROGRAMS = (os.path.basename(MOUNT_HELPER), os.path.basename(EXPORT_HELPER), os.path.basename(NBD_HELPER))
 
 
 def main(argv, run):
@@ -240,7 +261,8 @@ def main(argv, run):
     runs a command and returns (rc, stdout, stderr), as the module's AnsibleModule.run_command does for the same
     functions: the launcher's, so that no module_utils code starts a process itself."""
     name = os.path.basename(argv[0])
-    programs = dict(zip(PROGRAMS, (mount_main, functools.partial(export_main, run=run))))
+    programs = dict(zip(PROGRAMS, (mount_main, functools.partial(export_main, run=run),
+                                   functools.partial(nbd_main, run=run))))
     if name not in programs:
         _say('unknown program %s (known: %s)' % (name, ', '.join(sorted(PROGRAMS))), name='boot')
         return EX_USAGE

@@ -15,7 +15,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import RUN_DIR, open_private_dir
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, describe_mount, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import MOUNT_STEPS, Unmount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import MOUNT_STEPS, SetMountFlags, Unmount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
 
 
@@ -146,7 +146,8 @@ def mount_state(roots, observed):
 
 def predicted_state(before, steps):
     """The state after a plan runs: what a check-mode diff shows."""
-    mounts = dict((one.target, 'as planned: ' + one.description) for one in steps if isinstance(one, MOUNT_STEPS))
+    mounts = dict((one.target, 'as planned: ' + one.description) for one in steps
+                  if isinstance(one, MOUNT_STEPS + (SetMountFlags,)))
     unmounts = set(one.target for one in steps if isinstance(one, Unmount))
     return [(position, target, mounts.get(target, 'not mounted' if target in unmounts else now))
             for position, target, now in before]

@@ -102,22 +102,14 @@ def load_module(run, module, kernel):
 
 def attach_nbd(run, image, image_format, readonly, opened_as=None, sys_block=SYS_BLOCK):
     """Serve the image with qemu-nbd on the first free /dev/nbdN; wait until the device really has it.
-    ``opened_as``: the path qemu-nbd opens it by, when not ``image`` itself (syscalls.pinned_file); the image's
-    name is then its export's description, where observe reads it back.
+    ``opened_as``: as nbd_argv's.
 
     Runs hold the host lock, but other tools may race for a device: a connect that fails moves on to the
     next free device.
     """
-    if opened_as:
-        served = ['--description=' + image, '--',
-                  'json:' + json.dumps(_pinned_image(image_format, opened_as, readonly))]
-    else:
-        served = ['--', image]
     failures = []
     for device in free_nbd_devices(sys_block):
-        argv = ['qemu-nbd', '--format=%s' % image_format, '--connect=%s' % device]  # -c daemonizes
-        argv += (['--read-only'] if readonly else []) + served
-        rc, out, err = run_command(run, argv)
+        rc, out, err = run_command(run, nbd_argv(device, image, image_format, readonly, opened_as))
         if rc == 0:
             try:
                 wait_for_nbd(device, sys_block)
@@ -132,6 +124,18 @@ def attach_nbd(run, image, image_format, readonly, opened_as=None, sys_block=SYS
         raise DeviceError('no free nbd device (all /dev/nbd* are in use; the nbd module option nbds_max sets '
                           'how many there are)')
     raise DeviceError('qemu-nbd could not serve %s: %s' % (image, '; '.join(failures)))
+
+
+def nbd_argv(device, image, image_format, readonly, opened_as=None, pidfile=None):
+    """qemu-nbd serving ``image`` on ``device`` (``--connect`` daemonizes once the device has it). ``opened_as``:
+    the path it opens the image by, when not ``image`` itself (syscalls.pinned_file); the image's name is then its
+    export's description, where observe reads it back."""
+    argv = ['qemu-nbd', '--format=%s' % image_format, '--connect=%s' % device]
+    argv += (['--read-only'] if readonly else []) + (['--pid-file=%s' % pidfile] if pidfile else [])
+    if opened_as:
+        return argv + ['--description=' + image, '--',
+                       'json:' + json.dumps(_pinned_image(image_format, opened_as, readonly))]
+    return argv + ['--', image]
 
 
 def _pinned_image(image_format, opened_as, readonly):

@@ -42,9 +42,11 @@ def plan(roots, observed, state, on_drift='fail', create_dirs=True, on_volatile_
 
 
 def describe_mount(entry):
-    return '%s%s%s from %s (%s)' % ('read-only ' if entry.readonly else '',
-                                    'idmapped ' if 'idmapped' in entry.mount_options else '', entry.fstype,
-                                    entry.source, render_super_options(entry.super_options))
+    """'read-only nodev overlay from overlay (SUPER OPTIONS)': the mount's own mode and flags, then its filesystem."""
+    mode = (['read-only'] if entry.readonly else []) + list(entry.mount_flags) + (
+        ['idmapped'] if 'idmapped' in entry.mount_options else [])
+    return '%s%s from %s (%s)' % (''.join(word + ' ' for word in mode), entry.fstype, entry.source,
+                                  render_super_options(entry.super_options))
 
 
 class _Planner(object):

@@ -109,9 +109,9 @@ NBD_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
 ) + '''Type=forking
 EnvironmentFile={env_dir}/%i.env
 PIDFile=/run/containerhost-overlayfs-%i.pid
-ExecStart={qemu_nbd} --format=${{FORMAT}} $READONLY --connect=/dev/%i --pid-file=/run/containerhost-overlayfs-%i.pid -- ${{IMAGE}}
+ExecStart={helper} start /dev/%i /run/containerhost-overlayfs-%i.pid ${{IMAGE}} ${{FORMAT}} $READONLY
 ExecStop={qemu_nbd} --disconnect /dev/%i
-'''.format(env_dir=NBD_ENV_DIR, qemu_nbd=QEMU_NBD)
+'''.format(env_dir=NBD_ENV_DIR, helper=boot.NBD_HELPER, qemu_nbd=QEMU_NBD)
 EXPORT_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
     marker=MARKER, description='read-only FUSE export %i of an image', documentation='man:qemu-storage-daemon(1)',
     module='fuse',
@@ -324,7 +324,7 @@ class _Renderer(object):
         self.nbd_devices = {}  # device -> the layer on it
         self.reserved = set(device for device in devices.values())  # an unpinned layer takes none of these
         self.dependents = {}  # (unit, 'Requires' or 'Wants') -> the mount units of the trees it names
-        self.needs_helper = False  # an overlay or a FUSE export comes back through boot.py
+        self.needs_helper = False  # an overlay, an nbd device or a FUSE export comes back through boot.py
 
     def result(self):
         if self.needs_helper:
@@ -415,6 +415,7 @@ class _Renderer(object):
                     description='Image %s on %s' % (node.source, node.target))
 
     def _file_nbd(self, node, item):
+        self.needs_helper = True
         device = self.devices.get(node.target) or self._unpinned_device()
         if not isinstance(device, str) or not NBD_DEVICE.match(device):
             raise PersistenceError('%s: %r is not an nbd device (/dev/nbdN)' % (node.describe(), device))
@@ -467,7 +468,7 @@ class _Renderer(object):
         return '/dev/nbd%d' % number
 
     def _helpers(self):
-        """The boot helper (boot.py and what it imports, in their package layout) and its two launchers."""
+        """The boot helper (boot.py and what it imports, in their package layout) and its launchers."""
         sources = self.settings['helper_sources']
         missing = sorted(set(boot.BUNDLE) - set(sources))
         if missing:
@@ -477,7 +478,7 @@ class _Renderer(object):
             self._write('%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(package[:depth])), MARKER + '\n')
         for name in boot.BUNDLE:
             self._write('%s/%s/%s.py' % (boot.HELPER_LIB, '/'.join(package), name), MARKER + '\n' + sources[name])
-        for program in (boot.MOUNT_HELPER, boot.EXPORT_HELPER):
+        for program in (boot.MOUNT_HELPER, boot.EXPORT_HELPER, boot.NBD_HELPER):
             self._write(program, boot.launcher(MARKER, self.settings['python']))
             self.executables.append(program)
 

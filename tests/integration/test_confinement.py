@@ -192,6 +192,38 @@ def test_the_boot_helper_refuses_a_spec_through_a_link_a_container_planted(host,
     assert mounts_under(host.path('v')) == []
 
 
+def test_the_boot_nbd_service_refuses_an_image_through_a_link_and_serves_one_in_a_view_from_the_file_pinned(
+        host, container, capsys):
+    """The nbd service's start at boot, as systemd runs it: qemu-nbd gets no image through a container's link; one
+    in a container's view only as the file pinned, opened without a backing file. The control: the same link in a
+    dir only root can change reaches the host's image, by name."""
+    image = make_qcow2(host, 'host/secret.qcow2', {'secret': SECRET})
+    commands = []
+
+    def serve(argv):
+        commands.append(argv)
+        return 0, '', ''
+
+    def start(path):
+        return boot.main([boot.NBD_HELPER, 'start', '/dev/nbd7', host.path('nbd.pid'), path, 'qcow2', '--read-only'],
+                         serve)
+
+    assert start(plant(host.path('trusted'), 'image.qcow2', image)) == 0  # the control
+    assert commands.pop()[-2:] == ['--', host.path('trusted/image.qcow2')]
+    link = plant(container, 'image.qcow2', image)
+    assert (start(link), commands) == (boot.EX_FAIL, [])
+    assert ('containerhost-overlayfs-nbd: not serving %s: image %s: %s is a symlink (to %s) inside the merged view '
+            'of the overlay at %s' % (link, link, link, image, container)) in capsys.readouterr().err
+    inside = os.path.join(container, 'inner.qcow2')
+    shutil.copy(image, inside)
+    assert start(inside) == 0
+    (argv,) = commands
+    assert argv[:4] == ['qemu-nbd', '--format=qcow2', '--connect=/dev/nbd7', '--read-only'], argv
+    assert argv[4:7] == ['--pid-file=' + host.path('nbd.pid'), '--description=' + inside, '--'], argv
+    opened = json.loads(argv[7][len('json:'):])
+    assert (opened['backing'], opened['file']['filename'].startswith('/proc/')) == (None, True), opened
+
+
 def test_a_base_two_trees_share_is_never_pulled_from_under_one_nor_mounted_twice(host):
     """Two tasks, two trees over one nested base (the README's shared, nested base)."""
     host.make_dirs('image')

@@ -200,7 +200,8 @@ def test_diff_mode_shows_the_mount_state_before_and_after(host):
                        diff=True)
     assert result['diff']['before'] == '%s: not mounted\n' % host.path('m')
     # no upper dir: the kernel makes the superblock read-only
-    assert result['diff']['after'].startswith('%s: overlay from overlay (ro,lowerdir=%s:' % (host.path('m'), host.path('base')))
+    assert result['diff']['after'].startswith('%s: nodev overlay from overlay (ro,lowerdir=%s:'
+                                              % (host.path('m'), host.path('base')))
 
 
 def test_report_changed_and_summary_hold_only_the_trees_that_change(host):
@@ -382,6 +383,10 @@ def test_mount_flags_are_set_read_back_and_changed_in_place(host):
         subprocess.run([host.path('b/true')], check=False)
 
     (before,) = [entry.mount_id for entry in mounts_under(host.root) if entry.mountpoint == host.path('m')]
+    predicted = host.play(filesystems=[dict(overlay, mount_flags=[]), bind], check=True, diff=True)
+    assert predicted['diff']['before'].startswith('%s: nodev overlay from overlay (' % host.path('m'))
+    assert predicted['diff']['after'] == '%s: as planned: set the mount flags of %s to none (now nodev), in place\n' % (
+        host.path('m'), host.path('m'))
     changed = converge_twice(host, filesystems=[dict(overlay, mount_flags=[]), bind])
     assert [(one['action'], one['target'], one['mount_flags'], one['was']) for one in changed['steps']] == [
         ('set_mount_flags', host.path('m'), [], ['nodev'])]

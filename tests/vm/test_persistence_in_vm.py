@@ -15,8 +15,9 @@ The steps build on each other and run in file order (a failed step skips the res
    through a merged view still there, a unit that requires a nofail tree started after it, the LXC domain
    autostarted by libvirtd after its tree, its writes in the tree's upper dir; then the role changes nothing;
 3. a volatile tree: after a clean reboot it stays down and says why (the default), the role refuses it; a tree
-   whose lower dir lies in the loop tree's container's view is mounted by fd, and once the container swaps that dir
-   for a link to a host dir, it stays down after the reboot and says why, the host dir no layer of it;
+   whose lower dir lies in the loop tree's container's view, and one whose upper and work dirs lie in the upper dir
+   of an unprivileged container (its files owned by uid 100000), are mounted by fd; once each container swaps its
+   dir for a link to a host dir, each stays down after the reboot and says why, the host dirs untouched;
 4. with on_volatile_marker discard the role mounts it, and it comes back after an unclean reset; an image missing
    at that boot keeps only its tree down, the boot completes, the role names the image, and with the image back
    the next run mounts that tree and changes nothing else;
@@ -99,6 +100,11 @@ def trees_of(release):
 # Its lower dir lies in the merged view of the loop tree's container, which shapes it.
 INSIDE = ({'name': 'inside'}, canonical(overlay(path('inside', 'merged'), [path('loop', 'rootfs', 'inner'), path('runtime')],
                                                 path('inside', 'upper'), path('inside', 'work'))))
+# Its upper and work dirs lie in the upper dir of an unprivileged container (not one of the role's trees), whose
+# root maps to uid 100000: the dir its files are in is that uid's, so the container shapes it.
+UNPRIVILEGED = ({'name': 'unprivileged'}, canonical(overlay(
+    path('uctr', 'merged'), [path('base'), path('runtime')], path('uctr', 'upper', 'data', 'u'),
+    path('uctr', 'upper', 'data', 'w'))))
 VOLATILE = ({'name': 'volatile'}, canonical(overlay(path('vol', 'merged'), [path('base'), path('runtime')],
                                                     path('vol', 'upper'), path('vol', 'work'), options={'volatile': True})))
 
@@ -364,21 +370,30 @@ def test_after_the_reboots_the_role_changes_nothing(host):
 
 def test_a_volatile_tree_stays_down_after_a_clean_reboot_and_says_why(host):
     inner = path('loop', 'rootfs', 'inner')
-    host.vm.run(['sh', '-euc', 'mkdir -p "$1" && echo container > "$1/file"', 'sh', inner], check=True)
-    host.converge(host.trees + [VOLATILE, INSIDE])
+    data = path('uctr', 'upper', 'data')
+    host.vm.run(['sh', '-euc', 'mkdir -p "$1" && echo container > "$1/file" && mkdir -p "$2" && chown 100000:100000 "$2"',
+                 'sh', inner, data], check=True)
+    host.converge(host.trees + [VOLATILE, INSIDE, UNPRIVILEGED])
     mounts = host.mounts()
     assert path('vol', 'merged') in mounts
     assert mounts[path('inside', 'merged')].overlay_layers()[0] == [inner, path('runtime')]
-    # the container swaps the dir for a link to a host dir, through its own view
-    host.vm.run(['sh', '-euc', 'mkdir -p "$1" && echo host > "$1/secret" && mv "$2" "$2.old" && ln -s "$1" "$2" && sync',
-                 'sh', path('hostdir'), inner], check=True)
+    assert mounts[path('uctr', 'merged')].overlay_layers()[1:] == (data + '/u', data + '/w')
+    # each container swaps its dir for a link to a host dir: one through its view, one in its upper dir
+    swap = 'mkdir -p "$1" && mv "$2" "$2.old" && ln -s "$1" "$2" && sync'
+    host.vm.run(['sh', '-euc', swap, 'sh', path('hostdir'), inner], check=True)
+    host.vm.run(['sh', '-euc', swap, 'sh', path('hostdir2'), data + '/u'], check=True)
     host.vm.reboot()
     host.wait_for_boot()
     mounts = host.mounts()
-    assert path('vol', 'merged') not in mounts and path('inside', 'merged') not in mounts
+    assert not [target for target in (path('vol', 'merged'), path('inside', 'merged'), path('uctr', 'merged'))
+                if target in mounts], sorted(mounts)
     log = host.vm.run('journalctl -b -u srv-p-inside-merged.mount --no-pager -o cat', check=True).stdout
     assert ('not mounting /srv/p/inside/merged: lower dir %s: %s is a symlink (to /srv/p/hostdir) inside the merged '
             'view of the overlay at /srv/p/loop/rootfs; symlinks there are not followed' % (inner, inner) in log), log
+    log = host.vm.run('journalctl -b -u srv-p-uctr-merged.mount --no-pager -o cat', check=True).stdout
+    assert ('not mounting /srv/p/uctr/merged: upper %s/u: %s/u is a symlink (to /srv/p/hostdir2) inside the dir %s, '
+            'which uid 100000 owns; symlinks there are not followed' % (data, data, data) in log), log
+    assert host.listings([path('hostdir'), path('hostdir2')]) == {path('hostdir'): [], path('hostdir2'): []}
     assert_trees_up(host, [tree for _settings, tree in host.trees])
     log = host.vm.run('journalctl -b -u srv-p-vol-merged.mount --no-pager -o cat', check=True).stdout
     assert 'not mounting /srv/p/vol/merged: work dir /srv/p/vol/work holds work/incompat/volatile' in log, log

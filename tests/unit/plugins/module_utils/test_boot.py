@@ -93,6 +93,10 @@ def test_main_dispatches_on_the_program_name_and_returns_mount8_codes(capsys):
     assert boot.main(['/sbin/mount.overlay.containerhost'], _no_command) == boot.EX_USAGE
     assert 'mount.overlay.containerhost: usage:' in capsys.readouterr().err
     assert boot.main(['/x/containerhost-overlayfs-export', 'restart', 'i', 'raw'], _no_command) == boot.EX_USAGE
+    for argv in (['start', '/dev/nbd0', '/run/p', '/i'], ['start', '/dev/nbd0', '/run/p', '/i', 'raw', '-r'],
+                 ['stop', '/dev/nbd0', '/run/p', '/i', 'raw']):
+        assert boot.main(['/x/containerhost-overlayfs-nbd'] + argv, _no_command) == boot.EX_USAGE
+        assert 'containerhost-overlayfs-nbd: usage: containerhost-overlayfs-nbd start DEVICE' in capsys.readouterr().err
     assert boot.main(['/x/other'], _no_command) == boot.EX_USAGE
     assert 'unknown program other' in capsys.readouterr().err
     assert boot.main(['/sbin/mount.overlay.containerhost', '/nonexistent.conf', '/srv/m'], _no_command) == boot.EX_FAIL

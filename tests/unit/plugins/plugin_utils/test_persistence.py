@@ -164,7 +164,7 @@ def test_the_helper_and_its_modules_come_with_any_overlay():
         assert text == MARKER + '\n' + helper_sources()[name]
     assert result['files'][package + '/__init__.py'] == MARKER + '\n'
     assert result['files'][boot.HELPER_LIB + '/ansible_collections/__init__.py'] == MARKER + '\n'
-    assert result['executables'] == [boot.MOUNT_HELPER, boot.EXPORT_HELPER]
+    assert result['executables'] == [boot.MOUNT_HELPER, boot.EXPORT_HELPER, boot.NBD_HELPER]
     launcher = result['files'][boot.MOUNT_HELPER]
     assert launcher.splitlines()[:2] == ['#!/usr/bin/python3 -I', MARKER]
     assert rendered(item(SIMPLE), settings=dict(SETTINGS, python='/opt/py/bin/python3'))['files'][
@@ -281,8 +281,10 @@ def test_nbd_image_layer_systemd():
     assert template.startswith(MARKER + '\n')
     assert setting(template, 'Type') == 'forking'
     assert setting(template, 'PIDFile') == '/run/containerhost-overlayfs-%i.pid'
-    assert setting(template, 'ExecStart') == ('/usr/bin/qemu-nbd --format=${FORMAT} $READONLY --connect=/dev/%i '
-                                              '--pid-file=/run/containerhost-overlayfs-%i.pid -- ${IMAGE}')
+    # the helper gives qemu-nbd the image as the module does (pinned below an open dir), and the pid file
+    assert setting(template, 'ExecStart') == (boot.NBD_HELPER + ' start /dev/%i /run/containerhost-overlayfs-%i.pid '
+                                              '${IMAGE} ${FORMAT} $READONLY')
+    assert boot.NBD_HELPER in result['executables']
     assert setting(template, 'ExecStop') == '/usr/bin/qemu-nbd --disconnect /dev/%i'
     assert setting(template, 'Requires') == 'modprobe@nbd.service'
     assert '[Install]' not in template  # pulled in by the mount units' Requires=
