@@ -5,7 +5,7 @@
 
 """What a target runs at boot for the trees the overlay_mounts role persists, outside Ansible.
 
-Two programs, both this module's ``main()`` behind a launcher that the role installs (``launcher()``):
+Three programs, each this module's ``main()`` behind a launcher that the role installs (``launcher()``):
 
 - ``mount.overlay.containerhost``, the mount(8) helper of the overlays the role persists. A ``.mount`` unit or
   an fstab line of type ``overlay.containerhost`` names the overlay's spec file as its source, and mount(8)
@@ -19,6 +19,8 @@ Two programs, both this module's ``main()`` behind a launcher that the role inst
   (``syscalls.mount_idmapped``), so persistence needs no ``X-mount.idmap=`` from the target's util-linux (2.39+).
 - ``containerhost-overlayfs-export start|stop IMAGE FORMAT``, the boot-time service of an image layer with
   driver fuse: qemu-storage-daemon's read-only FUSE export, exactly as the module starts it.
+- ``containerhost-overlayfs-nbd start DEVICE PIDFILE IMAGE FORMAT [--read-only]``, the boot-time service of an
+  image layer with driver nbd: qemu-nbd on the device the role pinned, given the image as the module gives it.
 
 Standard library only, and only the modules in BUNDLE: the role copies these files to the target.
 """
@@ -41,6 +43,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     volatile_marker,
     volatile_marker_refusal,
 )
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import flag_shortfalls, overlay_shortfalls, same_lowers
 
 FSTYPE = 'overlay.containerhost'  # mount(8) runs /sbin/mount.overlay.containerhost for this type
 MOUNT_HELPER = '/sbin/mount.' + FSTYPE
@@ -49,7 +52,8 @@ EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 NBD_HELPER = HELPER_LIB + '/containerhost-overlayfs-nbd'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
-BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_syscalls')  # this module's import closure
+BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_paths', '_syscalls',
+          '_verify')  # this module's import closure
 SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'mount_flags', 'on_volatile_marker',
              'idmapped', 'views')
 
@@ -115,10 +119,20 @@ def parse_mount_arguments(argv):
 
 
 def mounted_as_specified(spec, mounts):
-    """The top mount at the target is this overlay: mount -a (or a second start) must not stack a duplicate."""
+    """The top mount at the target is this overlay, as the module asks it (verify's test): mount -a (or a second
+    start) must not stack a duplicate. Raise HelperError when it stands on the spec's layers but gives less (other
+    options or mount flags, read-only, degraded): another mount on top would hide it, not mend it."""
     target = os.path.realpath(spec['target'])
     stacked = [entry for entry in mounts if entry.mountpoint == target]
-    return bool(stacked) and stacked[-1].overlay_layers() == (spec['lowers'], spec['upper'], spec['work'])
+    if not stacked or stacked[-1].overlay_layers() is None or not same_lowers(stacked[-1], spec['lowers']):
+        return False
+    shortfalls = (overlay_shortfalls(stacked[-1], spec['lowers'], spec['upper'], spec['work'], spec['options'],
+                                     spec['readonly'])
+                  + flag_shortfalls(stacked[-1], spec['mount_flags']))
+    if shortfalls:
+        raise HelperError('%s is mounted on its layers already, but not as its spec says: %s (unmount it, and '
+                          'mount it again)' % (spec['target'], '; '.join(shortfalls)))
+    return True
 
 
 def mount(spec_path, target):

@@ -29,9 +29,9 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe i
     read_nbd_devices,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OVERLAY_OPTIONS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     TreeError,
-    fold_path,
     is_within,
     parse_filesystem,
     to_yaml,

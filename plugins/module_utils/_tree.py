@@ -12,7 +12,6 @@ plugins/plugin_utils/_xml_codec.py); every rule here names the offending field.
 from __future__ import annotations
 
 import functools
-import posixpath
 from typing import NamedTuple, Optional
 
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -25,6 +24,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     normalize_mount_flags,
     normalize_options,
 )
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
 
 MAX_LOWER_LAYERS = 500
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
@@ -355,14 +355,6 @@ def normalize_path(value, where):
     if '..' in value.split('/'):
         raise TreeError("%s: %r contains '..'; give the path without it" % (where, value))
     return fold_path(value)
-
-
-def fold_path(path):
-    """'//a/./b/' -> '/a/b': how the tree and mountinfo compare paths (posixpath keeps a leading '//')."""
-    if '//' not in path and '/./' not in path and not path.endswith(('/', '/.')):
-        return path
-    folded = posixpath.normpath(path)
-    return '/' + folded.lstrip('/') if folded.startswith('/') else folded
 
 
 def _flag(raw, key, label):

@@ -7,13 +7,14 @@
 and the executor (a mount just made that gives less is undone and reported).
 
 The kernel can accept an overlay and give less than it was asked: it falls back to a read-only superblock when
-it cannot set up the work dir, and drops index, uuid, xino and other features with only a log line. Pure.
+it cannot set up the work dir, and drops index, uuid, xino and other features with only a log line. Pure, and
+standard library only: the boot helper asks the same of a mount it finds (boot.mounted_as_specified).
 """
 
 from __future__ import annotations
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import option_shortfalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
 
 
 def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
@@ -23,7 +24,7 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
         return ['%s is mounted there, not an overlay' % entry.fstype if entry else 'nothing is mounted there']
     shown_lowers, shown_upper, shown_work = layers
     problems = []
-    if [_fold(path) for path in shown_lowers] != list(lowers):
+    if not same_lowers(entry, lowers):
         problems.append('the lower layers are %s' % ':'.join(shown_lowers))
     if (_fold(shown_upper), _fold(shown_work)) != (upper, work):
         problems.append('upper %s and work %s' % (shown_upper, shown_work))
@@ -33,6 +34,11 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
         problems.append('its superblock is read-only (the kernel could not set up the work dir %s)' % work)
     problems += ['option %s' % text for text in option_shortfalls(options, entry.super_options, bool(upper))]
     return problems
+
+
+def same_lowers(entry, lowers):
+    """The overlay ``entry`` shows the lower layers ``lowers`` (paths compared folded)."""
+    return [_fold(path) for path in entry.overlay_layers()[0]] == list(lowers)
 
 
 def flag_shortfalls(entry, mount_flags):

@@ -145,7 +145,7 @@ unexpressed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._discover import discover, read_host
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
 
 
 ARGUMENT_SPEC = dict(

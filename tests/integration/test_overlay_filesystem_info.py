@@ -70,7 +70,7 @@ def set_up_by_hand(host):
     overlay('ct1', '%s:%s' % (path('shared', 'm'), path('runtime')))
     overlay('ct2', '%s:%s:%s' % (path('shared', 'm'), path('img'), path('bind')), ',redirect_dir=on')
     overlay('ct3', path('odd\\, name\\: x'), ',index=on')  # escapes, as the kernel takes them
-    overlay('ct4', path('ct3', 'm'))  # nested in ct4 alone
+    overlay('ct4', path('ct3', 'm'), ',nosuid,nodev')  # nested in ct4 alone; mount(8) takes the flags as flags
     checked(['mount', '-t', 'overlay', 'by-hand', '-o', 'lowerdir+=%s,lowerdir+=%s,upperdir=%s,workdir=%s' % (
         path('runtime'), path('base'), path('dup', 'upper'), path('dup', 'work')), path('dup', 'm')])
     checked(['mount', '-t', 'overlay', 'by-hand', '-o', 'lowerdir=l1,upperdir=%s,workdir=%s' % (
@@ -104,6 +104,8 @@ def test_a_host_set_up_by_hand_reads_back_as_trees_that_plan_nothing(host):
         {'type': 'overlay', 'upper': path('ct3', 'upper'), 'work': path('ct3', 'work'), 'lower': [path('odd, name: x')],
          'options': {'index': 'on'}, 'target': path('ct3', 'm')}]
     assert trees[path('dup', 'm')]['lower'] == [path('runtime'), path('base')]
+    # mount flags: shown where not the default (nodev), so a tree fed back asks for what is mounted
+    assert [trees[path(tree, 'm')].get('mount_flags') for tree in ('ct1', 'ct4')] == [[], ['nodev', 'nosuid']]
     assert found['unexpressed'] == [{'target': path('rel', 'm'), 'reason': "its lower layer 'l1' is relative, as it "
                                      "was given to mount; a tree names absolute paths"}]
     for fed in ('as_yaml', 'as_xml'):

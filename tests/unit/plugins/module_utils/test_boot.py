@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -76,13 +77,27 @@ def test_bad_mount_arguments_are_usage_errors(argv, message):
 
 def test_the_overlay_already_on_the_target_is_recognized():
     lines = ['60 1 0:40 / /srv rw - tmpfs tmpfs rw',
-             '70 60 0:41 / /srv/m rw - overlay overlay rw,lowerdir=/srv/a\\054b:/srv/c\\:d:/srv/\u00e9\\040x,'
+             '70 60 0:41 / /srv/m rw,nodev - overlay overlay rw,lowerdir=/srv/a\\054b:/srv/c\\:d:/srv/\u00e9\\040x,'
              'upperdir=/srv/u,workdir=/srv/w,index=off']
     mounts = mountinfo.parse('\n'.join(lines))
     assert boot.mounted_as_specified(SPEC, mounts)
     assert not boot.mounted_as_specified(dict(SPEC, lowers=['/srv/c:d']), mounts)
     over = '80 70 0:42 / /srv/m rw - tmpfs tmpfs rw'
     assert not boot.mounted_as_specified(SPEC, mounts + mountinfo.parse(over))  # something covers it
+
+
+@pytest.mark.parametrize('spec_change, message', [
+    ({'mount_flags': ['nodev', 'noexec']}, 'it is mounted without noexec'),
+    ({'options': {'index': 'on'}}, 'option index=on (shown: off)'),
+    ({'readonly': True}, 'it is mounted read-write'),
+])
+def test_an_overlay_on_its_layers_but_not_as_its_spec_says_is_named_not_stacked_over(spec_change, message):
+    """The module's test (verify), at boot: a duplicate on top would hide it, not mend it."""
+    line = ('70 1 0:41 / /srv/m rw,nodev - overlay overlay rw,lowerdir=/srv/a\\054b:/srv/c\\:d:/srv/\u00e9\\040x,'
+            'upperdir=/srv/u,workdir=/srv/w,index=off')
+    with pytest.raises(boot.HelperError, match='/srv/m is mounted on its layers already, but not as its spec '
+                                               'says: %s' % re.escape(message)):
+        boot.mounted_as_specified(dict(SPEC, **spec_change), mountinfo.parse(line))
 
 
 def _no_command(argv):

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from hypothesis import given, strategies as st
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
     MAX_LOWER_LAYERS,
     TreeError,
-    fold_path,
     is_within,
     parse_filesystems,
     path_and_ancestors,
