@@ -42,11 +42,13 @@ options:
       - "Keys of an overlay: C(type) (default V(overlay)), C(upper), C(work), C(lower) (a list, topmost first),
         C(target), C(options) (overlay mount options such as C(index), C(metacopy), C(redirect_dir), C(xino),
         C(userxattr), C(volatile)), C(readonly), C(mount_flags), C(idmap)."
-      - "C(mount_flags) (top level only): the flags of the tree's own mount, a list of V(nodev), V(nosuid) and
-        V(noexec). The default is V([nodev]), as container engines mount a container's root: a device node a
-        container makes in its view is no device on the host. V([]) sets none. A tree mounted with other flags
-        (by hand, or before this option existed) gets them in place, nothing unmounted (step C(set_mount_flags));
-        a container's own bind of its view keeps the flags it was made with until it is made again."
+      - "C(mount_flags) (top level only): the flags the tree's own mount has at least, a list of V(nodev),
+        V(nosuid) and V(noexec). The default is V([nodev]), as container engines mount a container's root: a device
+        node a container makes in its view is no device on the host. V([]) asks for none. Flags a mount has beyond
+        them stay (a bind keeps those of the mount it binds): nothing takes a restriction away. A tree mounted
+        without some of its flags (by hand, or before this option existed) gets them in place, nothing unmounted
+        (step C(set_mount_flags), Linux 5.12); a container's own bind of its view keeps the flags it was made with
+        until it is made again."
       - "A lower layer is a path string (a plain directory), or a mapping with C(type): V(dir) (C(target)),
         V(overlay) (a nested overlay, same keys), V(file) (C(source), C(format), C(driver) V(loop), V(nbd) or
         V(fuse), C(target)),

@@ -43,7 +43,12 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import flag_shortfalls, overlay_shortfalls, same_lowers
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
+    flag_shortfalls,
+    overlay_shortfalls,
+    same_lowers,
+    same_upper_and_work,
+)
 
 FSTYPE = 'overlay.containerhost'  # mount(8) runs /sbin/mount.overlay.containerhost for this type
 MOUNT_HELPER = '/sbin/mount.' + FSTYPE
@@ -124,11 +129,13 @@ def mounted_as_specified(spec, mounts):
     options or mount flags, read-only, degraded): another mount on top would hide it, not mend it."""
     target = os.path.realpath(spec['target'])
     stacked = [entry for entry in mounts if entry.mountpoint == target]
-    if not stacked or stacked[-1].overlay_layers() is None or not same_lowers(stacked[-1], spec['lowers']):
+    entry = stacked[-1] if stacked else None
+    if entry is None or entry.overlay_layers() is None or not (
+            same_lowers(entry, spec['lowers']) and same_upper_and_work(entry, spec['upper'], spec['work'])):
         return False
-    shortfalls = (overlay_shortfalls(stacked[-1], spec['lowers'], spec['upper'], spec['work'], spec['options'],
+    shortfalls = (overlay_shortfalls(entry, spec['lowers'], spec['upper'], spec['work'], spec['options'],
                                      spec['readonly'])
-                  + flag_shortfalls(stacked[-1], spec['mount_flags']))
+                  + flag_shortfalls(entry, spec['mount_flags']))
     if shortfalls:
         raise HelperError('%s is mounted on its layers already, but not as its spec says: %s (unmount it, and '
                           'mount it again)' % (spec['target'], '; '.join(shortfalls)))
@@ -259,8 +266,8 @@ def nbd_main(argv, run):
         raise HelperError('not serving %s: %s' % (image, describe_refusal('image', image, resolution)))
     try:
         with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
-            devices.run_checked(run, devices.nbd_argv(device, image, image_format, argv[5:] == ['--read-only'], at,
-                                                      pidfile))
+            devices.run_checked(run, devices.nbd_argv(device, resolution.realpath, image_format,
+                                                      argv[5:] == ['--read-only'], at, pidfile))
     except (OSError, devices.DeviceError) as error:
         raise HelperError('serve %s (%s) on %s: %s' % (image, image_format, device, error))
 

@@ -133,16 +133,16 @@ def nbd_argv(device, image, image_format, readonly, opened_as=None, pidfile=None
     argv = ['qemu-nbd', '--format=%s' % image_format, '--connect=%s' % device]
     argv += (['--read-only'] if readonly else []) + (['--pid-file=%s' % pidfile] if pidfile else [])
     if opened_as:
-        return argv + ['--description=' + image, '--',
-                       'json:' + json.dumps(_pinned_image(image_format, opened_as, readonly))]
+        opened = {'driver': 'file', 'filename': opened_as, 'read-only': readonly}
+        return argv + ['--description=' + image, '--', 'json:' + json.dumps(_pinned_image(image_format, opened, readonly))]
     return argv + ['--', image]
 
 
-def _pinned_image(image_format, opened_as, readonly):
-    """qemu's options for an image below an open dir: its contents are a container's or a user's, and so is the
-    backing file its header names (the host's own disk, say). It is opened without one."""
-    return {'driver': image_format, 'backing': None, 'read-only': readonly,
-            'file': {'driver': 'file', 'filename': opened_as, 'read-only': readonly}}
+def _pinned_image(image_format, opened, readonly, **more):
+    """qemu's options for an image below an open dir, read from ``opened`` (its file node, or that node's name): its
+    contents are a container's or a user's, and so is the backing file its header names (the host's own disk, say).
+    It is opened without one."""
+    return dict({'driver': image_format, 'backing': None, 'read-only': readonly, 'file': opened}, **more)
 
 
 def free_nbd_devices(sys_block=SYS_BLOCK):
@@ -188,9 +188,8 @@ def start_export(run, image, image_format, export, pidfile, metafile, opened_as=
     with open(metafile, 'w') as handle:
         json.dump({'image': image, 'format': image_format}, handle)
     image_node = 'driver=%s,node-name=image,read-only=on,file=file' % image_format
-    if opened_as:  # as _pinned_image, the file node apart
-        image_node = json.dumps({'driver': image_format, 'node-name': 'image', 'read-only': True, 'file': 'file',
-                                 'backing': None})
+    if opened_as:
+        image_node = json.dumps(_pinned_image(image_format, 'file', True, **{'node-name': 'image'}))
     argv = ['qemu-storage-daemon', '--daemonize', '--pidfile', pidfile,
             '--blockdev', 'driver=file,node-name=file,read-only=on,filename=' + _qemu_value(opened_as or image),
             '--blockdev', image_node,

@@ -242,12 +242,10 @@ class Executor(object):
     def _mount_bind(self, one):
         with _reached(one) as at, _source_reached(one) as source:
             syscalls.bind_mount(one.source, one.target, at=at, source_at=source)
-        try:  # a bind mount takes its mode only from a remount
-            with _parent_reached(one) as at:
-                if one.readonly:
-                    syscalls.remount_readonly(one.target, at=at)
-                if one.mount_flags:
-                    syscalls.set_mount_flags(one.target, one.mount_flags, at=at)
+        try:  # a bind mount takes its own mode only from a remount
+            if one.readonly or one.mount_flags:
+                with _parent_reached(one) as at:
+                    syscalls.remount_bind(one.target, one.readonly, one.mount_flags, at=at)
         except OSError:
             with _parent_reached(one) as at:
                 syscalls.unmount(one.target, at=at)
@@ -268,10 +266,9 @@ class Executor(object):
 
     def _set_mount_flags(self, one):
         with _parent_reached(one) as at:
-            syscalls.set_mount_flags(one.target, one.mount_flags, at=at)
-        self._made(one, 'the mount flags', ','.join(one.mount_flags) or 'none',
-                   lambda entry: flag_shortfalls(entry, one.mount_flags))
-        return step.set_mount_flags(one.node, one.target, one.was, one.mount_flags, beneath=one.beneath)
+            syscalls.set_mount_flags(one.target, one.add, one.remove, at=at)
+        self._made(one, 'the mount flags', ', '.join(one.add), lambda entry: flag_shortfalls(entry, one.add))
+        return step.set_mount_flags(one.node, one.target, add=one.remove, remove=one.add, beneath=one.beneath)
 
     def _made(self, one, what, asked, shortfalls, kernel_messages=()):
         """Note a mount the plan made, to read it back (_read_back). The mounts an undo makes again are not: the

@@ -83,7 +83,7 @@ class ImagePlanner(object):
         steps = []
         if not self.observed.nbd_loaded:
             steps.append(step.load_module(node.label, 'nbd', self.observed.kernel))
-        steps.append(step.attach_nbd(node.label, node.source, node.image_format, readonly,
+        steps.append(step.attach_nbd(node.label, image, node.image_format, readonly,
                                      image_beneath=self.observed.facts(node.source).beneath))
         return None, steps
 

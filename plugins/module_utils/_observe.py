@@ -335,8 +335,11 @@ def qemu_nbd_server(pid):
             readonly = True
         elif arg.startswith('--description='):
             described = arg.split('=', 1)[1]
-    # an image below an open dir is served from a pinned fd (json:{...}); its export's description names it
-    image = described if described and argv[-1].startswith('json:') else argv[-1]
+    if described and argv[-1].startswith('json:'):
+        # an image below an open dir, served from the file pinned: its export's description names it as the plan
+        # resolved it (no link followed below the open dir: realpath here would follow one planted since)
+        return ImageServer(described, image_format, readonly)
+    image = argv[-1]
     if not os.path.isabs(image):
         image = _open_file_ending_in(pid, image) or os.path.join(cwd, image)
     return ImageServer(os.path.realpath(image), image_format, readonly)

@@ -27,7 +27,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._options i
     volatile_marker_refusal,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import overlay_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import missing_flags, overlay_shortfalls
 
 
 class PlanError(ValueError):
@@ -102,11 +102,11 @@ class _Planner(object):
         return {'absent': 'new', 'broken': 'repair', 'repair': 'repair'}.get(status, 'replace')
 
     def _flag_steps(self, node, current):
-        """A top-level filesystem mounted as asked but for its mount flags gets them in place: they are the
-        mount's, not its filesystem's, and nothing above it in the tree stands on them."""
-        if node.is_layer or current.mount_flags == node.mount_flags:
-            return []
-        return [self._confined(step.set_mount_flags(node.label, node.target, node.mount_flags, current.mount_flags))]
+        """A top-level filesystem mounted as asked but for some of its mount flags gets them in place: they are the
+        mount's, not its filesystem's, and nothing above it in the tree stands on them. Flags it has beyond them
+        stay (verify.missing_flags)."""
+        missing = () if node.is_layer else missing_flags(current, node.mount_flags)
+        return [self._confined(step.set_mount_flags(node.label, node.target, add=missing))] if missing else []
 
     def _refuse_unless_replacing(self, node, current, status):
         if self.on_drift == 'replace':

@@ -201,12 +201,12 @@ class MountBind(Step):
 
 @dataclasses.dataclass(frozen=True)
 class SetMountFlags(Step):
-    """Set the mount flags of the mount at ``target`` in place (options.MOUNT_FLAGS: these, and none of the others),
-    nothing unmounted; ``was``: its flags before, for the undo."""
+    """Add the mount flags ``add`` (options.MOUNT_FLAGS) to the mount at ``target``, in place, nothing unmounted;
+    its undo takes them off again (``remove``)."""
     action: ClassVar[str] = 'set_mount_flags'
     target: str
-    mount_flags: Tuple[str, ...]
-    was: Tuple[str, ...]
+    add: Tuple[str, ...] = ()
+    remove: Tuple[str, ...] = ()
     beneath: Optional[Tuple[str, str]] = None
 
 
@@ -351,10 +351,10 @@ def mount_bind(node, target, source, readonly, source_beneath=None, mount_flags=
                      description='bind %s on %s%s' % (source, target, mode_suffix(readonly, mount_flags)))
 
 
-def set_mount_flags(node, target, mount_flags, was, beneath=None):
-    return SetMountFlags(node=node, target=target, mount_flags=tuple(mount_flags), was=tuple(was), beneath=beneath,
-                         description='set the mount flags of %s to %s (now %s), in place'
-                                     % (target, ','.join(mount_flags) or 'none', ','.join(was) or 'none'))
+def set_mount_flags(node, target, add=(), remove=(), beneath=None):
+    changes = (['add %s to' % ', '.join(add)] if add else []) + (['take %s off' % ', '.join(remove)] if remove else [])
+    return SetMountFlags(node=node, target=target, add=tuple(add), remove=tuple(remove), beneath=beneath,
+                         description='%s the mount %s, in place' % (' and '.join(changes), target))
 
 
 def mount_idmapped(node, target, source, idmap, source_beneath=None):

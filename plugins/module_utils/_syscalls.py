@@ -27,6 +27,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap imp
 MS_RDONLY = 0x1
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
 MS_BIND = 0x1000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 CLONE_NEWNS = 0x20000
@@ -47,6 +48,9 @@ MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x2, 0x4, 0x8
 # options.MOUNT_FLAGS as mount(2) and as fsmount(2) and mount_setattr(2) take them
 FLAG_BITS = {'nodev': (MS_NODEV, MOUNT_ATTR_NODEV), 'nosuid': (MS_NOSUID, MOUNT_ATTR_NOSUID),
              'noexec': (MS_NOEXEC, MOUNT_ATTR_NOEXEC)}
+# statvfs(3)'s per-mount flags, each with the mount(2) flag that asks for it again: what a remount keeps
+KEPT_ON_REMOUNT = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                   (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_SYMLINKS = 0x10  # follow the target's last component: a pinned_dir's /proc/self/fd link
 AT_FDCWD = -100
@@ -328,22 +332,28 @@ def mount_device(device, target, fstype, readonly, at=None, mount_flags=()):
 
 
 def bind_mount(source, target, at=None, source_at=None):
-    """A bind mount ignores MS_RDONLY on creation: remount_readonly makes it read-only. ``at`` and ``source_at``: the
-    paths the call uses (pinned_dir paths), when they are not ``target`` and ``source``."""
+    """A bind mount takes the flags of the mount it binds and ignores MS_RDONLY on creation: remount_bind gives it
+    its own. ``at`` and ``source_at``: the paths the call uses (pinned_dir paths), when they are not ``target`` and
+    ``source``."""
     _call_mount('bind %s on %s' % (source, target), (), source_at or source, at or target, None, MS_BIND, None)
 
 
-def remount_readonly(target, at=None):
-    """``at`` must reach the bind mount's own root (in_parent_of), not the directory it covers."""
-    _call_mount('make bind mount %s read-only' % target, (), None, at or target, None,
-                MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+def remount_bind(target, readonly, mount_flags, at=None):
+    """Make the bind mount at ``target`` read-only and give it ``mount_flags``, keeping the flags it has (the ones
+    it took from the mount it binds: nosuid on a bind of /home stays). A remount sets every per-mount flag, so the
+    ones it has are asked for again (statvfs(3)); any kernel does it. ``at`` must reach the bind mount's own root
+    (in_parent_of), not the directory it covers."""
+    shown = os.statvfs(at or target).f_flag
+    kept = sum(bit for flag, bit in KEPT_ON_REMOUNT if shown & flag)
+    _call_mount('remount the bind mount %s' % target, (), None, at or target, None,
+                MS_BIND | MS_REMOUNT | kept | _mount_bits(readonly or bool(shown & os.ST_RDONLY), mount_flags), None)
 
 
-def set_mount_flags(target, mount_flags, at=None):
-    """Give the mount at ``target`` exactly ``mount_flags`` of options.MOUNT_FLAGS, in place (mount_setattr(2):
-    nothing else of the mount changes). ``at`` must reach the mount's own root (in_parent_of), as for a remount."""
-    wanted = _attr_bits(False, mount_flags)
-    attr = _MountAttr(wanted, _attr_bits(False, FLAG_BITS) & ~wanted, 0, 0)
+def set_mount_flags(target, add=(), remove=(), at=None):
+    """Add the mount flags ``add`` (options.MOUNT_FLAGS) to the mount at ``target`` and take ``remove`` off, in place
+    (mount_setattr(2), Linux 5.12: nothing else of the mount changes, and no symlink is followed at its last
+    component). ``at`` must reach the mount's own root (in_parent_of), as for a remount."""
+    attr = _MountAttr(_attr_bits(False, add), _attr_bits(False, remove), 0, 0)
     _syscall('set the mount flags of %s' % target, SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(at or target),
              AT_SYMLINK_NOFOLLOW, ctypes.byref(attr), ctypes.sizeof(attr))
 

@@ -26,7 +26,7 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
     problems = []
     if not same_lowers(entry, lowers):
         problems.append('the lower layers are %s' % ':'.join(shown_lowers))
-    if (_fold(shown_upper), _fold(shown_work)) != (upper, work):
+    if not same_upper_and_work(entry, upper, work):
         problems.append('upper %s and work %s' % (shown_upper, shown_work))
     if entry.readonly != readonly:
         problems.append('it is mounted %s' % ('read-only' if entry.readonly else 'read-write'))
@@ -41,14 +41,23 @@ def same_lowers(entry, lowers):
     return [_fold(path) for path in entry.overlay_layers()[0]] == list(lowers)
 
 
+def same_upper_and_work(entry, upper, work):
+    _lowers, shown_upper, shown_work = entry.overlay_layers()
+    return (_fold(shown_upper), _fold(shown_work)) == (upper, work)
+
+
+def missing_flags(entry, mount_flags):
+    """The mount flags (options.MOUNT_FLAGS) of ``mount_flags`` the mount ``entry`` lacks. A tree's flags are the
+    least its mount has: more (a bind's, taken from the mount it binds) take nothing away."""
+    return tuple(flag for flag in mount_flags if flag not in entry.mount_flags)
+
+
 def flag_shortfalls(entry, mount_flags):
-    """The mount flags (options.MOUNT_FLAGS) ``entry`` has other than ``mount_flags``, one phrase each."""
+    """What missing_flags says, as a phrase."""
     if entry is None:
         return ['nothing is mounted there']
-    missing = [flag for flag in mount_flags if flag not in entry.mount_flags]
-    extra = [flag for flag in entry.mount_flags if flag not in mount_flags]
-    return (['it is mounted without %s' % ', '.join(missing)] if missing else []) + (
-        ['it is mounted with %s' % ', '.join(extra)] if extra else [])
+    missing = missing_flags(entry, mount_flags)
+    return ['it is mounted without %s' % ', '.join(missing)] if missing else []
 
 
 def _fold(path):

@@ -99,6 +99,7 @@ Documentation={documentation}
 DefaultDependencies=no
 Requires=modprobe@{module}.service
 After=modprobe@{module}.service local-fs-pre.target
+RequiresMountsFor={helper_lib}
 Before=shutdown.target
 Conflicts=shutdown.target
 
@@ -106,6 +107,7 @@ Conflicts=shutdown.target
 '''
 NBD_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
     marker=MARKER, description='qemu-nbd serving an image on /dev/%i', documentation='man:qemu-nbd(8)', module='nbd',
+    helper_lib=boot.HELPER_LIB,
 ) + '''Type=forking
 EnvironmentFile={env_dir}/%i.env
 PIDFile=/run/containerhost-overlayfs-%i.pid
@@ -114,7 +116,7 @@ ExecStop={qemu_nbd} --disconnect /dev/%i
 '''.format(env_dir=NBD_ENV_DIR, helper=boot.NBD_HELPER, qemu_nbd=QEMU_NBD)
 EXPORT_TEMPLATE_TEXT = SERVICE_UNIT_SECTION.format(
     marker=MARKER, description='read-only FUSE export %i of an image', documentation='man:qemu-storage-daemon(1)',
-    module='fuse',
+    module='fuse', helper_lib=boot.HELPER_LIB,
 ) + '''Type=oneshot
 RemainAfterExit=yes
 EnvironmentFile={env_dir}/%i.env

@@ -205,6 +205,9 @@ def _idmap(element, where):
 def _mount_flags(element, where):
     """<mountFlags><nodev/><nosuid/></mountFlags> -> ['nodev', 'nosuid']; an empty <mountFlags/> asks for none."""
     _allow_attributes(element, where, ())
+    if (element.text or '').strip():
+        raise XmlError('%s: the flags are elements, not text: <mountFlags><%s/></mountFlags>'
+                       % (where, element.text.strip().split(',')[0]))
     flags = []
     for child in element:
         if child.tag not in MOUNT_FLAGS:

@@ -17,6 +17,7 @@ import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils import _converge
 from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     converge_twice,
@@ -382,18 +383,43 @@ def test_mount_flags_are_set_read_back_and_changed_in_place(host):
     with pytest.raises(PermissionError):
         subprocess.run([host.path('b/true')], check=False)
 
-    (before,) = [entry.mount_id for entry in mounts_under(host.root) if entry.mountpoint == host.path('m')]
-    predicted = host.play(filesystems=[dict(overlay, mount_flags=[]), bind], check=True, diff=True)
-    assert predicted['diff']['before'].startswith('%s: nodev overlay from overlay (' % host.path('m'))
-    assert predicted['diff']['after'].splitlines()[0] == (
-        '%s: as planned: set the mount flags of %s to none (now nodev), in place' % (host.path('m'), host.path('m')))
-    changed = converge_twice(host, filesystems=[dict(overlay, mount_flags=[]), bind])
-    assert [(one['action'], one['target'], one['mount_flags'], one['was']) for one in changed['steps']] == [
-        ('set_mount_flags', host.path('m'), [], ['nodev'])]
-    (after,) = [entry for entry in mounts_under(host.root) if entry.mountpoint == host.path('m')]
-    assert (after.mount_id, after.mount_flags) == (before, ())
-    with open(host.path('m/null'), 'wb'):
-        pass
+    # flags beyond those asked stay: mount_flags [] takes nothing away
+    assert host.play(filesystems=[dict(overlay, mount_flags=[]), bind])['plan'] == []
+
+    # mounted by hand (or by a release before mount flags), without nodev: added in place, on the same mount
+    host.make_dirs('u2', 'w2', 'n')
+    checked(['mount', '-t', 'overlay', 'by-hand', '-o', 'lowerdir=%s:%s,upperdir=%s,workdir=%s' % (
+        host.path('base'), host.path('extra'), host.path('u2'), host.path('w2')), host.path('n')])
+    by_hand = {'upper': host.path('u2'), 'work': host.path('w2'), 'lower': overlay['lower'], 'target': host.path('n')}
+    (before,) = [entry.mount_id for entry in mounts_under(host.root) if entry.mountpoint == host.path('n')]
+    predicted = host.play(filesystem=by_hand, check=True, diff=True)
+    assert predicted['diff']['before'].startswith('%s: overlay from by-hand (' % host.path('n'))
+    assert predicted['diff']['after'] == '%s: as planned: add nodev to the mount %s, in place\n' % (
+        host.path('n'), host.path('n'))
+    changed = converge_twice(host, filesystem=by_hand)
+    assert [(one['action'], one['target'], one['add'], one['remove']) for one in changed['steps']] == [
+        ('set_mount_flags', host.path('n'), ['nodev'], [])]
+    (after,) = [entry for entry in mounts_under(host.root) if entry.mountpoint == host.path('n')]
+    assert (after.mount_id, after.mount_flags) == (before, ('nodev',))
+    with pytest.raises(PermissionError):
+        open(host.path('n/null'), 'wb')
+
+
+def test_a_bind_keeps_the_flags_of_the_mount_it_binds(host):
+    """A bind of a nosuid, nodev mount (as /home or /tmp may be) stays nosuid and nodev, read-only or not, whatever
+    mount_flags asks: nothing here takes a restriction away."""
+    host.make_dirs('src', 'plain')
+    checked(['mount', '-t', 'tmpfs', '-o', 'nosuid,nodev', 'restricted', host.path('src')])
+    binds = [{'type': 'mount', 'source': host.path('src'), 'target': host.path('ro'), 'readonly': True,
+              'mount_flags': []},
+             {'type': 'mount', 'source': host.path('src'), 'target': host.path('rw'), 'mount_flags': ['noexec']},
+             {'type': 'mount', 'source': host.path('plain'), 'target': host.path('plain-bind'), 'mount_flags': []}]
+    converge_twice(host, filesystems=binds)
+    shown = {entry.mountpoint: (entry.readonly, entry.mount_flags) for entry in mounts_under(host.root)}
+    assert shown[host.path('ro')] == (True, ('nodev', 'nosuid'))
+    assert shown[host.path('rw')] == (False, ('nodev', 'nosuid', 'noexec'))
+    (scratch,) = [entry for entry in read_mountinfo() if entry.mountpoint == host.root]
+    assert shown[host.path('plain-bind')][1] == scratch.mount_flags  # the control: as the mount it binds
 
 
 def test_adhoc_xml_twice(host):

@@ -9,6 +9,7 @@ fake /sys/block; the real commands run in the integration and VM tests)."""
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 
@@ -90,6 +91,17 @@ def test_a_module_that_does_not_load_says_which_kernel_and_what_to_do_instead():
         devices.load_module(run, 'nbd', '6.18')
     assert 'could not load the nbd kernel module on kernel 6.18: modprobe: FATAL' in str(error.value)
     assert 'driver fuse needs no kernel module' in str(error.value)
+
+
+def test_qemu_nbd_takes_an_image_by_name_or_the_file_pinned_without_a_backing_file():
+    assert devices.nbd_argv('/dev/nbd1', '/srv/i.qcow2', 'qcow2', True) == [
+        'qemu-nbd', '--format=qcow2', '--connect=/dev/nbd1', '--read-only', '--', '/srv/i.qcow2']
+    argv = devices.nbd_argv('/dev/nbd1', '/c/v/i.qcow2', 'qcow2', False, '/proc/9/fd/5', '/run/p.pid')
+    assert argv[:5] == ['qemu-nbd', '--format=qcow2', '--connect=/dev/nbd1', '--pid-file=/run/p.pid',
+                        '--description=/c/v/i.qcow2']
+    assert argv[5] == '--' and json.loads(argv[6][len('json:'):]) == {
+        'driver': 'qcow2', 'backing': None, 'read-only': False,
+        'file': {'driver': 'file', 'filename': '/proc/9/fd/5', 'read-only': False}}
 
 
 def test_free_nbd_devices_are_those_without_server_and_size_in_number_order(tmp_path):

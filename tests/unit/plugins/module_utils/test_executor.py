@@ -35,7 +35,7 @@ class FakeHost(object):
         monkeypatch.setattr(hostfs, 'device_number', lambda device: (7, self._number(device)))
         monkeypatch.setattr(hostfs, 'same_file', lambda path, other: True)
         monkeypatch.setattr(devices_module, 'loop_backing_file', lambda device, _sys_block: self.loops.get(device))
-        for name in ('mount_overlay', 'mount_device', 'bind_mount', 'remount_readonly', 'unmount'):
+        for name in ('mount_overlay', 'mount_device', 'bind_mount', 'remount_bind', 'set_mount_flags', 'unmount'):
             monkeypatch.setattr(syscalls, name, self._syscall(name))
         monkeypatch.setattr(executor_module, 'read_mountinfo', self.mountinfo)
 
@@ -61,8 +61,9 @@ class FakeHost(object):
                 self.others[os.path.realpath(args[1])] = (args[0], 'ro' if args[3] else 'rw')
             if name == 'bind_mount':
                 self.others[os.path.realpath(args[1])] = (args[0], 'rw')
-            if name == 'remount_readonly':
-                self.others[os.path.realpath(args[0])] = (self.others[os.path.realpath(args[0])][0], 'ro')
+            if name == 'remount_bind':
+                self.others[os.path.realpath(args[0])] = (self.others[os.path.realpath(args[0])][0],
+                                                          'ro' if args[1] else 'rw')
             if name == 'unmount':
                 self.overlays.pop(os.path.realpath(args[0]), None)
                 self.others.pop(os.path.realpath(args[0]), None)
@@ -248,6 +249,17 @@ def test_detach_is_undone_by_attaching_again(monkeypatch):
         Executor(host.run_command).apply(plan)
     assert 'step 2 of 2 (unmount /srv/busy) failed: unmount /srv/busy: Device or resource busy' in str(error.value)
     assert host.events[-1] == ('run', ('losetup', '--find', '--show', '--read-only', '--', '/srv/img.raw'))
+
+
+def test_mount_flags_added_in_place_are_taken_off_again_when_the_run_is_undone(tmp_path, monkeypatch):
+    host = FakeHost(monkeypatch)
+    plan = [steps.set_mount_flags('filesystems[0]', str(tmp_path / 'a'), add=('nodev', 'nosuid')),
+            overlay_step(tmp_path / 'b')]
+    host.fail['mount_overlay'] = kernel_refusal(tmp_path / 'b')
+    with pytest.raises(ApplyError, match=r'step 2 of 2 .*Undid the 1 step\(s\) before it'):
+        Executor(host.run_command).apply(plan)
+    flags = [event[1:] for event in host.events if event[0] == 'set_mount_flags']
+    assert flags == [(str(tmp_path / 'a'), ('nodev', 'nosuid'), ()), (str(tmp_path / 'a'), (), ('nodev', 'nosuid'))]
 
 
 def test_undo_stops_at_the_first_undo_step_that_fails_and_says_what_is_left(tmp_path, monkeypatch):

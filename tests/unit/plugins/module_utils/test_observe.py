@@ -173,3 +173,21 @@ def test_a_relative_image_of_a_daemonized_qemu_nbd_is_the_file_it_holds_open(tmp
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_image_served_from_the_file_pinned_is_the_one_its_description_names_with_no_link_followed(tmp_path):
+    """devices.nbd_argv's form for an image below an open dir; a link planted at its name since changes nothing."""
+    (tmp_path / 'view').mkdir()
+    os.symlink('/etc/hostname', str(tmp_path / 'view' / 'image.qcow2'))  # planted after the attach
+    os.symlink(sys.executable, str(tmp_path / 'qemu-nbd'))
+    image = str(tmp_path / 'view' / 'image.qcow2')
+    argv = [str(tmp_path / 'qemu-nbd'), '-c', "print('ready', flush=True); import time; time.sleep(60)",
+            '--format=qcow2', '--connect=/dev/nbd3', '--read-only', '--description=' + image, '--',
+            'json:{"driver": "qcow2", "backing": null, "file": {"filename": "/proc/1/fd/3"}}']
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == 'ready\n', process.stderr.read()
+        assert vars(qemu_nbd_server(process.pid)) == {'image': image, 'image_format': 'qcow2', 'readonly': True}
+    finally:
+        process.kill()
+        process.wait()

@@ -39,19 +39,23 @@ SCRIPT = textwrap.dedent('''
 
     subprocess.run(['mount', '-t', 'tmpfs', 'scratch', base], check=True, capture_output=True)
     lowers = [path('l,%03d' % index + 'x' * 90) for index in range(40)]
-    for name in lowers + [path('u'), path('w'), path('m'), path('m2'), path('bound'), path('w2')]:
+    for name in lowers + [path('u'), path('w'), path('m'), path('m2'), path('bound'), path('w2'), path('src')]:
         os.mkdir(name)
     for kind, layers in (('mount', lowers[:2]), ('fsconfig', lowers)):
         payload = overlay_payload(layers, path('u'), path('w'), {'default_permissions': 'on'})
         assert payload.api == kind, payload.api
-        syscalls.mount_overlay(path('m'), payload, False)
+        syscalls.mount_overlay(path('m'), payload, False, mount_flags=('nodev', 'noexec'))
         entry = top(path('m'))
-        report[kind] = [entry.overlay_layers()[0] == layers, entry.readonly, 'default_permissions' in entry.super_options]
+        report[kind] = [entry.overlay_layers()[0] == layers, entry.readonly, 'default_permissions' in entry.super_options,
+                        entry.mount_flags]
         syscalls.unmount(path('m'))
         report[kind].append(any(entry.mountpoint == path('m') for entry in read_mountinfo()))
-    syscalls.bind_mount(path('u'), path('bound'))
-    syscalls.remount_readonly(path('bound'))
-    report['bind'] = top(path('bound')).readonly
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'nosuid', 'source', path('src')], check=True, capture_output=True)
+    syscalls.bind_mount(path('src'), path('bound'))
+    syscalls.remount_bind(path('bound'), True, ('nodev',))
+    report['bind'] = [top(path('bound')).readonly, top(path('bound')).mount_flags]
+    syscalls.set_mount_flags(path('bound'), add=('noexec',), remove=('nodev',))
+    report['bind'].append(top(path('bound')).mount_flags)
     syscalls.unmount(path('bound'), lazy=True)
     try:
         syscalls.mount_overlay(path('m2'), overlay_payload([path('missing'), lowers[0]], None, None, {}), False)
@@ -102,9 +106,10 @@ def test_paths_below_a_root_are_reached_made_and_removed_without_following_a_sym
 def test_each_wrapper_does_what_it_says_and_failures_carry_the_call_and_errno(namespace_run, tmp_path):
     report = namespace_run(SCRIPT)
     # mount(2) and fsconfig(2) give the same overlay: the layers in order, the flag, gone after unmount
-    assert report['mount'] == [True, False, True, False]
-    assert report['fsconfig'] == [True, False, True, False]
-    assert report['bind'] is True  # read-only takes the second, remount call
+    assert report['mount'] == [True, False, True, ['nodev', 'noexec'], False]
+    assert report['fsconfig'] == [True, False, True, ['nodev', 'noexec'], False]
+    # read-only and nodev take the remount; the source's nosuid stays; then noexec is added and nodev taken off
+    assert report['bind'] == [True, ['nodev', 'nosuid'], ['nosuid', 'noexec']]
     err, text = report['refused']
     assert err == 2 and text.startswith('mount overlay on %s: No such file or directory' % (tmp_path / 'm2'))
     err, text = report['not_mounted']

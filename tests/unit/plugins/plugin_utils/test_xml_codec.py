@@ -178,10 +178,14 @@ def test_mount_flags_are_an_element_of_flags_and_empty_asks_for_none():
     assert [parse_filesystems([one])[0].mount_flags for one in again] == [('nodev', 'nosuid'), (), ('nodev',)]
 
 
-def test_a_mount_flag_that_is_none_is_refused_by_its_place():
-    with pytest.raises(XmlError, match=r"/filesystem\[1\]/mountFlags: <ro> is not a mount flag"):
-        xml_to_filesystems("<filesystem type='mount'><source dir='/s'/><target dir='/t'/><mountFlags><ro/>"
-                           "</mountFlags></filesystem>")
+@pytest.mark.parametrize('flags, message', [
+    ('<ro/>', r'<ro> is not a mount flag'),
+    ('nodev,nosuid', r'the flags are elements, not text: <mountFlags><nodev/></mountFlags>'),
+])
+def test_a_mount_flag_that_is_none_is_refused_by_its_place(flags, message):
+    with pytest.raises(XmlError, match=r"/filesystem\[1\]/mountFlags: " + message):
+        xml_to_filesystems("<filesystem type='mount'><source dir='/s'/><target dir='/t'/><mountFlags>%s"
+                           "</mountFlags></filesystem>" % flags)
 
 
 def test_overlay_driver_element_carries_options():
