@@ -241,11 +241,8 @@ def export_main(argv, run):
     export, pidfile, metafile = hostfs.export_files(image, image_format)
     try:
         if action == 'start':
-            resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
-            if resolution.symlink_inside:
-                raise HelperError('not exporting %s: %s' % (image, describe_refusal('image', image, resolution)))
-            with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
-                devices.start_export(run, resolution.realpath, image_format, export, pidfile, metafile, opened_as=at)
+            with _image_reached(image, 'not exporting') as (realpath, at):
+                devices.start_export(run, realpath, image_format, export, pidfile, metafile, opened_as=at)
         else:
             devices.stop_export(export, pidfile, metafile)
     except (OSError, devices.DeviceError, syscalls.MountError) as error:
@@ -261,15 +258,23 @@ def nbd_main(argv, run):
         raise HelperError('usage: %s start DEVICE PIDFILE IMAGE FORMAT [--read-only]' % os.path.basename(NBD_HELPER),
                           EX_USAGE)
     device, pidfile, image, image_format = argv[1:5]
-    resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
-    if resolution.symlink_inside:
-        raise HelperError('not serving %s: %s' % (image, describe_refusal('image', image, resolution)))
     try:
-        with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
-            devices.run_checked(run, devices.nbd_argv(device, resolution.realpath, image_format,
-                                                      argv[5:] == ['--read-only'], at, pidfile))
+        with _image_reached(image, 'not serving') as (realpath, at):
+            devices.run_checked(run, devices.nbd_argv(device, realpath, image_format, argv[5:] == ['--read-only'],
+                                                      at, pidfile))
     except (OSError, devices.DeviceError) as error:
         raise HelperError('serve %s (%s) on %s: %s' % (image, image_format, device, error))
+
+
+@contextlib.contextmanager
+def _image_reached(image, refused):
+    """The image as the module reaches it, with the views mounted by now: (its real path, and the path a daemon
+    opens it by where it lies below an open dir, else None). One through a symlink there is refused."""
+    resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
+    if resolution.symlink_inside:
+        raise HelperError('%s %s: %s' % (refused, image, describe_refusal('image', image, resolution)))
+    with syscalls.pinned_file(*resolution.beneath) if resolution.beneath else contextlib.nullcontext() as at:
+        yield resolution.realpath, at
 
 
 # --- entry point ----------------------------------------------------------------------------------------------

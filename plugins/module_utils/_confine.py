@@ -22,6 +22,8 @@ import os
 import stat
 from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
+
 MAX_SYMLINKS = 40  # the kernel's own limit on links followed in one walk (ELOOP)
 
 
@@ -151,9 +153,7 @@ def _has_access_acl(directory: str) -> bool:
 def normalized(path: Optional[str]) -> Optional[str]:
     """An absolute path as mountinfo may echo it ('//a/b/') in the form the resolver takes ('/a/b'); None for none,
     or for a relative one (relative to the cwd of whoever mounted it, which nobody can tell now)."""
-    if not path or not path.startswith('/'):
-        return None
-    return os.path.normpath('/' + path.lstrip('/'))
+    return fold_path(path) if path and path.startswith('/') else None
 
 
 def _points_to(link: str) -> str:

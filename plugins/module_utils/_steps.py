@@ -254,11 +254,7 @@ MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
 CONFINABLE_STEPS = (MountOverlay, MountDevice, MountBind, SetMountFlags, Unmount)
 
 
-def ro_suffix(readonly):
-    return ' read-only' if readonly else ''
-
-
-def mode_suffix(readonly, mount_flags):
+def mode_suffix(readonly, mount_flags=()):
     """' read-only, nodev, nosuid': how a mount is made, for its description."""
     shown = (['read-only'] if readonly else []) + list(mount_flags)
     return ' ' + ', '.join(shown) if shown else ''
@@ -296,7 +292,7 @@ def load_module(node, module, kernel):
 
 def attach_loop(node, image, readonly, image_beneath=None):
     return AttachLoop(node=node, ref=node, image=image, readonly=readonly, image_beneath=image_beneath,
-                      description='attach %s to a free loop device%s' % (image, ro_suffix(readonly)))
+                      description='attach %s to a free loop device%s' % (image, mode_suffix(readonly)))
 
 
 def detach_loop(node, device, image, readonly):
@@ -308,7 +304,7 @@ def attach_nbd(node, image, image_format, readonly, image_beneath=None):
     return AttachNbd(node=node, ref=node, image=image, format=image_format, readonly=readonly,
                      image_beneath=image_beneath,
                      description='serve %s (%s) with qemu-nbd on a free nbd device%s'
-                                 % (image, image_format, ro_suffix(readonly)))
+                                 % (image, image_format, mode_suffix(readonly)))
 
 
 def detach_nbd(node, device, image=None, image_format=None, readonly=True):
