@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import XmlError, raw_trees
 
 

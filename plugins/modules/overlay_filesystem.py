@@ -308,7 +308,7 @@ from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
 
 
 ARGUMENT_SPEC = dict(

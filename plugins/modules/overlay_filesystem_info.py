@@ -144,8 +144,8 @@ unexpressed:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._discover import discover, read_host
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.discover._discover import discover, read_host
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 
 ARGUMENT_SPEC = dict(

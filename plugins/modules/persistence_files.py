@@ -133,7 +133,7 @@ from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._persistence_files import (
     PersistenceFilesError,
     apply,
 )

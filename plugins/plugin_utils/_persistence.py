@@ -37,21 +37,22 @@ Debian 12 and 13 in tests/integration/test_persistence_oracles.py:
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import views_of
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import ON_VOLATILE_MARKER
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import views_of
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import ON_VOLATILE_MARKER
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._persistence_files import (
     CONFIG_DIR,
     DROPIN,
     MARKER,
     SYSTEMD_UNIT_DIR,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
     IDMAPPED,
     TreeError,
     order_by_dependency,
@@ -279,13 +280,38 @@ def render_normalized(normalized, devices=None, settings=None):
 
 
 def helper_sources():
-    """The source of the boot helper's modules, from this collection: the renderer installs them on the target."""
-    directory = os.path.dirname(os.path.abspath(boot.__file__))
-    sources = {}
-    for name in boot.BUNDLE:
-        with open(os.path.join(directory, name + '.py'), encoding='utf-8') as handle:
-            sources[name] = handle.read()
+    """The boot helper's modules: boot/_boot.py and every module of this collection it imports, transitively (its
+    import closure, computed from the sources), by name below boot.PACKAGE ('boot._boot', 'kernel._options', ...).
+    The renderer installs them on the target."""
+    sources, pending = {}, ['boot._boot']
+    while pending:
+        name = pending.pop()
+        if name not in sources:
+            with open(_module_file(name), encoding='utf-8') as handle:
+                sources[name] = handle.read()
+            pending += collection_imports(sources[name])
     return sources
+
+
+def collection_imports(source):
+    """The modules of this collection's module_utils that a source imports, by name below boot.PACKAGE."""
+    prefix = boot.PACKAGE + '.'
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith(prefix):
+            name = node.module[len(prefix):]
+            # 'from PACKAGE.host import _syscalls' names modules of a package; 'from PACKAGE.host._syscalls
+            # import mount' a module
+            found += [name] if os.path.exists(_module_file(name)) else ['%s.%s' % (name, alias.name)
+                                                                        for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [alias.name[len(prefix):] for alias in node.names if alias.name.startswith(prefix)]
+    return found
+
+
+def _module_file(name):
+    module_utils = os.path.dirname(os.path.dirname(os.path.abspath(boot.__file__)))
+    return os.path.join(module_utils, *name.split('.')) + '.py'
 
 
 def _settings(settings):
@@ -472,14 +498,14 @@ class _Renderer(object):
     def _helpers(self):
         """The boot helper (boot.py and what it imports, in their package layout) and its launchers."""
         sources = self.settings['helper_sources']
-        missing = sorted(set(boot.BUNDLE) - set(sources))
-        if missing:
-            raise PersistenceError('the boot helper needs the sources of %s' % ', '.join(missing))
-        package = boot.PACKAGE.split('.')
-        for depth in range(1, len(package) + 1):
-            self._write('%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(package[:depth])), MARKER + '\n')
-        for name in boot.BUNDLE:
-            self._write('%s/%s/%s.py' % (boot.HELPER_LIB, '/'.join(package), name), MARKER + '\n' + sources[name])
+        if 'boot._boot' not in sources:
+            raise PersistenceError('the boot helper needs the sources of boot._boot and the modules it imports '
+                                   '(helper_sources())')
+        for name, source in sorted(sources.items()):
+            parts = (boot.PACKAGE + '.' + name).split('.')
+            for depth in range(1, len(parts)):
+                self._write('%s/%s/__init__.py' % (boot.HELPER_LIB, '/'.join(parts[:depth])), MARKER + '\n')
+            self._write('%s/%s.py' % (boot.HELPER_LIB, '/'.join(parts)), MARKER + '\n' + source)
         for program in (boot.MOUNT_HELPER, boot.EXPORT_HELPER, boot.NBD_HELPER):
             self._write(program, boot.launcher(MARKER, self.settings['python']))
             self.executables.append(program)

@@ -5,7 +5,7 @@
 
 """A tree's layer stack as an SVG picture: what is mounted where, from which image or device, in which order.
 
-Pure: a parsed tree (module_utils._tree.Node) in, SVG text out. Each row of the picture is a ``<g>`` whose
+Pure: a parsed tree (module_utils.tree._tree.Node) in, SVG text out. Each row of the picture is a ``<g>`` whose
 ``data-*`` attributes say what it shows (role, path, depth; for an image its format, driver and mount point; for
 a nested overlay the kernel reads through its layers, flattened; for an idmapped layer its mapping and the path of
 its idmapped mount), so a test can read the picture back and compare
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 from xml.sax.saxutils import escape, quoteattr
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED
 
 ROW_HEIGHT = 26
 INDENT = 18

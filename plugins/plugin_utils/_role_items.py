@@ -24,7 +24,7 @@ import re
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
     TreeError,
     check_unique_targets,
     parse_filesystem,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import re
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import MOUNT_FLAGS, OVERLAY_OPTIONS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import MOUNT_FLAGS, OVERLAY_OPTIONS
 
 try:
     from lxml import etree

@@ -18,7 +18,7 @@ import sys
 
 def main(sys_path, params, lock_path):
     sys.path[:0] = json.loads(sys_path)
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
     from ansible_collections.containerhost.overlayfs.tests.helpers.host import run_command
     try:
         result = converge(json.loads(params), run_command, False, lock_path=lock_path)

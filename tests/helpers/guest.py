@@ -14,8 +14,8 @@ import json
 import os
 import shlex
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import parse
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import parse
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import info_round_trip_playbook, module_playbook
 from ansible_collections.containerhost.overlayfs.tests.helpers.vm import ansible_playbook
 

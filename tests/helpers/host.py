@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import stop_export
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR, process_alive
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import stop_export
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import EXPORT_DIR, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import parse_filesystems, to_yaml
 
 
 def overlay(target, lower, upper=None, work=None, **extra):

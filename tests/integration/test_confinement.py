@@ -20,10 +20,11 @@ import shutil
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply import _converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as steps
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import volatile_marker
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources, render, spec_file
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import time
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import converge
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     export_daemons,
     export_loops,

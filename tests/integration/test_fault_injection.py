@@ -24,12 +24,12 @@ import shutil
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import EXPORT_DIR, process_alive
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply import _converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import EXPORT_DIR, process_alive
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import volatile_marker
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     make_ext4_image,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     converge_twice,
     export_daemons,

@@ -14,7 +14,7 @@ import shutil
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import converge
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     module_params,

@@ -14,9 +14,10 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, idmap_mount_path, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR, idmap_mount_path, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     converge_twice,
@@ -211,8 +212,9 @@ def test_idmapped_trees_read_back_with_their_mappings_and_plan_nothing_fed_back(
     converge_twice(host, filesystems=[tree(host, 'a', RANGES['a'], lower=lowers)])
     hand_made = host.path('by-hand')
     os.makedirs(hand_made)
-    checked(['python3', '-c', 'import sys; from ansible_collections.containerhost.overlayfs.plugins.module_utils '
-             'import _syscalls as s, _idmap as i; s.mount_idmapped(sys.argv[1], sys.argv[2], i.parse_idmap('
+    checked(['python3', '-c', 'import sys; from ansible_collections.containerhost.overlayfs.plugins.module_utils.host '
+             'import _syscalls as s; from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel '
+             'import _idmap as i; s.mount_idmapped(sys.argv[1], sys.argv[2], i.parse_idmap('
              '{"uid": [{"start": 0, "target": 1, "count": 1}], "gid": [{"start": 0, "target": 1, "count": 1}]}, "x"))',
              host.path('base'), hand_made], env=dict(os.environ, PYTHONPATH=':'.join(sys.path)))
     host.make_dirs('hand/upper', 'hand/work', 'hand/m')

@@ -15,9 +15,9 @@ import threading
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, converge
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply import _converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import (
     checked,
     converge_twice,

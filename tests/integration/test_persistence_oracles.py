@@ -24,10 +24,10 @@ import shutil
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import options_match, volatile_marker
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import options_match, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._persistence_files import (
     MARKER,
     SYSTEMD_UNIT_DIR,
     apply,

@@ -20,8 +20,8 @@ import tempfile
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, idmap_mount_path
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import parse_filesystem, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR, idmap_mount_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import parse_filesystem, to_yaml
 from ansible_collections.containerhost.overlayfs.tests.helpers.guest import (
     Guest, converge_twice, mountinfo, owners, unmount_everything_under)
 from ansible_collections.containerhost.overlayfs.tests.helpers.kernel import reads_idmap_back

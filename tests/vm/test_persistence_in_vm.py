@@ -35,8 +35,8 @@ import tempfile
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import options_match
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import options_match
 from ansible_collections.containerhost.overlayfs.tests.helpers.trees import canonical, overlay
 from ansible_collections.containerhost.overlayfs.tests.helpers.vm import recap, run_role
 

@@ -17,9 +17,10 @@ import sysconfig
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot, _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import MARKER
+from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import collection_imports, helper_sources
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._persistence_files import MARKER
 
 SPEC = {'target': '/srv/m', 'lowers': ['/srv/a,b', '/srv/c:d', '/srv/\u00e9 x'], 'upper': '/srv/u', 'work': '/srv/w',
         'options': {'index': 'off'}, 'readonly': False, 'mount_flags': ['nodev'], 'on_volatile_marker': 'fail',
@@ -119,16 +120,13 @@ def test_main_dispatches_on_the_program_name_and_returns_mount8_codes(capsys):
 
 
 def _imports(source):
-    """The top-level modules a source imports, and the names it imports from this package."""
+    """The top-level modules a source imports."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == boot.PACKAGE:
-                found.update('%s.%s' % (node.module, alias.name) for alias in node.names)
-            else:
-                found.add(node.module)
+            found.add(node.module)
     return found
 
 
@@ -143,25 +141,24 @@ def _in_standard_library(name):
 
 def test_the_bundle_is_the_import_closure_of_the_helper_and_needs_only_the_standard_library():
     sources = helper_sources()
-    package_modules = set()
-    for name in boot.BUNDLE:
-        for module in _imports(sources[name]):
-            if module.startswith(boot.PACKAGE + '.'):
-                package_modules.add(module.split('.')[-1])
-            else:
+    for name, source in sources.items():
+        assert set(collection_imports(source)) <= set(sources), name
+        for module in _imports(source):
+            if not module.startswith(boot.PACKAGE + '.'):
                 assert _in_standard_library(module.split('.')[0]), (name, module)
-    assert package_modules <= set(boot.BUNDLE)
-    assert set(boot.BUNDLE) - package_modules == {'_boot'}  # what the launcher imports
+    # the helper mounts a spec: none of the tree language, the plan or the apply comes with it
+    assert 'boot._boot' in sources and 'kernel._verify' in sources and 'host._syscalls' in sources
+    assert set(name.split('.')[0] for name in sources) == {'boot', 'host', 'kernel'}
 
 
 def test_the_launcher_runs_the_helper_from_the_bundle_alone(tmp_path):
     """With only the installed files: -S keeps site-packages (and so ansible) off the path."""
-    package = tmp_path / 'lib' / boot.PACKAGE.replace('.', '/')
-    package.mkdir(parents=True)
-    for depth in range(len(boot.PACKAGE.split('.'))):
-        (tmp_path / 'lib' / '/'.join(boot.PACKAGE.split('.')[:depth + 1]) / '__init__.py').write_text('')
     for name, source in helper_sources().items():
-        (package / (name + '.py')).write_text(source)
+        parts = (boot.PACKAGE + '.' + name).split('.')
+        for depth in range(1, len(parts)):
+            (tmp_path / 'lib' / '/'.join(parts[:depth])).mkdir(parents=True, exist_ok=True)
+            (tmp_path / 'lib' / '/'.join(parts[:depth]) / '__init__.py').write_text('')
+        (tmp_path / 'lib' / ('/'.join(parts) + '.py')).write_text(source)
     launcher = boot.launcher(MARKER, sys.executable).replace(repr(boot.HELPER_LIB), repr(str(tmp_path / 'lib')))
     program = tmp_path / 'mount.overlay.containerhost'
     program.write_text(launcher)

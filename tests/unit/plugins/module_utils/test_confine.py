@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import (
     ConfinedResolver,
     Resolution,
     describe_refusal,

@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._converge import ConvergeError, HostLock, converge
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, HostLock, converge
 from ansible_collections.containerhost.overlayfs.tests.helpers.host import module_params
 
 

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import DeviceError
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import DeviceError
 
 
 class Runner(object):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._discover import discover
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_mount_path, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.discover._discover import discover
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import idmap_mount_path, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import (
     FuseExport,
     ImageServer,
     LoopDevice,
@@ -20,7 +20,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe i
     Observed,
     PathFacts,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import parse_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import parse_filesystems
 
 ROOT = '1 0 8:1 / / rw - ext4 /dev/sda1 rw'
 

@@ -12,13 +12,14 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices_module
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _executor as executor_module
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps, _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices_module
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply import _executor as executor_module
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _hostfs as hostfs
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as steps
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import overlay_payload
 
 
 class FakeHost(object):

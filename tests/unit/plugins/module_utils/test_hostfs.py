@@ -10,15 +10,15 @@ import subprocess
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _hostfs as hostfs
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import (
     EXPORT_DIR,
     discard_volatile_marker,
     has_volatile_marker,
     export_files,
     restore_volatile_marker,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import volatile_marker
 
 
 def kernels_marker(work):

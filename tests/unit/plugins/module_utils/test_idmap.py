@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import (
     IDMAP_DIR,
     OVERFLOW_ID,
     IdMapError,
@@ -22,7 +22,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap imp
     parse_idmap,
     parse_kernel_map,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED, TreeError, parse_filesystems, to_yaml
 
 SHIFT = {'uid': [{'start': 0, 'target': 100000, 'count': 65536}], 'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}
 IDMAPPED_LINE = '60 1 8:1 /srv/base /run/containerhost-overlayfs/idmap/x rw,relatime,idmapped - ext4 /dev/sda1 rw'

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
     decode,
     parse,
     parse_line,
@@ -212,7 +212,7 @@ def test_read_mountinfo_agrees_with_findmnt_on_this_machine():
 NAMESPACE_SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
     sys.path[:0] = json.loads(sys.argv[2])
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
     base = sys.argv[1]
     names = ['a b', 'tab\\tx', 'nl\\nx', 'back\\\\slash', 'comma,x', 'colon:x', 'oct\\\\040al', '-', 'eq=x']
     for name in names:

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import (
     LoopDevice,
     Observed,
     PathFacts,

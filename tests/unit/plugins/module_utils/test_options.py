@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     MOUNT_DATA_LIMIT,
     OVERLAY_OPTIONS,
     OptionError,

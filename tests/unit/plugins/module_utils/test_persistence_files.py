@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._persistence_files import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._persistence_files import (
     FSTAB_BEGIN,
     FSTAB_END,
     MARKER,

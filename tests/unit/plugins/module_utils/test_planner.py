@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _mountinfo as mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_mount_path, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _mountinfo as mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import idmap_mount_path, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import (
     FuseExport,
     ImageServer,
     LoopDevice,
@@ -24,15 +24,15 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe i
     PathFacts,
     observe_path,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     MOUNT_DATA_LIMIT,
     OverlayPayload,
     overlay_mount_data,
     split_lowerdir,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import mount_device
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import PlanError, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import mount_device
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems
 
 ROOT_MOUNT = '1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw'
 KERNEL_WORKDIR = ['index', 'work']

@@ -11,9 +11,9 @@ import dataclasses
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as steps
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as steps
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import overlay_payload
 
 
 def step_kinds():

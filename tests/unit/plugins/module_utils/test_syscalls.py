@@ -18,16 +18,16 @@ import textwrap
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import parse_idmap
 from ansible_collections.containerhost.overlayfs.tests.helpers.kernel import reads_idmap_back
 
 SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
     sys.path[:0] = json.loads(sys.argv[2])
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import overlay_payload
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import overlay_payload
     base = sys.argv[1]
     report = {}
 
@@ -156,8 +156,8 @@ def test_the_syscalls_called_by_number_have_that_number_on_every_architecture():
 IDMAP_SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys
     sys.path[:0] = json.loads(sys.argv[2])
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-    from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import parse_idmap
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import parse_idmap
     base = sys.argv[1]
     subprocess.run(['mount', '-t', 'tmpfs', 'scratch', base], check=True, capture_output=True)
     os.mkdir(base + '/plain')

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hypothesis import given, strategies as st
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
     MAX_LOWER_LAYERS,
     TreeError,
     is_within,

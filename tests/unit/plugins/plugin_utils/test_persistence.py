@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import helper_sources
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._persistence import (
     EXPORT_TEMPLATE,
     MARKER,
@@ -159,10 +159,11 @@ def test_a_tree_nested_three_deep_persists_the_flattened_layers_the_module_mount
 def test_the_helper_and_its_modules_come_with_any_overlay():
     result = rendered(item(SIMPLE))
     package = boot.HELPER_LIB + '/' + boot.PACKAGE.replace('.', '/')
-    for name in boot.BUNDLE:
-        text = result['files']['%s/%s.py' % (package, name)]
-        assert text == MARKER + '\n' + helper_sources()[name]
+    for name, source in helper_sources().items():
+        text = result['files']['%s/%s.py' % (package, name.replace('.', '/'))]
+        assert text == MARKER + '\n' + source
     assert result['files'][package + '/__init__.py'] == MARKER + '\n'
+    assert result['files'][package + '/kernel/__init__.py'] == MARKER + '\n'
     assert result['files'][boot.HELPER_LIB + '/ansible_collections/__init__.py'] == MARKER + '\n'
     assert result['executables'] == [boot.MOUNT_HELPER, boot.EXPORT_HELPER, boot.NBD_HELPER]
     launcher = result['files'][boot.MOUNT_HELPER]
@@ -498,7 +499,7 @@ def test_bad_input(items, settings, message):
 
 
 def test_a_tree_with_an_overlay_needs_the_helper_sources():
-    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of _boot, _confine, _devices'):
+    with pytest.raises(PersistenceError, match=r'the boot helper needs the sources of boot\._boot and the modules it imports'):
         render([item(SIMPLE)])
 
 

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import (
     MAX_DEPTH,
     MAX_DOCUMENT_BYTES,

@@ -18,19 +18,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IDMAP_DIR, idmap_mount_path
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR, idmap_mount_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import (
     Observed,
     observe_path,
     read_fuse_exports,
     read_loop_devices,
     read_nbd_devices,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OVERLAY_OPTIONS
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OVERLAY_OPTIONS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
     TreeError,
     is_within,
     parse_filesystem,

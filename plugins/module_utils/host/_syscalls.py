@@ -22,7 +22,7 @@ import socket
 import stat
 import struct
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, kernel_map, parse_kernel_map
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap, kernel_map, parse_kernel_map
 
 MS_RDONLY = 0x1
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8

@@ -16,8 +16,8 @@ import hashlib
 import os
 import stat
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import VOLATILE_MARKER, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import VOLATILE_MARKER, volatile_marker
 
 SYS_BLOCK = '/sys/block'
 SYS_MODULE = '/sys/module'

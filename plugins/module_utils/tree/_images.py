@@ -12,8 +12,8 @@ the executor records the device it got under that name, and the mount step that 
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
 
 
 DEVICE_OF = {

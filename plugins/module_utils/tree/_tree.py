@@ -16,15 +16,15 @@ from typing import NamedTuple, Optional
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap, IdMapError, idmap_mount_path, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap, IdMapError, idmap_mount_path, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     DEFAULT_MOUNT_FLAGS,
     OptionError,
     check_conflicts,
     normalize_mount_flags,
     normalize_options,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 MAX_LOWER_LAYERS = 500
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import MOUNT_FLAGS, split_lowerdir, unescape_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import MOUNT_FLAGS, split_lowerdir, unescape_path
 
 MOUNTINFO = '/proc/self/mountinfo'
 _OCTAL = re.compile(r'\\([0-7]{3})')

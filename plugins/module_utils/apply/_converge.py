@@ -11,12 +11,12 @@ import fcntl
 import os
 import stat
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._executor import ApplyError, Executor
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import RUN_DIR, open_private_dir
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._observe import observe
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._planner import PlanError, describe_mount, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._steps import MOUNT_STEPS, SetMountFlags, Unmount
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import RUN_DIR, open_private_dir
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import observe
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import PlanError, describe_mount, plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import MOUNT_STEPS, SetMountFlags, Unmount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 
 
 LOCK_FILE = RUN_DIR + '/lock'

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import describe_refusal
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._images import ImagePlanner
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import render_super_options
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import describe_refusal
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import idmap_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._images import ImagePlanner
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import render_super_options
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     KERNEL_WORKDIR_ENTRIES,
     OptionError,
     overlay_mount_data,
     overlay_payload,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import missing_flags, overlay_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED, MAX_OVERLAY_NESTING, path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import missing_flags, overlay_shortfalls
 
 
 class PlanError(ValueError):

@@ -22,7 +22,7 @@ import os
 import stat
 from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 MAX_SYMLINKS = 40  # the kernel's own limit on links followed in one walk (ELOOP)
 

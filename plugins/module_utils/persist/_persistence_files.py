@@ -18,7 +18,7 @@ import glob
 import os
 import tempfile
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _boot as boot
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
 
 MARKER = '# Managed by containerhost.overlayfs.overlay_mounts: do not edit'
 FSTAB_BEGIN = '# BEGIN containerhost.overlayfs.overlay_mounts'

@@ -16,14 +16,14 @@ import errno
 import os
 from typing import Callable, List, NamedTuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _hostfs as hostfs
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _steps as step
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import idmap_shortfalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import KERNEL_WORKDIR_ENTRIES
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _hostfs as hostfs
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import idmap_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import KERNEL_WORKDIR_ENTRIES
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import (
     bind_shortfalls,
     device_shortfalls,
     flag_shortfalls,

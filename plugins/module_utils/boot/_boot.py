@@ -22,7 +22,8 @@ Three programs, each this module's ``main()`` behind a launcher that the role in
 - ``containerhost-overlayfs-nbd start DEVICE PIDFILE IMAGE FORMAT [--read-only]``, the boot-time service of an
   image layer with driver nbd: qemu-nbd on the device the role pinned, given the image as the module gives it.
 
-Standard library only, and only the modules in BUNDLE: the role copies these files to the target.
+Standard library only: the role copies this module and the collection's modules it imports (its import closure,
+plugin_utils/_persistence.helper_sources) to the target.
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ import json
 import os
 import sys
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, describe_refusal, mounted_views, with_views
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMapError, idmap_shortfalls, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, describe_refusal, mounted_views, with_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMapError, idmap_shortfalls, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     OptionError,
     overlay_payload,
     volatile_marker,
     volatile_marker_refusal,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import (
     flag_shortfalls,
     overlay_shortfalls,
     same_lowers,
@@ -52,13 +53,11 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._verify im
 
 FSTYPE = 'overlay.containerhost'  # mount(8) runs /sbin/mount.overlay.containerhost for this type
 MOUNT_HELPER = '/sbin/mount.' + FSTYPE
-HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and BUNDLE, in their package layout
+HELPER_LIB = '/usr/local/lib/containerhost-overlayfs'  # this module and its import closure, in their package layout
 EXPORT_HELPER = HELPER_LIB + '/containerhost-overlayfs-export'
 NBD_HELPER = HELPER_LIB + '/containerhost-overlayfs-nbd'
 SPEC_DIR = '/etc/containerhost-overlayfs/overlays'
 PACKAGE = 'ansible_collections.containerhost.overlayfs.plugins.module_utils'
-BUNDLE = ('_boot', '_confine', '_devices', '_hostfs', '_idmap', '_mountinfo', '_options', '_paths', '_syscalls',
-          '_verify')  # this module's import closure
 SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'mount_flags', 'on_volatile_marker',
              'idmapped', 'views')
 
@@ -309,7 +308,7 @@ def launcher(marker, python):
         '"""%s: see %s in the containerhost.overlayfs collection."""' % (', '.join(sorted(PROGRAMS)), __name__),
         'import sys',
         'sys.path.insert(0, %r)' % HELPER_LIB,
-        'from %s._boot import main' % PACKAGE,
+        'from %s.boot._boot import main' % PACKAGE,
         '',
         '',
         'def run(argv):',

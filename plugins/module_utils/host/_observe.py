@@ -17,10 +17,10 @@ import os
 import stat
 from typing import NamedTuple, Optional, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._confine import ConfinedResolver, mounted_views, normalized, views_of, with_views
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._devices import settle_starting_exports
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, mounted_views, normalized, views_of, with_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import settle_starting_exports
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import (
     EXPORT_DIR,
     SYS_BLOCK,
     SYS_MODULE,
@@ -29,8 +29,8 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs im
     process_alive,
     read_text,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._tree import IDMAPPED, path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED, path_and_ancestors
 
 
 class ImageServer(object):

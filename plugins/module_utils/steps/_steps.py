@@ -21,8 +21,8 @@ import dataclasses
 import os
 from typing import ClassVar, Optional, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._idmap import IdMap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import OverlayPayload, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OverlayPayload, volatile_marker
 
 
 @dataclasses.dataclass(frozen=True)

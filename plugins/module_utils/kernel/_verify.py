@@ -13,8 +13,8 @@ standard library only: the boot helper asks the same of a mount it finds (boot.m
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._options import option_shortfalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import option_shortfalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 
 def overlay_shortfalls(entry, lowers, upper, work, options, readonly):

@@ -20,8 +20,8 @@ import os
 import signal
 import time
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils import _syscalls as syscalls
-from ansible_collections.containerhost.overlayfs.plugins.module_utils._hostfs import (
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import (
     EXPORT_DIR,
     SYS_BLOCK,
     loop_backing_file,
