@@ -8,7 +8,9 @@
 #   make demo         scripts/demo.sh
 #   make unit         pytest tests/unit
 #   make integration  pytest tests/integration (the tests enter private mount namespaces; run as root)
-#   make sanity       ansible-test sanity and units with each ansible-core line, on a copy of the tree (see below)
+#   make sanity       mypy, then ansible-test sanity and units with each ansible-core line, on a copy of the tree (see
+#                     below)
+#   make mypy         the type checker over module_utils and plugin_utils (mypy.ini)
 #   make vm-image     build (or reuse the cached) Debian 12 and 13 test VM images, in parallel: tests/vm/build-image.sh
 #   make vm-test      pytest tests/vm on each release, in parallel: tests in QEMU VMs (nbd, systemd, reboots);
 #                     see docs/testing-vm.md
@@ -96,7 +98,7 @@ SANITY_SKIP := pslint
 SANITY_ARGS := --local $(foreach t,$(SANITY_SKIP),--skip-test $(t))
 
 .PHONY: setup venv controller-python target-pythons debian-packages collection-layout ansible-test-venvs demo unit \
-	integration sanity test bench clean vm-image vm-test vm-test-arm64 molecule galaxy-importer lint \
+	integration sanity mypy test bench clean vm-image vm-test vm-test-arm64 molecule galaxy-importer lint \
 	execution-environment pictures docs-rst docs lock lock-upgrade
 
 setup: venv debian-packages collection-layout target-pythons ansible-test-venvs
@@ -241,7 +243,7 @@ bench: setup $(BENCH_VENV)/.installed $(BENCH_STAMP)
 # ones that .gitignore does not exclude), less those deleted from the work tree. It gets its own empty git
 # repository, since otherwise ansible-test would find the repo's .git above it, in which .cache is ignored,
 # and see no files at all.
-sanity: setup
+sanity: setup mypy
 	@rm -rf $(SANITY_COPY)
 	@mkdir -p $(SANITY_COPY)
 	@bash scripts/copy-tree.sh $(SANITY_COPY)
@@ -254,6 +256,11 @@ sanity: setup
 	cd $(SANITY_COPY) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH \
 	  PATH=$(CURDIR)/.cache/ansible-test-$(NEWEST_LINE)-venv/bin:$$PATH ansible-test units --local \
 	  --python $(OLDEST_TARGET_PYTHON) --python-interpreter $(OLDEST_UNITS_VENV)/bin/python
+
+# mypy over module_utils and plugin_utils, from the collection layout (mypy.ini says what it checks).
+MYPY_PACKAGES := $(foreach layer,module_utils plugin_utils,-p ansible_collections.containerhost.overlayfs.plugins.$(layer))
+mypy: setup
+	cd $(COLLECTIONS_ROOT) && $(VENV)/bin/mypy --config-file $(CURDIR)/mypy.ini $(MYPY_PACKAGES)
 
 # The VM images are cached in ${OVERLAYFS_VM_CACHE:-/var/cache/containerhost-overlayfs-vm}/RELEASE; each is rebuilt
 # (about two minutes) only when tests/vm/build-image.sh changes. build-image.sh installs its own host packages.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import (
     HAS_LXML,
     XmlError,
@@ -23,9 +24,7 @@ MODULE = 'containerhost.overlayfs.overlay_filesystem'
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(('xml', 'filesystem', 'filesystems', 'state', 'on_drift', 'create_dirs',
-                             'on_volatile_marker', 'lazy_unmount', 'report',
-                             'flatten'))
+    _VALID_ARGS = frozenset(OVERLAY_FILESYSTEM)
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)

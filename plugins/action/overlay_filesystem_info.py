@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM_INFO
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._xml_codec import HAS_LXML, filesystems_to_xml
 
 MODULE = 'containerhost.overlayfs.overlay_filesystem_info'
@@ -16,7 +17,7 @@ MODULE = 'containerhost.overlayfs.overlay_filesystem_info'
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(('targets', 'under'))
+    _VALID_ARGS = frozenset(OVERLAY_FILESYSTEM_INFO)
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)

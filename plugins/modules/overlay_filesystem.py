@@ -309,25 +309,12 @@ from functools import partial
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._converge import ConvergeError, converge
-
-
-ARGUMENT_SPEC = dict(
-    xml=dict(type='str'),
-    filesystem=dict(type='dict'),
-    filesystems=dict(type='list', elements='dict'),
-    state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
-    on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
-    create_dirs=dict(type='bool', default=True),
-    on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
-    lazy_unmount=dict(type='bool', default=False),
-    report=dict(type='str', default='full', choices=['full', 'changed', 'summary']),
-    flatten=dict(type='bool', default=True),
-)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
+        argument_spec=OVERLAY_FILESYSTEM,
         mutually_exclusive=[('xml', 'filesystem', 'filesystems')],
         required_one_of=[('xml', 'filesystem', 'filesystems')],
         supports_check_mode=True,

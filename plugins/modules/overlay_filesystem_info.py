@@ -144,18 +144,13 @@ unexpressed:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM_INFO
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.discover._discover import discover, read_host
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 
-ARGUMENT_SPEC = dict(
-    targets=dict(type='list', elements='path', default=[]),
-    under=dict(type='path'),
-)
-
-
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=OVERLAY_FILESYSTEM_INFO, supports_check_mode=True)
     targets = [fold_path(target) for target in module.params['targets']]
     under = fold_path(module.params['under']) if module.params['under'] else None
     found = discover(read_host(), targets, under)

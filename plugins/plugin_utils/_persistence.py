@@ -52,13 +52,9 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._p
     MARKER,
     SYSTEMD_UNIT_DIR,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
-    IDMAPPED,
-    TreeError,
-    order_by_dependency,
-    parse_filesystem,
-    path_and_ancestors,
-)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import TreeError
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import order_by_dependency, parse_filesystem
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import ItemError, normalize_items
 
 NBD_ENV_DIR = CONFIG_DIR + '/nbd'
@@ -272,7 +268,7 @@ def render_normalized(normalized, devices=None, settings=None):
         ordered = order_by_dependency(roots)
     except TreeError as error:
         raise PersistenceError(str(error))
-    views = views_of((node.target, node.upper) for root in roots for node in root.walk() if node.kind == 'overlay')
+    views = views_of(node.view for root in roots for node in root.walk() if node.view)
     renderer = _Renderer(devices, options, views)
     for root in ordered:
         renderer.tree(root, item_of[id(root)])
@@ -385,64 +381,31 @@ class _Renderer(object):
                 self.dependents.setdefault((unit, kind), []).append(top)
 
     def node(self, node, item):
-        """Post-order: a node's lowers (and whatever they stand on) come up before it."""
+        """Post-order: a node's lowers (and whatever they stand on) come up before it. A dir is used in place: it
+        shows up in its overlay's RequiresMountsFor=."""
         for lower in node.lowers:
             self.node(lower, item)
-        render_kind = {
-            'overlay': self._overlay,
-            'mount': self._bind,
-            'block': self._block,
-            'file': self._file,
-        }
-        # a dir is used in place: it shows up in its overlay's RequiresMountsFor=; an idmapped layer is mounted by
-        # its overlay's helper (its spec's ``idmapped``)
-        if node.is_mounted_node and node.kind != IDMAPPED:
-            render_kind[node.mount_kind](node, item)
+        if node.is_mounted_node:
+            node.persist(self, item)
 
-    # --- node kinds -------------------------------------------------------------------------------------
+    # --- what a node kind writes (tree._node.Persisting) ------------------------------------------------------
 
-    def _overlay(self, node, item):
+    def helper_mount(self, node, item, spec, layers, named, description):
+        """The mount of a spec file, which mount(8) hands to the boot helper; the spec gets the settings' volatile
+        choice and the views of persisted trees its paths lie in (at boot they count before their own overlays are
+        up)."""
         self.needs_helper = True
-        spec = spec_file(node.target)
-        layers = [layer.host_path for layer in node.layers] + ([node.upper, node.work] if node.upper else [])
-        idmapped = [layer.idmapped_mount for layer in node.layers if layer.idmapped_mount]
-        named = [node.target] + layers + [mount.source for mount in idmapped]
-        # the views of persisted trees its paths lie in: at boot they count before their own overlays are up
         views = dict((above, self.views[above]) for path in named for above in path_and_ancestors(path)[1:]
                      if above in self.views)
-        self._write(spec, boot.spec_text(MARKER, {
-            'target': node.target, 'lowers': node.layer_paths(), 'upper': node.upper, 'work': node.work,
-            'options': dict(node.options), 'readonly': node.mounted_readonly, 'mount_flags': list(node.mount_flags),
-            'on_volatile_marker': self.settings['on_volatile_marker'],
-            'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
-                         for mount in idmapped],
-            'views': views,
-        }))
-        self._mount(node, item, what=spec, fstype=boot.FSTYPE, options=[],
-                    requires_mounts_for=layers + [boot.HELPER_LIB],
-                    description='Overlay filesystem %s' % node.target)
+        path = spec_file(node.target)
+        self._write(path, boot.spec_text(MARKER, dict(spec, on_volatile_marker=self.settings['on_volatile_marker'],
+                                                      views=views)))
+        self.mount(node, item, what=path, fstype=boot.FSTYPE, options=[],
+                   requires_mounts_for=layers + [boot.HELPER_LIB], description=description)
 
-    def _bind(self, node, item):
-        options = ['bind'] + (['ro'] if node.mounted_readonly else [])
-        self._mount(node, item, what=node.source, fstype='none', options=options,
-                    description='Bind mount of %s on %s' % (node.source, node.target))
-
-    def _block(self, node, item):
-        self._mount(node, item, what=node.source, fstype='auto', options=[_ro_rw(node)],
-                    description='%s on %s' % (node.source, node.target))
-
-    def _file(self, node, item):
-        attach = {'loop': self._file_loop, 'nbd': self._file_nbd, 'fuse': self._file_fuse}
-        attach[node.driver](node, item)
-
-    def _file_loop(self, node, item):
-        # systemd orders a mount after the mounts of its What= path by itself (RequiresMountsFor= What for
-        # non-network mounts, fstab ones included); the unit says it too.
-        self._mount(node, item, what=node.source, fstype='auto', options=['loop', _ro_rw(node)],
-                    requires_mounts_for=[node.source], unit_only_requires_mounts_for=True,
-                    description='Image %s on %s' % (node.source, node.target))
-
-    def _file_nbd(self, node, item):
+    def nbd_attach(self, node, image, image_format, readonly):
+        """The nbd device pinned for the node (or the lowest free one) and the qemu-nbd service instance that serves
+        the image there at boot, with the nbd module loaded."""
         self.needs_helper = True
         device = self.devices.get(node.target) or self._unpinned_device()
         if not isinstance(device, str) or not NBD_DEVICE.match(device):
@@ -452,39 +415,36 @@ class _Renderer(object):
                                    % (node.describe(), device, self.nbd_devices[device]))
         self.nbd_devices[device] = node.describe()
         instance = device.rsplit('/', 1)[-1]
-        self._attach_service(node, NBD_TEMPLATE, NBD_TEMPLATE_TEXT, NBD_ENV_DIR, instance, [
-            'IMAGE=%s' % env_value(node.source),
-            'FORMAT=%s' % node.image_format,
-            'READONLY=%s' % ('--read-only' if node.mounted_readonly else ''),
+        self._attach_service(node, image, NBD_TEMPLATE, NBD_TEMPLATE_TEXT, NBD_ENV_DIR, instance, [
+            'IMAGE=%s' % env_value(image),
+            'FORMAT=%s' % image_format,
+            'READONLY=%s' % ('--read-only' if readonly else ''),
         ])
         self._write(NBD_MODULES_LOAD, '%s\nnbd\n' % MARKER)
         options = ' '.join('%s=%s' % pair for pair in sorted(self.settings['nbd_options'].items()))
         self._write(NBD_MODPROBE, '%s\n%s' % (MARKER, 'options nbd %s\n' % options if options else ''))
-        self._mount(node, item, what=device, fstype='auto', options=[_ro_rw(node)],
-                    requires_units=[nbd_service_name(device)],
-                    description='Image %s (%s) on %s' % (node.source, node.image_format, node.target))
+        return device, nbd_service_name(device)
 
-    def _file_fuse(self, node, item):
+    def fuse_export(self, node, image, image_format):
+        """The FUSE export file of an image and the export service instance that starts it at boot."""
         self.needs_helper = True
-        instance = export_instance(node.source, node.image_format)
-        self._attach_service(node, EXPORT_TEMPLATE, EXPORT_TEMPLATE_TEXT, EXPORT_ENV_DIR, instance, [
-            'IMAGE=%s' % env_value(node.source),
-            'FORMAT=%s' % node.image_format,
+        instance = export_instance(image, image_format)
+        self._attach_service(node, image, EXPORT_TEMPLATE, EXPORT_TEMPLATE_TEXT, EXPORT_ENV_DIR, instance, [
+            'IMAGE=%s' % env_value(image),
+            'FORMAT=%s' % image_format,
         ])
-        self._mount(node, item, what=export_files(node.source, node.image_format)[0], fstype='auto',
-                    options=['loop', 'ro'], requires_units=[instance_of(EXPORT_TEMPLATE, instance)],
-                    description='Image %s (%s, FUSE export) on %s' % (node.source, node.image_format, node.target))
+        return export_files(image, image_format)[0], instance_of(EXPORT_TEMPLATE, instance)
 
-    def _attach_service(self, node, template, template_text, env_dir, instance, environment):
+    def _attach_service(self, node, image, template, template_text, env_dir, instance, environment):
         """An instance of an attach service: its template, environment file and drop-in (RequiresMountsFor= the
         image). Layers that share an instance (one FUSE export) write the same files."""
-        self._check_word(node, 'source', node.source)
+        self._check_word(node, 'source', image)
         service = instance_of(template, instance)
         self._write(SYSTEMD_UNIT_DIR + '/' + template, template_text)
         self._write('%s/%s.env' % (env_dir, instance), '\n'.join(
             [MARKER, '# What %s serves' % service] + environment) + '\n')
         self._write(dropin_file(service), '\n'.join(
-            [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(node.source)]) + '\n')
+            [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(image)]) + '\n')
 
     def _unpinned_device(self):
         """For a layer not on a device now (its tree is unmounted): the lowest nbd device nothing else pins.
@@ -512,8 +472,8 @@ class _Renderer(object):
 
     # --- output -----------------------------------------------------------------------------------------
 
-    def _mount(self, node, item, what, fstype, options, description, requires_mounts_for=(), requires_units=(),
-               unit_only_requires_mounts_for=False):
+    def mount(self, node, item, what, fstype, options, description, requires_mounts_for=(), requires_units=(),
+              unit_only_requires_mounts_for=False):
         self._check_line_value(node, 'target', node.target)
         self._check_line_value(node, 'source', what)
         for path in requires_mounts_for:
@@ -588,7 +548,3 @@ class _Renderer(object):
             if any(char in path for char in chars):
                 raise PersistenceError('%s: layer %r holds %s; use persistence systemd for this tree'
                                        % (node.describe(), path, why))
-
-
-def _ro_rw(node):
-    return 'ro' if node.mounted_readonly else 'rw'

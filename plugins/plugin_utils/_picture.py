@@ -18,25 +18,17 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 from xml.sax.saxutils import escape, quoteattr
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import KINDS
 
 ROW_HEIGHT = 26
 INDENT = 18
 MARGIN = 8
 CHAR_WIDTH = 7.3  # 12px monospace
-COLOURS = {  # fill, text
-    'overlay': ('#37474f', '#ffffff'),
+# fill, text: of the rows of an overlay's upper dir (or its absence), then of each kind's rows
+COLOURS = dict({
     'upper': ('#e8f5e9', '#1b5e20'),
     'readonly': ('#f5f5f5', '#424242'),
-    'dir': ('#eceff1', '#263238'),
-    'file': ('#fff3e0', '#e65100'),
-    'block': ('#e3f2fd', '#0d47a1'),
-    'mount': ('#f3e5f5', '#4a148c'),
-    'bind': ('#f3e5f5', '#4a148c'),
-}
-MOUNT_KINDS = {'mount': 'bind mount', 'bind': 'bind mount inside the container', 'block': 'block device',
-               'file': 'image'}
-IMAGE_DRIVERS = {'loop': 'a loop device', 'nbd': 'qemu-nbd', 'fuse': "qemu-storage-daemon's FUSE export"}
+}, **dict((kind.kind, kind.PICTURE_COLOURS) for kind in KINDS if kind.TOP_LEVEL or kind.LOWER))
 
 
 class Row(NamedTuple):
@@ -61,20 +53,15 @@ def printable(path):
 def layer_stack_svg(node):
     """The SVG picture of one parsed tree."""
     rows, frames = [], []
-    if node.kind == 'overlay':
+    if node.HAS_LAYERS:
         _overlay_rows(node, 0, 'overlay', rows, frames)
         footer = 'files are looked up from the top row down; the first layer that has one wins'
     else:
-        rows.append(Row(0, 'overlay', '%s at %s' % (MOUNT_KINDS[node.kind], printable(node.target)), node.target))
-        rows.append(_source_row(node, 1, 'from ', at_target=False))
+        rows.append(Row(0, 'overlay', '%s at %s' % (node.PICTURE_NAME, printable(node.target)), node.target))
+        rows.append(_row(node, 1, 'from ', at_target=False))
         frames.append(Frame(0, 0, 1))
         footer = 'one mount, no layers'
-    return _svg(rows, frames, _title(node), footer)
-
-
-def _title(node):
-    kind = 'overlay' if node.kind == 'overlay' else MOUNT_KINDS[node.kind]
-    return 'Layer stack of the %s at %s' % (kind, printable(node.target))
+    return _svg(rows, frames, 'Layer stack of the %s at %s' % (node.PICTURE_NAME, printable(node.target)), footer)
 
 
 def _overlay_rows(node, depth, name, rows, frames, flattened=False):
@@ -93,38 +80,18 @@ def _overlay_rows(node, depth, name, rows, frames, flattened=False):
         rows.append(Row(depth + 1, 'readonly', 'no upper dir: read-only', None))
     for position, layer in enumerate(node.lowers, 1):
         name = 'lower %d: ' % position
-        lower = layer.as_given
-        if lower.kind == 'overlay':
-            _overlay_rows(lower, depth + 1, name + 'overlay', rows, frames, lower.label in node.flattened)
-        elif lower.kind == 'dir':
-            mode = ' (read-only)' if lower.readonly else ''
-            rows.append(_idmapped(Row(depth + 1, 'dir', '%sdir %s%s' % (name, printable(lower.target), mode),
-                                      lower.target), layer))
+        if layer.as_given.HAS_LAYERS:
+            _overlay_rows(layer, depth + 1, name + 'overlay', rows, frames, layer.label in node.flattened)
         else:
-            rows.append(_idmapped(_source_row(lower, depth + 1, name), layer))
+            rows.append(_row(layer, depth + 1, name))
     frames.append(Frame(depth, first, len(rows) - 1))
 
 
-def _idmapped(row, layer):
-    """A lower's row; for an idmapped layer, with the mapping its files' owners show through."""
-    if layer.kind != IDMAPPED:
-        return row
-    return row._replace(text='%s; owners shown %s' % (row.text, layer.idmap.summary()),
-                        extra=row.extra + (('idmap', layer.idmap.summary()), ('idmapped-at', layer.target)))
-
-
-def _source_row(node, depth, prefix, at_target=True):
-    """The row of a node mounted from something: an image, a block device, a host dir (``at_target``: where it is
-    mounted, unless the row above says so)."""
-    mode = (', at %s' % printable(node.target) if at_target else '') + (', read-only' if node.mounted_readonly else '')
-    if node.kind == 'file':
-        via = IMAGE_DRIVERS[node.driver]
-        text = '%s%s image %s, through %s%s' % (prefix, node.image_format, printable(node.source), via, mode)
-        extra = (('target', node.target), ('format', node.image_format), ('driver', node.driver))
-    else:
-        text = '%s%s %s%s' % (prefix, MOUNT_KINDS[node.kind], printable(node.source), mode)
-        extra = (('target', node.target),)
-    return Row(depth, node.kind, text, node.source, extra)
+def _row(node, depth, prefix, at_target=True):
+    """The row of a node that is not a stack: its kind's (``at_target``: the row says where it is mounted, unless
+    the row above does)."""
+    text, path, extra = node.picture_row(at_target)
+    return Row(depth, node.as_given.kind, printable(prefix + text), path, extra)
 
 
 def _options(node):

@@ -16,6 +16,7 @@ import codecs
 import re
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import MOUNT_FLAGS, OVERLAY_OPTIONS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import BY_TYPE
 
 try:
     from lxml import etree
@@ -112,25 +113,19 @@ def _filesystem(element, where):
     return tree
 
 
-def _node(element, kind, where):
-    tree = {'type': kind}
+def _node(element, kind_name, where):
+    tree = {'type': kind_name}
     children = {}
     for child in element:
         children.setdefault(child.tag, []).append(child)
-    allowed = {
-        'overlay': ('source', 'backingStore', 'target', 'driver', 'readonly', 'mountFlags', 'idmap'),
-        'dir': ('target', 'readonly', 'idmap'),
-        'mount': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
-        'bind': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
-        'block': ('source', 'target', 'readonly', 'mountFlags', 'idmap'),
-        'file': ('source', 'driver', 'target', 'readonly', 'mountFlags', 'idmap'),
-    }.get(kind)
-    if allowed is None:
+    kind = BY_TYPE.get(kind_name)
+    if kind is None:
         return tree  # an unknown type: the tree's rules name it
+    allowed = kind.XML_ELEMENTS
     for tag in children:
         if tag not in allowed:
             raise XmlError('%s: <%s> is not allowed in a %s (allowed: %s)'
-                           % (where, tag, kind, ', '.join('<%s>' % name for name in allowed)))
+                           % (where, tag, kind_name, ', '.join('<%s>' % name for name in allowed)))
     for tag in ('target', 'driver', 'readonly', 'mountFlags', 'idmap'):
         if len(children.get(tag, [])) > 1:
             raise XmlError('%s: more than one <%s>' % (where, tag))
@@ -144,11 +139,12 @@ def _node(element, kind, where):
         tree['idmap'] = _idmap(children['idmap'][0], where + '/idmap')
     if children.get('mountFlags'):
         tree['mount_flags'] = _mount_flags(children['mountFlags'][0], where + '/mountFlags')
-    if kind == 'overlay':
+    if kind.HAS_LAYERS:
         _overlay(children, tree, where)
-    elif kind in ('mount', 'bind', 'block', 'file'):
-        _single_source(children, kind, tree, where)
-    if kind == 'file' and children.get('driver'):
+        return tree
+    if kind.XML_SOURCE:
+        _single_source(children, kind_name, kind.XML_SOURCE, tree, where)
+    if children.get('driver'):  # allowed only where the kind takes an image driver
         tree.update(_image_driver(children['driver'][0], where + '/driver'))
     return tree
 
@@ -173,11 +169,11 @@ def _overlay(children, tree, where):
     tree['lower'] = lowers
 
 
-def _single_source(children, kind, tree, where):
+def _single_source(children, kind, names, tree, where):
+    """``names``: the attributes a <source> of the ``kind`` may have (one of them)."""
     sources = children.get('source', [])
     if len(sources) != 1:
         raise XmlError('%s: a %s takes exactly one <source>' % (where, kind))
-    names = {'mount': ('dir',), 'bind': ('dir',), 'block': ('dev', 'file'), 'file': ('file',)}[kind]
     present = [name for name in names if sources[0].get(name) is not None]
     if len(present) != 1:
         raise XmlError("%s/source: a %s source needs %s" % (where, kind, ' or '.join("a '%s' attribute" % n for n in names)))
@@ -299,7 +295,7 @@ def _element(tag, tree):
         etree.SubElement(element, 'source', dir=tree['upper'])
         etree.SubElement(element, 'source', dir=tree['work'])
     if tree.get('source'):
-        attribute = {'block': 'dev', 'file': 'file'}.get(tree['type'], 'dir')
+        attribute = BY_TYPE[tree['type']].XML_SOURCE[0]
         etree.SubElement(element, 'source', **{attribute: tree['source']})
     for lower in tree.get('lower', []):
         element.append(_element('backingStore', lower))

@@ -25,7 +25,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devi
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import EXPORT_DIR, process_alive
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IDMAP_DIR
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM
 from ansible_collections.containerhost.overlayfs.tests.helpers.playbooks import MODULE, module_playbook
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +48,7 @@ def run_command(argv):
 
 def module_params(**args):
     """The module's parameters as AnsibleModule hands them to converge(): its defaults, then args."""
-    params = dict((name, spec.get('default')) for name, spec in ARGUMENT_SPEC.items())
+    params = dict((name, spec.get('default')) for name, spec in OVERLAY_FILESYSTEM.items())
     params.update(args)
     return params
 

@@ -9,13 +9,13 @@ round trip of overlay_filesystem_info (the trees under `root` read back, fed to 
 
 from __future__ import annotations
 
-from ansible_collections.containerhost.overlayfs.plugins.modules.overlay_filesystem import ARGUMENT_SPEC
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.arguments._arguments import OVERLAY_FILESYSTEM
 
 MODULE = 'containerhost.overlayfs.overlay_filesystem'
 
 
 def module_playbook(hosts):
-    arguments = ''.join('        %s: "{{ module_args.%s | default(omit) }}"\n' % (name, name) for name in ARGUMENT_SPEC)
+    arguments = ''.join('        %s: "{{ module_args.%s | default(omit) }}"\n' % (name, name) for name in OVERLAY_FILESYSTEM)
     return ('- hosts: %s\n'
             '  gather_facts: false\n'
             '  tasks:\n'

@@ -14,8 +14,9 @@ import stat
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import ApplyError, Executor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import RUN_DIR, open_private_dir
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import observe
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import PlanError, describe_mount, plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import MOUNT_STEPS, SetMountFlags, Unmount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import describe_mount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import plan
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import MOUNT_STEPS, PlanError, SetMountFlags, Unmount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 
 

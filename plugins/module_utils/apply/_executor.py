@@ -27,7 +27,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._ve
     bind_shortfalls,
     device_shortfalls,
     flag_shortfalls,
-    overlay_shortfalls,
+    overlay_mount_shortfalls,
     stacked_shortfalls,
 )
 
@@ -223,8 +223,8 @@ class Executor(object):
                 kernel_messages = syscalls.mount_overlay(one.target, one.payload, one.readonly, at=at,
                                                          mount_flags=one.mount_flags)
         self._made(one, 'the overlay', one.payload.summary() + step.mode_suffix(False, one.mount_flags),
-                   lambda entry: overlay_shortfalls(entry, one.lowers, one.upper, one.work, one.options, one.readonly)
-                   + flag_shortfalls(entry, one.mount_flags), kernel_messages)
+                   lambda entry: overlay_mount_shortfalls(entry, one.lowers, one.upper, one.work, one.options,
+                                                          one.readonly, one.mount_flags), kernel_messages)
         return _unmount_again(one)
 
     def _mount_device(self, one):

@@ -45,8 +45,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._op
     volatile_marker_refusal,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import (
-    flag_shortfalls,
-    overlay_shortfalls,
+    overlay_mount_shortfalls,
     same_lowers,
     same_upper_and_work,
 )
@@ -132,9 +131,8 @@ def mounted_as_specified(spec, mounts):
     if entry is None or entry.overlay_layers() is None or not (
             same_lowers(entry, spec['lowers']) and same_upper_and_work(entry, spec['upper'], spec['work'])):
         return False
-    shortfalls = (overlay_shortfalls(entry, spec['lowers'], spec['upper'], spec['work'], spec['options'],
-                                     spec['readonly'])
-                  + flag_shortfalls(entry, spec['mount_flags']))
+    shortfalls = overlay_mount_shortfalls(entry, spec['lowers'], spec['upper'], spec['work'], spec['options'],
+                                          spec['readonly'], spec['mount_flags'])
     if shortfalls:
         raise HelperError('%s is mounted on its layers already, but not as its spec says: %s (unmount it, and '
                           'mount it again)' % (spec['target'], '; '.join(shortfalls)))

@@ -30,7 +30,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._host
     read_text,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED, path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
 
 
 class ImageServer(object):
@@ -397,11 +397,11 @@ def observe(roots):
     paths, idmapped = {}, []
     for root in roots:
         for node in root.walk():
-            if node.kind == IDMAPPED:
-                idmapped.append(node.target)
-            for path in (node.target, node.upper, node.work, node.source):
-                if path and path not in paths:
-                    paths[path] = observe_path(path, work_dir=path == node.work, resolve=resolve)
+            if node.idmapped_target:
+                idmapped.append(node.idmapped_target)
+            for role, path in node.paths_used():
+                if path not in paths:
+                    paths[path] = observe_path(path, work_dir=role == 'work', resolve=resolve)
     observed = Observed(mounts, read_loop_devices(), paths, nbds=read_nbd_devices(),
                         exports=read_fuse_exports(mounts), nbd_loaded=os.path.isdir(os.path.join(SYS_MODULE, 'nbd')),
                         kernel=os.uname().release, views=views)
@@ -416,5 +416,4 @@ def container_views(roots, mounts):
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
     the batch. Canonical path -> what it is, for messages. A batch's paths are taken through the host's own
     symlinks (those in dirs only root can change), as the kernel will show them once mounted."""
-    return with_views(mounted_views(mounts), views_of(
-        (node.target, node.upper) for root in roots for node in root.walk() if node.kind == 'overlay'))
+    return with_views(mounted_views(mounts), views_of(node.view for root in roots for node in root.walk() if node.view))

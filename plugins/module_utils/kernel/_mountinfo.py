@@ -112,6 +112,14 @@ def split_options(text):
     return options
 
 
+def describe_mount(entry):
+    """'read-only nodev overlay from overlay (SUPER OPTIONS)': the mount's own mode and flags, then its filesystem."""
+    mode = (['read-only'] if entry.readonly else []) + list(entry.mount_flags) + (
+        ['idmapped'] if 'idmapped' in entry.mount_options else [])
+    return '%s%s from %s (%s)' % (''.join(word + ' ' for word in mode), entry.fstype, entry.source,
+                                  render_super_options(entry.super_options))
+
+
 def render_super_options(options):
     parts = []
     for key, value in options.items():

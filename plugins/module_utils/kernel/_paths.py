@@ -8,7 +8,9 @@ helper's bundle holds it)."""
 
 from __future__ import annotations
 
+import functools
 import posixpath
+from typing import Tuple
 
 
 def fold_path(path: str) -> str:
@@ -17,3 +19,23 @@ def fold_path(path: str) -> str:
         return path
     folded = posixpath.normpath(path)
     return '/' + folded.lstrip('/') if folded.startswith('/') else folded
+
+
+def is_within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip('/') + '/')
+
+
+def related(a: str, b: str) -> bool:
+    """One path is the other or lies inside it."""
+    return is_within(a, b) or is_within(b, a)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def path_and_ancestors(path: str) -> Tuple[str, ...]:
+    """'/a/b' -> ('/a/b', '/a', '/'): every path a normalized path is_within. Cached: the paths of a batch share
+    their ancestors, and each rule looks them up."""
+    ancestors = [path]
+    while path != '/':
+        path = path.rsplit('/', 1)[0] or '/'
+        ancestors.append(path)
+    return tuple(ancestors)

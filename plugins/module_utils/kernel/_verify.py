@@ -36,6 +36,12 @@ def overlay_shortfalls(entry, lowers, upper, work, options, readonly):
     return problems
 
 
+def overlay_mount_shortfalls(entry, lowers, upper, work, options, readonly, mount_flags):
+    """What the mount ``entry`` of an overlay gives less than asked, its mount flags included: "is it mounted as
+    asked", for a mount the module made (executor) and for one the boot helper finds (boot.mounted_as_specified)."""
+    return overlay_shortfalls(entry, lowers, upper, work, options, readonly) + flag_shortfalls(entry, mount_flags)
+
+
 def same_lowers(entry, lowers):
     """The overlay ``entry`` shows the lower layers ``lowers`` (paths compared folded)."""
     return [_fold(path) for path in entry.overlay_layers()[0]] == list(lowers)

@@ -18,11 +18,26 @@ then reaches ROOT/BELOW without following any symlink below ROOT (syscalls.open_
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from typing import ClassVar, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OverlayPayload, volatile_marker
+
+
+class PlanError(ValueError):
+    """A tree that cannot be mounted (or unmounted) on this host as it is; nothing has changed."""
+
+
+class Status(enum.Enum):
+    """A node against what is mounted at its target now."""
+    ABSENT = 'absent'  # nothing is mounted there
+    MATCH = 'match'  # the node, as asked
+    DRIFT = 'drift'  # something else
+    STALE = 'stale'  # the node, on a lower that is missing or is being replaced (the kernel keeps the old one)
+    BROKEN = 'broken'  # the node, but the server of its image is gone
+    REPAIR = 'repair'  # the node, on a lower whose image server is being repaired
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,9 +74,12 @@ def test_the_layout_tables_name_every_plugin_file():
     with open(os.path.join(REPO, 'docs', 'design.md'), encoding='utf-8') as handle:
         named += handle.read()
     unnamed = []
-    for path in sorted(glob.glob(os.path.join(REPO, 'plugins', '*', '*.py'))):
+    for path in sorted(glob.glob(os.path.join(REPO, 'plugins', '**', '*.py'), recursive=True)):
+        if os.path.basename(path) == '__init__.py':
+            continue
         relative = os.path.relpath(path, REPO)
         stem = os.path.splitext(os.path.basename(path))[0].lstrip('_')  # a private module is named without its _
-        if '`%s`' % relative not in named and '`%s`' % stem not in named and '`%s.py`' % stem not in named:
+        names = ('`%s`' % relative, '`%s`' % stem, '`%s.py`' % stem, '`%s`' % os.path.basename(path))
+        if not any(name in named for name in names):
             unnamed.append(relative)
     assert unnamed == []

@@ -22,7 +22,10 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._id
     parse_idmap,
     parse_kernel_map,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import IDMAPPED, TreeError, parse_filesystems, to_yaml
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._idmapped import IdmappedLayer
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
+
+IDMAPPED = IdmappedLayer.kind
 
 SHIFT = {'uid': [{'start': 0, 'target': 100000, 'count': 65536}], 'gid': [{'start': 0, 'target': 100000, 'count': 65536}]}
 IDMAPPED_LINE = '60 1 8:1 /srv/base /run/containerhost-overlayfs/idmap/x rw,relatime,idmapped - ext4 /dev/sda1 rw'

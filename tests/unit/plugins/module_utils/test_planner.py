@@ -76,16 +76,16 @@ def observed(roots, lines=(), loops=(), missing=(), override=None, **host):
     paths = {}
     for root in roots:
         for node in root.walk():
-            for path in (node.target, node.upper, node.work, node.source):
-                if not path or path in paths:
+            for role, path in node.paths_used():
+                if path in paths:
                     continue
                 if path in override:
                     paths[path] = override[path]
                 elif path in missing:
                     paths[path] = facts(path, kind=None)
-                elif node.kind == 'file' and path == node.source:
+                elif node.kind == 'file' and role == 'source':
                     paths[path] = facts(path, kind='file')
-                elif node.kind == 'block' and path == node.source:
+                elif node.kind == 'block' and role == 'source':
                     paths[path] = facts(path, kind='block', rdev=(8, 16))
                 else:
                     paths[path] = facts(path)
@@ -474,8 +474,8 @@ def test_real_directories_work_dir_rules(tmp_path):
     roots = roots_of(tree)
 
     def observe_real():
-        paths = dict((path, observe_path(path, work_dir=path == node.work)) for node in roots[0].walk()
-                     for path in (node.target, node.upper, node.work) if path)
+        paths = dict((path, observe_path(path, work_dir=role == 'work')) for node in roots[0].walk()
+                     for role, path in node.paths_used())
         return Observed(mountinfo.parse(ROOT_MOUNT), [], paths)
 
     (tmp_path / 'work' / 'work').mkdir()

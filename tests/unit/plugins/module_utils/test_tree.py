@@ -12,15 +12,9 @@ import pytest
 import yaml
 from hypothesis import given, strategies as st
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import (
-    MAX_LOWER_LAYERS,
-    TreeError,
-    is_within,
-    parse_filesystems,
-    path_and_ancestors,
-    to_yaml,
-)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path, is_within, path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._overlay import MAX_LOWER_LAYERS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 from ansible_collections.containerhost.overlayfs.tests.helpers.trees import overlay
 
 # The seed's three overlay shapes, written as a playbook would.
