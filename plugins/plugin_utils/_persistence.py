@@ -41,6 +41,7 @@ import ast
 import hashlib
 import os
 import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import views_of
@@ -53,7 +54,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.persist._p
     SYSTEMD_UNIT_DIR,
 )
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import TreeError
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import Node, TreeError
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import order_by_dependency, parse_filesystem
 from ansible_collections.containerhost.overlayfs.plugins.plugin_utils._role_items import ItemError, normalize_items
 
@@ -65,8 +66,8 @@ NBD_MODULES_LOAD = '/etc/modules-load.d/containerhost-overlayfs-nbd.conf'
 NBD_MODPROBE = '/etc/modprobe.d/containerhost-overlayfs-nbd.conf'
 QEMU_NBD = '/usr/bin/qemu-nbd'
 NBD_DEVICE = re.compile(r'\A/dev/nbd[0-9]+\Z')
-SETTINGS = {'on_volatile_marker': 'fail', 'python': '/usr/bin/python3', 'nbd_options': {}, 'helper_sources': {},
-            'service_mgr': 'systemd'}
+SETTINGS: Dict[str, Any] = {'on_volatile_marker': 'fail', 'python': '/usr/bin/python3', 'nbd_options': {},
+                            'helper_sources': {}, 'service_mgr': 'systemd'}
 # systemd's limits (src/basic/unit-name.h, linux/limits.h): a unit name is shorter than UNIT_NAME_MAX; a path
 # component is at most NAME_MAX bytes and a path shorter than PATH_MAX.
 UNIT_NAME_MAX = 256
@@ -128,7 +129,7 @@ class PersistenceError(ValueError):
 
 # --- names ------------------------------------------------------------------------------------------------
 
-def unit_name_escape(text):
+def unit_name_escape(text: str) -> str:
     """systemd's unit_name_escape(): '/' -> '-', a leading '.' and every byte outside [A-Za-z0-9:_.] -> \\xNN."""
     out = []
     for index, byte in enumerate(text.encode('utf-8', 'surrogateescape')):
@@ -141,7 +142,7 @@ def unit_name_escape(text):
     return ''.join(out)
 
 
-def _simplify(path):
+def _simplify(path: str) -> str:
     """systemd's path_simplify(): drop '.' components, repeated and trailing slashes (not '..')."""
     if not path:
         return path
@@ -153,7 +154,7 @@ def _simplify(path):
     return simplified or '.'
 
 
-def unit_name_for_path(path, suffix=None):
+def unit_name_for_path(path: str, suffix: Optional[str] = None) -> str:
     """What ``systemd-escape --path [--suffix=SUFFIX] PATH`` prints (unit_name_path_escape()); ValueError where it fails.
 
     Like systemd-escape, a relative path is escaped too; the name a mount unit needs is that of its absolute Where=.
@@ -172,7 +173,7 @@ def unit_name_for_path(path, suffix=None):
     return '%s.%s' % (name, suffix) if suffix else name
 
 
-def spec_file(target):
+def spec_file(target: str) -> str:
     """The spec file of the overlay on a target: named like its mount unit, but where that name has escapes
     (which fstab would escape again) or is long, with them made '_', shortened and a hash of the target added
     after an '@', which no unit name of a path holds unescaped: such a name is never another target's plain one."""
@@ -183,33 +184,33 @@ def spec_file(target):
     return '%s/%s.conf' % (boot.SPEC_DIR, name)
 
 
-def instance_of(template, instance):
+def instance_of(template: str, instance: str) -> str:
     """containerhost-overlayfs-nbd@.service, nbd0 -> containerhost-overlayfs-nbd@nbd0.service."""
     return template.replace('@', '@' + instance)
 
 
-def nbd_service_name(device):
+def nbd_service_name(device: str) -> str:
     """The attach service instance of an nbd device: /dev/nbd0 -> containerhost-overlayfs-nbd@nbd0.service."""
     return instance_of(NBD_TEMPLATE, device.rsplit('/', 1)[-1])
 
 
-def export_instance(image, image_format):
+def export_instance(image: str, image_format: str) -> str:
     """The export service instance of an image in a format: the name its export files have."""
     return export_files(image, image_format)[0].rsplit('/', 1)[-1][:-len('.img')]
 
 
-def dropin_file(unit):
+def dropin_file(unit: str) -> str:
     return '%s/%s.d/%s' % (SYSTEMD_UNIT_DIR, unit, DROPIN)
 
 
 # --- quoting ----------------------------------------------------------------------------------------------
 
-def unit_value(text):
+def unit_value(text: str) -> str:
     """A value for a unit file setting that expands specifiers (What=, Where=, Options=, Description=)."""
     return text.replace('%', '%%')
 
 
-def unit_word(path):
+def unit_word(path: str) -> str:
     """One word of a whitespace-separated, unquoted list setting (RequiresMountsFor=)."""
     text = path.replace('%', '%%')
     if any(char in text for char in _WHITESPACE + '"\'\\'):
@@ -217,19 +218,20 @@ def unit_word(path):
     return text
 
 
-def fstab_field(text):
+def fstab_field(text: str) -> str:
     """An fstab field: the octal escapes libmount's unmangle() decodes."""
     return (text.replace('\\', '\\134').replace(' ', '\\040').replace('\t', '\\011').replace('\n', '\\012'))
 
 
-def env_value(text):
+def env_value(text: str) -> str:
     """A value for an EnvironmentFile=: double quotes, with the escapes systemd (like sh) takes there."""
     return '"%s"' % re.sub(r'([\\"$`])', r'\\\1', text)
 
 
 # --- rendering --------------------------------------------------------------------------------------------
 
-def render(items, devices=None, settings=None, defaults=None):
+def render(items: Any, devices: Optional[Dict[str, str]] = None, settings: Optional[Dict[str, Any]] = None,
+           defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Render the persistence of the role's items (role_items.normalize_items, in either form; persistence
     auto follows the service_mgr setting, systemd unless it says otherwise).
 
@@ -249,13 +251,15 @@ def render(items, devices=None, settings=None, defaults=None):
     return render_normalized(normalized, devices, settings)
 
 
-def render_normalized(normalized, devices=None, settings=None):
+def render_normalized(normalized: List[Dict[str, Any]], devices: Optional[Dict[str, str]] = None,
+                      settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """render() of items that normalize_items returned, with that service_mgr (not normalized again)."""
     options = _settings(settings)
     devices = devices or {}
     if not isinstance(devices, dict):
         raise PersistenceError('devices must be a mapping of image layer targets to nbd devices')
-    roots, item_of = [], {}
+    roots: List[Node] = []
+    item_of: Dict[int, Dict[str, Any]] = {}
     for item in normalized:
         if item['state'] == 'absent' or item['persistence'] == 'none':
             continue
@@ -275,11 +279,12 @@ def render_normalized(normalized, devices=None, settings=None):
     return renderer.result()
 
 
-def helper_sources():
+def helper_sources() -> Dict[str, str]:
     """The boot helper's modules: boot/_boot.py and every module of this collection it imports, transitively (its
     import closure, computed from the sources), by name below boot.PACKAGE ('boot._boot', 'kernel._options', ...).
     The renderer installs them on the target."""
-    sources, pending = {}, ['boot._boot']
+    sources: Dict[str, str] = {}
+    pending = ['boot._boot']
     while pending:
         name = pending.pop()
         if name not in sources:
@@ -289,12 +294,12 @@ def helper_sources():
     return sources
 
 
-def collection_imports(source):
+def collection_imports(source: str) -> List[str]:
     """The modules of this collection's module_utils that a source imports, by name below boot.PACKAGE."""
     prefix = boot.PACKAGE + '.'
-    found = []
+    found: List[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith(prefix):
+        if isinstance(node, ast.ImportFrom) and node.module is not None and node.module.startswith(prefix):
             name = node.module[len(prefix):]
             # 'from PACKAGE.host import _syscalls' names modules of a package; 'from PACKAGE.host._syscalls
             # import mount' a module
@@ -305,12 +310,12 @@ def collection_imports(source):
     return found
 
 
-def _module_file(name):
+def _module_file(name: str) -> str:
     module_utils = os.path.dirname(os.path.dirname(os.path.abspath(boot.__file__)))
     return os.path.join(module_utils, *name.split('.')) + '.py'
 
 
-def _settings(settings):
+def _settings(settings: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     result = dict(SETTINGS)
     unknown = sorted(set(settings or {}) - set(SETTINGS))
     if unknown:
@@ -337,30 +342,31 @@ def _settings(settings):
 
 class _Renderer(object):
 
-    def __init__(self, devices, settings, views):
+    def __init__(self, devices: Dict[str, str], settings: Dict[str, Any], views: Dict[str, str]) -> None:
         self.devices = devices
         self.settings = settings
         self.views = views  # confine.views_of every overlay persisted: its merged view and upper dir
-        self.files = {}
-        self.executables = []
-        self.fstab = []
-        self.units = []
-        self.nbd_devices = {}  # device -> the layer on it
+        self.files: Dict[str, str] = {}
+        self.executables: List[str] = []
+        self.fstab: List[str] = []
+        self.units: List[str] = []
+        self.nbd_devices: Dict[str, str] = {}  # device -> the layer on it
         self.reserved = set(device for device in devices.values())  # an unpinned layer takes none of these
-        self.dependents = {}  # (unit, 'Requires' or 'Wants') -> the mount units of the trees it names
+        # (unit, 'Requires' or 'Wants') -> the mount units of the trees it names
+        self.dependents: Dict[Tuple[str, str], List[str]] = {}
         self.needs_helper = False  # an overlay, an nbd device or a FUSE export comes back through boot.py
 
-    def result(self):
+    def result(self) -> Dict[str, Any]:
         if self.needs_helper:
             self._helpers()
-        lines = {}  # a unit that trees are required_by and wanted_by gets one drop-in
+        lines: Dict[str, List[str]] = {}  # a unit that trees are required_by and wanted_by gets one drop-in
         for (unit, kind), mounts in sorted(self.dependents.items()):
             lines.setdefault(unit, []).extend('%s=%s' % (key, ' '.join(mounts)) for key in (kind, 'After'))
         for unit, unit_lines in sorted(lines.items()):
             self._write(dropin_file(unit), '\n'.join([MARKER, '[Unit]'] + unit_lines) + '\n')
         return {'files': self.files, 'executables': self.executables, 'fstab': self.fstab, 'units': self.units}
 
-    def _write(self, path, text):
+    def _write(self, path: str, text: str) -> None:
         """A file's text. Files shared on purpose (a template, the helper, an export two layers use) come out the
         same each time; two trees that would write one file with two texts (a name that is not one-to-one) fail."""
         if self.files.get(path, text) != text:
@@ -369,18 +375,18 @@ class _Renderer(object):
         self.files[path] = text
 
     @staticmethod
-    def _about(text):
+    def _about(text: str) -> str:
         """The line of a file's text that tells it from another's (its spec's JSON, or its last line)."""
         return [line for line in text.splitlines() if line][-1][:300]
 
-    def tree(self, root, item):
+    def tree(self, root: Node, item: Dict[str, Any]) -> None:
         self.node(root, item)
         top = unit_name_for_path(root.target, 'mount')
         for key, kind in (('required_by', 'Requires'), ('wanted_by', 'Wants')):
             for unit in item[key]:
                 self.dependents.setdefault((unit, kind), []).append(top)
 
-    def node(self, node, item):
+    def node(self, node: Node, item: Dict[str, Any]) -> None:
         """Post-order: a node's lowers (and whatever they stand on) come up before it. A dir is used in place: it
         shows up in its overlay's RequiresMountsFor=."""
         for lower in node.lowers:
@@ -390,7 +396,8 @@ class _Renderer(object):
 
     # --- what a node kind writes (tree._node.Persisting) ------------------------------------------------------
 
-    def helper_mount(self, node, item, spec, layers, named, description):
+    def helper_mount(self, node: Node, item: Dict[str, Any], spec: Dict[str, Any], layers: List[str],
+                     named: List[str], description: str) -> None:
         """The mount of a spec file, which mount(8) hands to the boot helper; the spec gets the settings' volatile
         choice and the views of persisted trees its paths lie in (at boot they count before their own overlays are
         up)."""
@@ -403,7 +410,7 @@ class _Renderer(object):
         self.mount(node, item, what=path, fstype=boot.FSTYPE, options=[],
                    requires_mounts_for=layers + [boot.HELPER_LIB], description=description)
 
-    def nbd_attach(self, node, image, image_format, readonly):
+    def nbd_attach(self, node: Node, image: str, image_format: str, readonly: bool) -> Tuple[str, str]:
         """The nbd device pinned for the node (or the lowest free one) and the qemu-nbd service instance that serves
         the image there at boot, with the nbd module loaded."""
         self.needs_helper = True
@@ -425,7 +432,7 @@ class _Renderer(object):
         self._write(NBD_MODPROBE, '%s\n%s' % (MARKER, 'options nbd %s\n' % options if options else ''))
         return device, nbd_service_name(device)
 
-    def fuse_export(self, node, image, image_format):
+    def fuse_export(self, node: Node, image: str, image_format: str) -> Tuple[str, str]:
         """The FUSE export file of an image and the export service instance that starts it at boot."""
         self.needs_helper = True
         instance = export_instance(image, image_format)
@@ -435,7 +442,8 @@ class _Renderer(object):
         ])
         return export_files(image, image_format)[0], instance_of(EXPORT_TEMPLATE, instance)
 
-    def _attach_service(self, node, image, template, template_text, env_dir, instance, environment):
+    def _attach_service(self, node: Node, image: str, template: str, template_text: str, env_dir: str, instance: str,
+                        environment: List[str]) -> None:
         """An instance of an attach service: its template, environment file and drop-in (RequiresMountsFor= the
         image). Layers that share an instance (one FUSE export) write the same files."""
         self._check_word(node, 'source', image)
@@ -446,7 +454,7 @@ class _Renderer(object):
         self._write(dropin_file(service), '\n'.join(
             [MARKER, '[Unit]', 'RequiresMountsFor=%s' % unit_word(image)]) + '\n')
 
-    def _unpinned_device(self):
+    def _unpinned_device(self) -> str:
         """For a layer not on a device now (its tree is unmounted): the lowest nbd device nothing else pins.
         Deterministic, so a second run renders the same; at boot every nbd device is this role's to give."""
         number = 0
@@ -455,7 +463,7 @@ class _Renderer(object):
         self.reserved.add('/dev/nbd%d' % number)
         return '/dev/nbd%d' % number
 
-    def _helpers(self):
+    def _helpers(self) -> None:
         """The boot helper (boot.py and what it imports, in their package layout) and its launchers."""
         sources = self.settings['helper_sources']
         if 'boot._boot' not in sources:
@@ -472,8 +480,9 @@ class _Renderer(object):
 
     # --- output -----------------------------------------------------------------------------------------
 
-    def mount(self, node, item, what, fstype, options, description, requires_mounts_for=(), requires_units=(),
-              unit_only_requires_mounts_for=False):
+    def mount(self, node: Node, item: Dict[str, Any], what: str, fstype: str, options: List[str], description: str,
+              requires_mounts_for: Sequence[str] = (), requires_units: Sequence[str] = (),
+              unit_only_requires_mounts_for: bool = False) -> None:
         self._check_line_value(node, 'target', node.target)
         self._check_line_value(node, 'source', what)
         for path in requires_mounts_for:
@@ -493,7 +502,8 @@ class _Renderer(object):
         self.fstab.append(' '.join([fstab_field(what), fstab_field(node.target), fstype,
                                     fstab_field(','.join(options) or 'defaults'), '0', '0']))
 
-    def _unit(self, node, item, what, fstype, options, description, requires_mounts_for, requires_units):
+    def _unit(self, node: Node, item: Dict[str, Any], what: str, fstype: str, options: List[str], description: str,
+              requires_mounts_for: Sequence[str], requires_units: Sequence[str]) -> None:
         name = unit_name_for_path(node.target, 'mount')
         if len(name) >= UNIT_NAME_MAX:
             raise PersistenceError('%s: the mount unit name for target %r would be %d characters; systemd takes at most %d '
@@ -517,7 +527,7 @@ class _Renderer(object):
 
     # --- what the files can carry -----------------------------------------------------------------------
 
-    def _check_word(self, node, role, path):
+    def _check_word(self, node: Node, role: str, path: str) -> None:
         """A path in a unit file (RequiresMountsFor=, a quoted word): any text but a line break."""
         try:
             path.encode('utf-8')
@@ -528,7 +538,7 @@ class _Renderer(object):
                                    'systemd-fstab-generator copies fstab paths into units as they are)'
                                    % (node.describe(), role, path))
 
-    def _check_line_value(self, node, role, path):
+    def _check_line_value(self, node: Node, role: str, path: str) -> None:
         """A path that is the whole value of a unit file line (What=, Where=; fstab fields become those)."""
         self._check_word(node, role, path)
         if path[-1] in _WHITESPACE + '\\':
@@ -537,7 +547,7 @@ class _Renderer(object):
                                    % (node.describe(), role, path, 'a backslash (joining the next line)'
                                       if path[-1] == '\\' else 'whitespace'))
 
-    def _check_fstab_option_path(self, node, path):
+    def _check_fstab_option_path(self, node: Node, path: str) -> None:
         """A path in an fstab option (x-systemd.requires-mounts-for=)."""
         for chars, why in ((_WHITESPACE, 'whitespace: systemd-fstab-generator writes x-systemd.requires-mounts-for= '
                                          'paths unquoted into RequiresMountsFor=, which splits them'),

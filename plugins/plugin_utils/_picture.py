@@ -15,10 +15,12 @@ order; a nested overlay is a framed stack of its own.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import KINDS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import Node
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._overlay import Overlay
 
 ROW_HEIGHT = 26
 INDENT = 18
@@ -36,7 +38,7 @@ class Row(NamedTuple):
     role: str  # a key of COLOURS
     text: str
     path: Optional[str]  # the path the row shows: a target, the upper dir, a lower dir, a source
-    extra: tuple = ()  # further (name, value) data attributes
+    extra: Tuple[Tuple[str, str], ...] = ()  # further (name, value) data attributes
 
 
 class Frame(NamedTuple):
@@ -45,15 +47,16 @@ class Frame(NamedTuple):
     last: int
 
 
-def printable(path):
+def printable(path: str) -> str:
     """A path as the picture shows it: control characters (which XML cannot carry) as \\xNN escapes."""
     return ''.join(char if ' ' <= char != '\x7f' else '\\x%02x' % ord(char) for char in path)
 
 
-def layer_stack_svg(node):
+def layer_stack_svg(node: Node) -> str:
     """The SVG picture of one parsed tree."""
-    rows, frames = [], []
-    if node.HAS_LAYERS:
+    rows: List[Row] = []
+    frames: List[Frame] = []
+    if isinstance(node, Overlay):  # a stack of layers; any other kind is one mount
         _overlay_rows(node, 0, 'overlay', rows, frames)
         footer = 'files are looked up from the top row down; the first layer that has one wins'
     else:
@@ -64,12 +67,13 @@ def layer_stack_svg(node):
     return _svg(rows, frames, 'Layer stack of the %s at %s' % (node.PICTURE_NAME, printable(node.target)), footer)
 
 
-def _overlay_rows(node, depth, name, rows, frames, flattened=False):
+def _overlay_rows(node: Overlay, depth: int, name: str, rows: List[Row], frames: List[Frame],
+                  flattened: bool = False) -> None:
     first = len(rows)
     note = '; flattened: the overlay above reads its layers directly' if flattened else ''
     rows.append(Row(depth, 'overlay', '%s at %s%s%s' % (name, printable(node.target), _options(node), note),
                     node.target, (('flattened', 'true'),) if flattened else ()))
-    if node.upper:
+    if node.upper and node.work:  # they go together
         # a nested overlay's upper takes the writes made through that overlay's own target, not the tree's
         writes = ': writes land here' if depth == 0 else ''
         if depth == 0 and node.idmap:
@@ -80,27 +84,27 @@ def _overlay_rows(node, depth, name, rows, frames, flattened=False):
         rows.append(Row(depth + 1, 'readonly', 'no upper dir: read-only', None))
     for position, layer in enumerate(node.lowers, 1):
         name = 'lower %d: ' % position
-        if layer.as_given.HAS_LAYERS:
+        if isinstance(layer, Overlay):  # a nested overlay is used as it is (never idmapped itself)
             _overlay_rows(layer, depth + 1, name + 'overlay', rows, frames, layer.label in node.flattened)
         else:
             rows.append(_row(layer, depth + 1, name))
     frames.append(Frame(depth, first, len(rows) - 1))
 
 
-def _row(node, depth, prefix, at_target=True):
+def _row(node: Node, depth: int, prefix: str, at_target: bool = True) -> Row:
     """The row of a node that is not a stack: its kind's (``at_target``: the row says where it is mounted, unless
     the row above does)."""
     text, path, extra = node.picture_row(at_target)
     return Row(depth, node.as_given.kind, printable(prefix + text), path, extra)
 
 
-def _options(node):
+def _options(node: Overlay) -> str:
     shown = ['%s=%s' % (key, value) if value is not True else key for key, value in sorted(node.options.items())]
     shown += ['read-only'] if node.readonly else []
     return ' (%s)' % ', '.join(shown) if shown else ''
 
 
-def _svg(rows, frames, title, footer):
+def _svg(rows: List[Row], frames: List[Frame], title: str, footer: str) -> str:
     width = int(max([MARGIN * 2 + row.depth * INDENT + 16 + len(row.text) * CHAR_WIDTH for row in rows]
                     + [MARGIN * 2 + len(footer) * CHAR_WIDTH]))
     height = MARGIN * 2 + len(rows) * ROW_HEIGHT + ROW_HEIGHT

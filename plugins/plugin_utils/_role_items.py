@@ -21,6 +21,7 @@ A normalized item normalizes to itself, so either form may be given.
 from __future__ import annotations
 
 import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
@@ -49,7 +50,7 @@ class ItemError(ValueError):
     pass
 
 
-def plain(value):
+def plain(value: Any) -> Any:
     """A plain copy of what a template hands a filter: ansible-core 2.19+ hands it lazy containers that render
     and wrap each value on access, which costs four times as much as the parse that reads them (measured: 2000
     items). One walk renders every value once; the parsing then reads plain lists and dicts."""
@@ -60,7 +61,8 @@ def plain(value):
     return value
 
 
-def normalize_items(items, defaults=None, service_mgr=None):
+def normalize_items(items: Any, defaults: Optional[Dict[str, Any]] = None,
+                    service_mgr: Optional[str] = None) -> List[Dict[str, Any]]:
     """Normalize a list of items; ``defaults`` for persistence, nofail and state of items that do not say.
 
     Persistence ``auto`` is systemd where ``service_mgr`` is systemd, else fstab; without ``service_mgr`` it stays
@@ -80,7 +82,8 @@ def normalize_items(items, defaults=None, service_mgr=None):
     return normalized
 
 
-def role_work(items, defaults=None, service_mgr=None):
+def role_work(items: Any, defaults: Optional[Dict[str, Any]] = None,
+              service_mgr: Optional[str] = None) -> Dict[str, Any]:
     """What the role does with its items: the trees to mount and to unmount, the items to persist (normalized), the
     image drivers of the trees that stay on the host (to know whether qemu-nbd or qemu-storage-daemon is needed),
     and whether the persistence waits on the service manager (an item's ``auto`` and no ``service_mgr`` given)."""
@@ -96,7 +99,7 @@ def role_work(items, defaults=None, service_mgr=None):
     }
 
 
-def _item(raw, index, settings, service_mgr):
+def _item(raw: Any, index: int, settings: Dict[str, Any], service_mgr: Optional[str]) -> Dict[str, Any]:
     where = 'filesystems[%d]' % index
     if not isinstance(raw, dict):
         raise ItemError('%s must be a mapping with xml or filesystem, not %s' % (where, type(raw).__name__))
@@ -122,7 +125,7 @@ def _item(raw, index, settings, service_mgr):
     }
 
 
-def _trees(raw, source, label):
+def _trees(raw: Dict[str, Any], source: str, label: str) -> List[Dict[str, Any]]:
     """The item's trees, canonical; errors name the item, then the place in its tree (as XML for XML)."""
     value = raw[source]
     if source == 'xml':
@@ -147,7 +150,7 @@ def _trees(raw, source, label):
         raise ItemError(str(error))
 
 
-def _choice(raw, key, allowed, settings, label):
+def _choice(raw: Dict[str, Any], key: str, allowed: Tuple[str, ...], settings: Dict[str, Any], label: str) -> str:
     value = raw.get(key)
     value = settings[key] if value is None else value
     if value not in allowed:
@@ -155,14 +158,14 @@ def _choice(raw, key, allowed, settings, label):
     return value
 
 
-def _persistence(raw, settings, service_mgr, label):
+def _persistence(raw: Dict[str, Any], settings: Dict[str, Any], service_mgr: Optional[str], label: str) -> str:
     value = _choice(raw, 'persistence', PERSISTENCE, settings, label)
     if value == 'auto' and service_mgr is not None:
         return 'systemd' if service_mgr == 'systemd' else 'fstab'
     return value
 
 
-def _flag(raw, key, settings, label):
+def _flag(raw: Dict[str, Any], key: str, settings: Dict[str, Any], label: str) -> bool:
     value = raw.get(key)
     value = settings[key] if value is None else value
     try:
@@ -171,7 +174,7 @@ def _flag(raw, key, settings, label):
         raise ItemError('%s.%s must be true or false, not %r' % (label, key, value))
 
 
-def _units(raw, key, label):
+def _units(raw: Dict[str, Any], key: str, label: str) -> List[str]:
     value = raw.get(key) or []
     if isinstance(value, str):
         value = [value]
@@ -184,7 +187,7 @@ def _units(raw, key, label):
     return list(value)
 
 
-def _drivers(tree):
+def _drivers(tree: Any) -> Iterator[str]:
     if isinstance(tree, dict):
         if tree.get('type') == 'file':
             yield tree['driver']

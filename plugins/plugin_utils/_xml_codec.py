@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from typing import Any, Dict, List, Tuple, Union
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import MOUNT_FLAGS, OVERLAY_OPTIONS
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import BY_TYPE
@@ -38,7 +39,7 @@ class XmlError(ValueError):
     pass
 
 
-def parse_document(text):
+def parse_document(text: Union[str, bytes]) -> Any:
     """Parse untrusted XML: no DTD, no entities, no network, bounded size and depth."""
     if etree is None:
         raise XmlError('the lxml Python library is required on the controller to parse xml')
@@ -68,7 +69,7 @@ def parse_document(text):
     return root
 
 
-def _check_declared_encoding(text):
+def _check_declared_encoding(text: str) -> None:
     """An encoding declaration must name a real encoding (as text it no longer applies, but a name that is no
     encoding is a mistake worth naming)."""
     declaration = XML_DECLARATION.match(text)
@@ -82,7 +83,7 @@ def _check_declared_encoding(text):
                        "or leave the declaration out)" % encoding.group(1))
 
 
-def xml_to_filesystems(text):
+def xml_to_filesystems(text: Union[str, bytes]) -> List[Dict[str, Any]]:
     """Every <filesystem> of the document (a <filesystem>, a <domain>, or any wrapper) in YAML form."""
     root = parse_document(text)
     if root.tag == 'filesystem':
@@ -96,12 +97,12 @@ def xml_to_filesystems(text):
     return [_filesystem(element, '/filesystem[%d]' % index) for index, element in enumerate(elements, 1)]
 
 
-def raw_trees(value):
+def raw_trees(value: Union[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """A tree (mapping) or an XML string -> the raw YAML trees it holds (the filters take either)."""
     return xml_to_filesystems(value) if isinstance(value, str) else [value]
 
 
-def _filesystem(element, where):
+def _filesystem(element: Any, where: str) -> Dict[str, Any]:
     # libvirt's default filesystem type is 'mount'
     kind = element.get('type', 'mount')
     _allow_attributes(element, where, ('type', 'accessmode'))
@@ -113,9 +114,9 @@ def _filesystem(element, where):
     return tree
 
 
-def _node(element, kind_name, where):
-    tree = {'type': kind_name}
-    children = {}
+def _node(element: Any, kind_name: str, where: str) -> Dict[str, Any]:
+    tree: Dict[str, Any] = {'type': kind_name}
+    children: Dict[str, List[Any]] = {}
     for child in element:
         children.setdefault(child.tag, []).append(child)
     kind = BY_TYPE.get(kind_name)
@@ -149,7 +150,7 @@ def _node(element, kind_name, where):
     return tree
 
 
-def _overlay(children, tree, where):
+def _overlay(children: Dict[str, List[Any]], tree: Dict[str, Any], where: str) -> None:
     sources = children.get('source', [])
     if len(sources) not in (0, 2):
         raise XmlError('%s: an overlay takes two <source dir> elements (upper dir, then work dir) or none, not %d'
@@ -159,7 +160,7 @@ def _overlay(children, tree, where):
         tree['work'] = _attribute(sources[1], 'dir', where + '/source[2]')
     if children.get('driver'):
         tree['options'] = _overlay_options(children['driver'][0], where + '/driver')
-    lowers = []
+    lowers: List[Dict[str, Any]] = []
     for index, store in enumerate(children.get('backingStore', []), 1):
         if not store.attrib and len(store) == 0:
             continue  # libvirt's empty <backingStore/> ends a chain
@@ -169,7 +170,8 @@ def _overlay(children, tree, where):
     tree['lower'] = lowers
 
 
-def _single_source(children, kind, names, tree, where):
+def _single_source(children: Dict[str, List[Any]], kind: str, names: Tuple[str, ...], tree: Dict[str, Any],
+                   where: str) -> None:
     """``names``: the attributes a <source> of the ``kind`` may have (one of them)."""
     sources = children.get('source', [])
     if len(sources) != 1:
@@ -180,11 +182,11 @@ def _single_source(children, kind, names, tree, where):
     tree['source'] = _attribute(sources[0], present[0], where + '/source')
 
 
-def _idmap(element, where):
+def _idmap(element: Any, where: str) -> Dict[str, List[Dict[str, str]]]:
     """<idmap><uid start target count/>... <gid .../>...</idmap> -> {uid: [...], gid: [...]}; the values stay text
     for the tree's rules to check (idmap.parse_idmap)."""
     _allow_attributes(element, where, ())
-    ranges = {}
+    ranges: Dict[str, List[Dict[str, str]]] = {}
     for child in element:
         if child.tag not in ('uid', 'gid'):
             raise XmlError('%s: <%s> is not allowed in an <idmap> (allowed: <uid>, <gid>)' % (where, child.tag))
@@ -198,13 +200,13 @@ def _idmap(element, where):
     return ranges
 
 
-def _mount_flags(element, where):
+def _mount_flags(element: Any, where: str) -> List[str]:
     """<mountFlags><nodev/><nosuid/></mountFlags> -> ['nodev', 'nosuid']; an empty <mountFlags/> asks for none."""
     _allow_attributes(element, where, ())
     if (element.text or '').strip():
         raise XmlError('%s: the flags are elements, not text: <mountFlags><%s/></mountFlags>'
                        % (where, element.text.strip().split(',')[0]))
-    flags = []
+    flags: List[str] = []
     for child in element:
         if child.tag not in MOUNT_FLAGS:
             raise XmlError('%s: <%s> is not a mount flag (allowed: %s)'
@@ -214,7 +216,7 @@ def _mount_flags(element, where):
     return flags
 
 
-def _image_driver(element, where):
+def _image_driver(element: Any, where: str) -> Dict[str, str]:
     """Seed spelling <driver name='nbd' type='qcow2'/>; libvirt's <driver type='loop' format='raw'/>."""
     if element.get('name') is not None:
         _allow_attributes(element, where, ('name', 'type'))
@@ -222,7 +224,7 @@ def _image_driver(element, where):
     else:
         _allow_attributes(element, where, ('type', 'format'))
         driver, image_format = element.get('type'), element.get('format')
-    result = {}
+    result: Dict[str, str] = {}
     if driver:
         result['driver'] = driver
     if image_format:
@@ -230,10 +232,10 @@ def _image_driver(element, where):
     return result
 
 
-def _overlay_options(element, where):
+def _overlay_options(element: Any, where: str) -> Dict[str, str]:
     if element.get('type') != 'overlay':
         raise XmlError("%s: an overlay's <driver> must have type='overlay'" % where)
-    options = {}
+    options: Dict[str, str] = {}
     for name, value in element.attrib.items():
         if name == 'type':
             continue
@@ -244,7 +246,7 @@ def _overlay_options(element, where):
     return options
 
 
-def _attribute(element, name, where):
+def _attribute(element: Any, name: str, where: str) -> str:
     _allow_attributes(element, where, (name,))
     value = element.get(name)
     if value is None:
@@ -252,13 +254,13 @@ def _attribute(element, name, where):
     return value
 
 
-def _allow_attributes(element, where, names):
+def _allow_attributes(element: Any, where: str, names: Tuple[str, ...]) -> None:
     unknown = sorted(set(element.attrib) - set(names))
     if unknown:
         raise XmlError('%s: unknown attribute %s on <%s>' % (where, ', '.join(repr(n) for n in unknown), element.tag))
 
 
-def filesystems_to_xml(filesystems):
+def filesystems_to_xml(filesystems: List[Dict[str, Any]]) -> str:
     """Canonical XML for YAML trees: one <filesystem> each, inside <filesystems>."""
     root = etree.Element('filesystems')
     for tree in filesystems:
@@ -266,11 +268,11 @@ def filesystems_to_xml(filesystems):
     return etree.tostring(root, pretty_print=True, encoding='unicode')
 
 
-def filesystem_to_xml(tree):
+def filesystem_to_xml(tree: Dict[str, Any]) -> str:
     return etree.tostring(_element('filesystem', tree), pretty_print=True, encoding='unicode')
 
 
-def _element(tag, tree):
+def _element(tag: str, tree: Union[str, Dict[str, Any]]) -> Any:
     if isinstance(tree, str):
         tree = {'type': 'dir', 'target': tree}
     element = etree.Element(tag, type=tree.get('type', 'overlay' if tag == 'filesystem' else 'dir'))
@@ -309,7 +311,7 @@ def _element(tag, tree):
     return element
 
 
-def _option_text(value):
+def _option_text(value: Any) -> str:
     if isinstance(value, bool):
         return 'on' if value else 'off'
     return str(value)
@@ -326,10 +328,10 @@ FIELD_IN_XML = {'upper': '/source[1]', 'work': '/source[2]', 'target': '/target'
                 'accessmode': '/@accessmode', 'lower': '/backingStore', 'options': '/driver', 'idmap': '/idmap'}
 
 
-def yaml_labels_to_xml(message):
+def yaml_labels_to_xml(message: str) -> str:
     """Rewrite the tree's YAML labels (filesystems[0].lower[1].work) as XML locations
     (/filesystem[1]/backingStore[2]/source[2]), for a user who wrote XML."""
-    def location(match):
+    def location(match: re.Match[str]) -> str:
         path = '/filesystem[%d]' % (int(match.group(1)) + 1)
         for index in re.findall(r'\[(\d+)\]', match.group(2)):
             path += '/backingStore[%d]' % (int(index) + 1)

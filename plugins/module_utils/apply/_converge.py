@@ -10,17 +10,30 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Set, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import (
+    ApplyError,
+    Executor,
+    RunCommand,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import RUN_DIR, open_private_dir
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import observe
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed, observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import describe_mount
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import plan
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import MOUNT_STEPS, PlanError, SetMountFlags, Unmount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import (
+    MOUNT_STEPS,
+    PlanError,
+    SetMountFlags,
+    Step,
+    Unmount,
+)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import Node
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._tree import TreeError, parse_filesystems, to_yaml
 
 
 LOCK_FILE = RUN_DIR + '/lock'
+MountState = Tuple[int, str, str]  # (tree position, target, what is mounted there): a line of the diff
 
 
 class HostLock(object):
@@ -28,11 +41,11 @@ class HostLock(object):
     the collection's own root-only dir and is opened without following a symlink: in a dir any user may write to
     (/run/lock), a user could hold it first, or plant a link that root would follow."""
 
-    def __init__(self, path=LOCK_FILE):
+    def __init__(self, path: str = LOCK_FILE) -> None:
         self.path = path
-        self.fd = None
+        self.fd = -1  # the lock file's, while held
 
-    def __enter__(self):
+    def __enter__(self) -> HostLock:
         directory, name = os.path.split(self.path)
         try:
             dir_fd = open_private_dir(directory)
@@ -50,19 +63,20 @@ class HostLock(object):
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         return False
 
 
 class ConvergeError(Exception):
-    def __init__(self, message, **result):
+    def __init__(self, message: str, **result: Any) -> None:
         super(ConvergeError, self).__init__(message)
         self.result = result
 
 
-def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
+def converge(params: Dict[str, Any], run_command: RunCommand, check_mode: bool,
+             lock_path: str = LOCK_FILE) -> Dict[str, Any]:
     """Return the module result for ``params``; raise ConvergeError with a message naming the cause."""
     if params.get('filesystems') is not None:
         raw, label = params['filesystems'], 'filesystems'
@@ -94,7 +108,8 @@ def converge(params, run_command, check_mode, lock_path=LOCK_FILE):
     return report(params.get('report', 'full'), roots, canonical, steps, final, before, after)
 
 
-def report(detail, roots, canonical, steps, final, before, after):
+def report(detail: str, roots: List[Node], canonical: List[Any], steps: List[Step], final: Observed,
+           before: List[MountState], after: List[MountState]) -> Dict[str, Any]:
     """The result, with the per-tree detail that ``detail`` asks for (the module's ``report`` option): every tree
     (full), only the trees the plan changes (changed), or none but the diff of those (summary)."""
     changed = changed_roots(roots, steps)
@@ -112,32 +127,32 @@ def report(detail, roots, canonical, steps, final, before, after):
     return result
 
 
-def changed_roots(roots, steps):
+def changed_roots(roots: List[Node], steps: Sequence[Step]) -> List[Node]:
     """The trees a plan changes: those whose nodes its steps serve (a node's label starts with its tree's)."""
     labels = set(one.node.split('.', 1)[0] for one in steps)
     return [root for root in roots if root.label in labels]
 
 
-def describe(steps):
+def describe(steps: Sequence[Step]) -> List[str]:
     return [one.description for one in steps]
 
 
-def step_dicts(steps):
+def step_dicts(steps: Sequence[Step]) -> List[Dict[str, Any]]:
     return [one.to_dict() for one in steps]
 
 
-def _mounted_nodes(roots):
+def _mounted_nodes(roots: Iterable[Node]) -> List[Node]:
     return [node for root in roots for node in root.walk() if node.is_mounted_node]
 
 
-def mount_table(roots, observed):
+def mount_table(roots: Iterable[Node], observed: Observed) -> List[Dict[str, Any]]:
     """The live mounts at the trees' targets, top-down, as the kernel reports them."""
     return [entry.to_dict() for node in _mounted_nodes(roots) for entry in observed.mounts_at(node.target)]
 
 
-def mount_state(roots, observed):
+def mount_state(roots: Iterable[Node], observed: Observed) -> List[MountState]:
     """(tree position, target, what is mounted there) of every mounted node."""
-    state = []
+    state: List[MountState] = []
     for root in roots:
         for node in _mounted_nodes([root]):
             current = observed.top_mount_at(node.target)
@@ -145,7 +160,7 @@ def mount_state(roots, observed):
     return state
 
 
-def predicted_state(before, steps):
+def predicted_state(before: Sequence[MountState], steps: Sequence[Step]) -> List[MountState]:
     """The state after a plan runs: what a check-mode diff shows."""
     mounts = dict((one.target, 'as planned: ' + one.description) for one in steps
                   if isinstance(one, MOUNT_STEPS + (SetMountFlags,)))
@@ -154,7 +169,7 @@ def predicted_state(before, steps):
             for position, target, now in before]
 
 
-def render_state(state, positions=None):
+def render_state(state: Sequence[MountState], positions: Optional[Set[int]] = None) -> str:
     """The diff's text: a line per target, of the trees at ``positions`` (None: all)."""
     return ''.join('%s: %s\n' % (target, now) for position, target, now in state
                    if positions is None or position in positions)

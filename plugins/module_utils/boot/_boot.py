@@ -33,11 +33,15 @@ import functools
 import json
 import os
 import sys
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, describe_refusal, mounted_views, with_views
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMapError, idmap_shortfalls, parse_idmap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
+    MountEntry,
+    read_mountinfo,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     OptionError,
     overlay_payload,
@@ -63,16 +67,19 @@ SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'mount_
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
 EX_FAIL = 32  # mount failure
 
+RunCommand = Callable[..., Tuple[int, str, str]]  # the launcher's run: argv list in, (rc, stdout, stderr) out
+Beneath = Optional[Tuple[str, str]]  # (the open dir a path lies below, the rest of it), None if it lies below none
+
 
 class HelperError(Exception):
-    def __init__(self, message, code=EX_FAIL):
+    def __init__(self, message: str, code: int = EX_FAIL) -> None:
         super(HelperError, self).__init__(message)
         self.code = code
 
 
 # --- the spec file ----------------------------------------------------------------------------------------
 
-def spec_text(marker, spec):
+def spec_text(marker: str, spec: Dict[str, Any]) -> str:
     """The spec file of one overlay: comment lines (the marker first), then one JSON object."""
     unknown = set(spec) ^ set(SPEC_KEYS)
     if unknown:
@@ -81,7 +88,7 @@ def spec_text(marker, spec):
         marker, MOUNT_HELPER, json.dumps(spec, sort_keys=True, ensure_ascii=False))
 
 
-def read_spec(path):
+def read_spec(path: str) -> Dict[str, Any]:
     try:
         with open(path, encoding='utf-8') as handle:
             text = ''.join(line for line in handle if not line.startswith('#'))
@@ -95,7 +102,7 @@ def read_spec(path):
 
 # --- mount.overlay.containerhost ----------------------------------------------------------------------------
 
-def parse_mount_arguments(argv):
+def parse_mount_arguments(argv: List[str]) -> Tuple[str, str, Set[str]]:
     """mount(8)'s helper calling convention: SPEC TARGET, then -s -f -n -v, -o OPTIONS, -t TYPE, -N NS."""
     positional, flags, options = [], set(), []
     args = iter(argv)
@@ -121,7 +128,7 @@ def parse_mount_arguments(argv):
     return positional[0], positional[1], flags
 
 
-def mounted_as_specified(spec, mounts):
+def mounted_as_specified(spec: Dict[str, Any], mounts: Sequence[MountEntry]) -> bool:
     """The top mount at the target is this overlay, as the module asks it (verify's test): mount -a (or a second
     start) must not stack a duplicate. Raise HelperError when it stands on the spec's layers but gives less (other
     options or mount flags, read-only, degraded): another mount on top would hide it, not mend it."""
@@ -139,7 +146,7 @@ def mounted_as_specified(spec, mounts):
     return True
 
 
-def mount(spec_path, target):
+def mount(spec_path: str, target: str) -> None:
     """Mount the overlay a spec describes on target (which must be the spec's)."""
     spec = read_spec(spec_path)
     if os.path.realpath(target) != os.path.realpath(spec['target']):
@@ -150,7 +157,7 @@ def mount(spec_path, target):
         return
     target_beneath, reach, sources_beneath = reached(spec, mounts)
     work_beneath = dict(reach).get(spec['work']) if spec['upper'] else None
-    made = []
+    made: List[str] = []
     try:
         if spec['upper'] and hostfs.has_volatile_marker(spec['work'], work_beneath):
             if spec['on_volatile_marker'] != 'discard':
@@ -171,7 +178,8 @@ def mount(spec_path, target):
         raise HelperError(str(error) + _unmount_all(made))
 
 
-def reached(spec, mounts):
+def reached(spec: Dict[str, Any],
+            mounts: Sequence[MountEntry]) -> Tuple[Beneath, List[Tuple[str, Beneath]], Dict[str, Beneath]]:
     """The module's refusal, at boot: no path of the spec may pass through a symlink inside another overlay's
     merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return how the
     mount reaches its paths, as the module's steps say it: where the target lies below such a dir ((that dir, the
@@ -192,7 +200,7 @@ def reached(spec, mounts):
     return resolve(spec['target']).beneath, reach if any(how for _path, how in reach) else [], sources
 
 
-def _unmount_all(targets):
+def _unmount_all(targets: List[str]) -> str:
     """Unmount the idmapped layers a failed mount made (and their mount points), newest first, so nothing
     half-built stays; what the message adds."""
     for target in reversed(targets):
@@ -204,7 +212,8 @@ def _unmount_all(targets):
     return ''
 
 
-def mount_idmapped_layer(layer, mounts, source_beneath=None):
+def mount_idmapped_layer(layer: Dict[str, Any], mounts: Sequence[MountEntry],
+                         source_beneath: Beneath = None) -> List[str]:
     """Mount one idmapped layer of a spec, unless it is mounted with its mapping already; return the targets
     mounted. ``source_beneath``: where its source lies below an open dir (reached())."""
     idmap = parse_idmap(layer['idmap'], 'the idmap of the layer %s' % layer['source'])
@@ -221,7 +230,7 @@ def mount_idmapped_layer(layer, mounts, source_beneath=None):
     return [layer['target']]
 
 
-def mount_main(argv):
+def mount_main(argv: List[str]) -> None:
     spec_path, target, flags = parse_mount_arguments(argv)
     if '-f' in flags:  # mount -f: everything but the mount itself
         read_spec(spec_path)
@@ -231,7 +240,7 @@ def mount_main(argv):
 
 # --- containerhost-overlayfs-export ------------------------------------------------------------------------
 
-def export_main(argv, run):
+def export_main(argv: List[str], run: RunCommand) -> None:
     if len(argv) != 3 or argv[0] not in ('start', 'stop'):
         raise HelperError('usage: %s start|stop IMAGE FORMAT' % os.path.basename(EXPORT_HELPER), EX_USAGE)
     action, image, image_format = argv
@@ -248,7 +257,7 @@ def export_main(argv, run):
 
 # --- containerhost-overlayfs-nbd ---------------------------------------------------------------------------
 
-def nbd_main(argv, run):
+def nbd_main(argv: List[str], run: RunCommand) -> None:
     """The nbd service's start at boot: qemu-nbd on DEVICE (it daemonizes, and writes PIDFILE for systemd), given
     the image as the module gives it, through the file pinned where it lies below an open dir."""
     if len(argv) not in (5, 6) or argv[0] != 'start' or argv[5:] not in ([], ['--read-only']):
@@ -264,7 +273,7 @@ def nbd_main(argv, run):
 
 
 @contextlib.contextmanager
-def _image_reached(image, refused):
+def _image_reached(image: str, refused: str) -> Iterator[Tuple[str, Optional[str]]]:
     """The image as the module reaches it, with the views mounted by now: (its real path, and the path a daemon
     opens it by where it lies below an open dir, else None). One through a symlink there is refused."""
     resolution = ConfinedResolver(mounted_views(read_mountinfo()))(image)
@@ -279,13 +288,13 @@ def _image_reached(image, refused):
 PROGRAMS = (os.path.basename(MOUNT_HELPER), os.path.basename(EXPORT_HELPER), os.path.basename(NBD_HELPER))
 
 
-def main(argv, run):
+def main(argv: List[str], run: RunCommand) -> int:
     """Run the program argv[0] names; return its exit code. Messages go to stderr (the journal, at boot). ``run``
     runs a command and returns (rc, stdout, stderr), as the module's AnsibleModule.run_command does for the same
     functions: the launcher's, so that no module_utils code starts a process itself."""
     name = os.path.basename(argv[0])
-    programs = dict(zip(PROGRAMS, (mount_main, functools.partial(export_main, run=run),
-                                   functools.partial(nbd_main, run=run))))
+    programs: Dict[str, Callable[[List[str]], None]] = dict(zip(PROGRAMS, (
+        mount_main, functools.partial(export_main, run=run), functools.partial(nbd_main, run=run))))
     if name not in programs:
         _say('unknown program %s (known: %s)' % (name, ', '.join(sorted(PROGRAMS))), name='boot')
         return EX_USAGE
@@ -297,7 +306,7 @@ def main(argv, run):
     return 0
 
 
-def launcher(marker, python):
+def launcher(marker: str, python: str) -> str:
     """The executable the role installs for each of PROGRAMS: it imports this module from HELPER_LIB, and holds the
     process runner main() takes (subprocess is imported only when a program runs a command: a mount runs none)."""
     return '\n'.join([
@@ -319,5 +328,5 @@ def launcher(marker, python):
     ]) + '\n'
 
 
-def _say(message, name=os.path.basename(MOUNT_HELPER)):
+def _say(message: str, name: str = os.path.basename(MOUNT_HELPER)) -> None:
     sys.stderr.write('%s: %s\n' % (name, message))

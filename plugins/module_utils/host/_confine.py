@@ -20,8 +20,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
 
 MAX_SYMLINKS = 40  # the kernel's own limit on links followed in one walk (ELOOP)
@@ -44,10 +45,10 @@ class ConfinedResolver(object):
 
     ``views``: the canonical path of every merged view and upper dir (mounted, or in the batch) -> what it is."""
 
-    def __init__(self, views: Dict[str, str], lstat: Callable[[str], os.stat_result] = os.lstat):
+    def __init__(self, views: Dict[str, str], lstat: Callable[[str], os.stat_result] = os.lstat) -> None:
         self.views = views
         self.lstat = lstat
-        self.resolved = {'/': Resolution('/')}  # type: Dict[str, Resolution]
+        self.resolved: Dict[str, Resolution] = {'/': Resolution('/')}
         self._stats = {}  # type: Dict[str, Optional[os.stat_result]]
         self._unreadable = {}  # type: Dict[str, str]
 
@@ -60,8 +61,8 @@ class ConfinedResolver(object):
     def _step(self, parent: Resolution, name: str, links: int) -> Resolution:
         candidate = os.path.join(parent.realpath, name)
         if parent.beneath:
-            root, below = parent.beneath
-            below = parent._replace(realpath=candidate, beneath=(root, below + '/' + name))
+            root, rest = parent.beneath
+            below = parent._replace(realpath=candidate, beneath=(root, rest + '/' + name))
             if parent.symlink_inside:  # the first one is the one reported
                 return below
             entry = self._stat(candidate)
@@ -124,11 +125,11 @@ def views_of(overlays: Iterable[Tuple[str, Optional[str]]]) -> Dict[str, str]:
     return views
 
 
-def mounted_views(mounts) -> Dict[str, str]:
+def mounted_views(mounts: Iterable[MountEntry]) -> Dict[str, str]:
     """views_of every mounted overlay (mountinfo.MountEntry records). The kernel shows a mount point where it is,
     but an upper dir as it was given (through a symlink of the host's, with '//'): each is taken to where it
     leads."""
-    overlays = [(entry.mountpoint, entry.overlay_layers()[1]) for entry in mounts if entry.overlay_layers()]
+    overlays = [(entry.mountpoint, layers[1]) for entry in mounts for layers in [entry.overlay_layers()] if layers]
     return with_views(views_of((target, None) for target, _upper in overlays),
                       views_of((target, normalized(upper)) for target, upper in overlays))
 
@@ -163,7 +164,7 @@ def _points_to(link: str) -> str:
         return ''
 
 
-def describe_refusal(role: str, path: str, resolution) -> str:
+def describe_refusal(role: str, path: str, resolution: Any) -> str:
     """Why ``path`` (a tree's ``role``: target, upper, lower dir, image...) is not used: the symlink, where it
     points, and who controls the dir it is in. ``resolution``: a Resolution, or anything with its fields."""
     link, points_to = resolution.symlink_inside

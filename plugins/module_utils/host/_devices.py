@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import (
@@ -30,13 +31,14 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._host
 
 READY_TIMEOUT = 15.0  # seconds for a device or export to come up
 POLL = 0.1
+RunCommand = Callable[[List[str]], Tuple[int, str, str]]  # ``run``: argv in, (rc, out, err) out
 
 
 class DeviceError(RuntimeError):
     pass
 
 
-def run_command(run, argv):
+def run_command(run: RunCommand, argv: List[str]) -> Tuple[int, str, str]:
     """Run a command; a missing program is a DeviceError that names it."""
     try:
         return run(argv)
@@ -44,7 +46,7 @@ def run_command(run, argv):
         raise DeviceError('cannot run %s: %s' % (argv[0], error.strerror or error))
 
 
-def run_checked(run, argv):
+def run_checked(run: RunCommand, argv: List[str]) -> str:
     rc, out, err = run_command(run, argv)
     if rc != 0:
         raise DeviceError('%s exited %d: %s' % (' '.join(argv), rc, (err or out).strip() or 'no message'))
@@ -54,7 +56,7 @@ def run_checked(run, argv):
 # --- loop devices -------------------------------------------------------------------------------
 
 
-def attach_loop(run, backing, readonly, pinned=False):
+def attach_loop(run: RunCommand, backing: str, readonly: bool, pinned: bool = False) -> str:
     """``pinned``: ``backing`` is the /proc/PID/fd link of a file reached without following links
     (syscalls.pinned_file). losetup turns the name it is given into a canonical one and opens that, which walks the
     file's path again: the device must read the very file pinned, or it is detached again."""
@@ -67,18 +69,18 @@ def attach_loop(run, backing, readonly, pinned=False):
     return device
 
 
-def _identity(path):
+def _identity(path: str) -> Tuple[int, int]:
     info = os.stat(path)
     return info.st_dev, info.st_ino
 
 
-def loops_backed_by(backing, sys_block=SYS_BLOCK):
+def loops_backed_by(backing: str, sys_block: str = SYS_BLOCK) -> List[str]:
     found = glob.glob(os.path.join(sys_block, 'loop*', 'loop', 'backing_file'))
     devices = ['/dev/' + os.path.basename(os.path.dirname(os.path.dirname(path))) for path in sorted(found)]
     return [device for device in devices if loop_backing_file(device, sys_block) == backing]
 
 
-def detach_loop(run, device, backing, sys_block=SYS_BLOCK):
+def detach_loop(run: RunCommand, device: str, backing: str, sys_block: str = SYS_BLOCK) -> None:
     """Detach the device from ``backing``. One that no longer serves it is detached already: the kernel frees a
     device marked autoclear (detached while it was mounted) when its last mount goes, and its number may then
     serve another file, which is left alone."""
@@ -90,7 +92,7 @@ def detach_loop(run, device, backing, sys_block=SYS_BLOCK):
 # --- nbd ----------------------------------------------------------------------------------------
 
 
-def load_module(run, module, kernel):
+def load_module(run: RunCommand, module: str, kernel: str) -> None:
     try:
         rc, out, err = run_command(run, ['modprobe', module])
     except DeviceError as error:
@@ -100,7 +102,8 @@ def load_module(run, module, kernel):
                           'it; driver fuse needs no kernel module)' % (module, kernel, (err or out).strip()))
 
 
-def attach_nbd(run, image, image_format, readonly, opened_as=None, sys_block=SYS_BLOCK):
+def attach_nbd(run: RunCommand, image: str, image_format: str, readonly: bool, opened_as: Optional[str] = None,
+               sys_block: str = SYS_BLOCK) -> str:
     """Serve the image with qemu-nbd on the first free /dev/nbdN; wait until the device really has it.
     ``opened_as``: as nbd_argv's.
 
@@ -126,7 +129,8 @@ def attach_nbd(run, image, image_format, readonly, opened_as=None, sys_block=SYS
     raise DeviceError('qemu-nbd could not serve %s: %s' % (image, '; '.join(failures)))
 
 
-def nbd_argv(device, image, image_format, readonly, opened_as=None, pidfile=None):
+def nbd_argv(device: str, image: str, image_format: str, readonly: bool, opened_as: Optional[str] = None,
+             pidfile: Optional[str] = None) -> List[str]:
     """qemu-nbd serving ``image`` on ``device`` (``--connect`` daemonizes once the device has it). ``opened_as``:
     the path it opens the image by, when not ``image`` itself (syscalls.pinned_file); the image's name is then its
     export's description, where observe reads it back."""
@@ -138,14 +142,14 @@ def nbd_argv(device, image, image_format, readonly, opened_as=None, pidfile=None
     return argv + ['--', image]
 
 
-def _pinned_image(image_format, opened, readonly, **more):
+def _pinned_image(image_format: str, opened: Union[Dict[str, Any], str], readonly: bool, **more: Any) -> Dict[str, Any]:
     """qemu's options for an image below an open dir, read from ``opened`` (its file node, or that node's name): its
     contents are a container's or a user's, and so is the backing file its header names (the host's own disk, say).
     It is opened without one."""
     return dict({'driver': image_format, 'backing': None, 'read-only': readonly, 'file': opened}, **more)
 
 
-def free_nbd_devices(sys_block=SYS_BLOCK):
+def free_nbd_devices(sys_block: str = SYS_BLOCK) -> List[str]:
     """nbd devices with no server and no size: what qemu-nbd --connect may take."""
     free = []
     for base in sorted(glob.glob(os.path.join(sys_block, 'nbd*')), key=lambda path: int(path.rsplit('nbd', 1)[1])):
@@ -154,7 +158,7 @@ def free_nbd_devices(sys_block=SYS_BLOCK):
     return free
 
 
-def wait_for_nbd(device, sys_block=SYS_BLOCK):
+def wait_for_nbd(device: str, sys_block: str = SYS_BLOCK) -> None:
     """The device is ready once the kernel shows its server and its size (udev may still be catching up)."""
     base = os.path.join(sys_block, os.path.basename(device))
     deadline = time.monotonic() + READY_TIMEOUT
@@ -164,11 +168,11 @@ def wait_for_nbd(device, sys_block=SYS_BLOCK):
         time.sleep(POLL)
 
 
-def detach_nbd(run, device):
+def detach_nbd(run: RunCommand, device: str) -> None:
     run_checked(run, ['qemu-nbd', '--disconnect', device])
 
 
-def _size(base):
+def _size(base: str) -> int:
     try:
         with open(os.path.join(base, 'size')) as handle:
             return int(handle.read())
@@ -179,7 +183,8 @@ def _size(base):
 # --- FUSE exports (no nbd needed) ----------------------------------------------------------------
 
 
-def start_export(run, image, image_format, export, pidfile, metafile, opened_as=None):
+def start_export(run: RunCommand, image: str, image_format: str, export: str, pidfile: str, metafile: str,
+                 opened_as: Optional[str] = None) -> None:
     """Export the image read-only as a raw file through qemu-storage-daemon's FUSE export. ``opened_as``: the path
     the daemon opens it by, when not ``image`` itself (syscalls.pinned_file)."""
     os.makedirs(os.path.dirname(export), mode=0o700, exist_ok=True)
@@ -209,7 +214,7 @@ def start_export(run, image, image_format, export, pidfile, metafile, opened_as=
         raise
 
 
-def stop_export(export, pidfile, metafile, sys_block=SYS_BLOCK):
+def stop_export(export: str, pidfile: str, metafile: str, sys_block: str = SYS_BLOCK) -> None:
     """Stop the daemon (it unmounts its export on SIGTERM), then remove what start_export made. Not while a loop
     device stands on the export: once the export is gone, that device shows '/' as its backing file, and nothing
     could tell it from any other."""
@@ -232,12 +237,12 @@ def stop_export(export, pidfile, metafile, sys_block=SYS_BLOCK):
     _remove(export, pidfile, metafile)
 
 
-def _qemu_value(text):
+def _qemu_value(text: str) -> str:
     """qemu's option syntax splits on ','; a literal comma is written twice."""
     return text.replace(',', ',,')
 
 
-def settle_starting_exports(export_dir=EXPORT_DIR):
+def settle_starting_exports(export_dir: str = EXPORT_DIR) -> None:
     """Wait for the exports whose daemon is still starting, as after a run killed while it started one: the daemon
     holds its pid file locked before its export serves. Judged before it is up, it would look dead, and clearing it
     would race the daemon (and fail on its pid file lock)."""
@@ -249,7 +254,7 @@ def settle_starting_exports(export_dir=EXPORT_DIR):
                 pass  # it did not come up: the plan finds it dead, as it is
 
 
-def _held(pidfile):
+def _held(pidfile: str) -> bool:
     """qemu locks its pid file (lockf) for as long as it runs."""
     try:
         fd = os.open(pidfile, os.O_RDWR | os.O_CLOEXEC)
@@ -266,7 +271,7 @@ def _held(pidfile):
         os.close(fd)
 
 
-def _wait_for_file_size(path):
+def _wait_for_file_size(path: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while os.path.getsize(path) == 0:
         if time.monotonic() > deadline:
@@ -274,7 +279,7 @@ def _wait_for_file_size(path):
         time.sleep(POLL)
 
 
-def _wait_for_exit(pid):
+def _wait_for_exit(pid: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while process_alive(pid):
         if time.monotonic() > deadline:
@@ -282,7 +287,7 @@ def _wait_for_exit(pid):
         time.sleep(POLL)
 
 
-def _remove(*paths):
+def _remove(*paths: str) -> None:
     for path in paths:
         try:
             os.unlink(path)
@@ -294,7 +299,7 @@ def _remove(*paths):
 # --- what is in a device -------------------------------------------------------------------------
 
 
-def filesystem_type(run, device):
+def filesystem_type(run: RunCommand, device: str) -> str:
     """The filesystem on a whole device, as blkid's low-level probe sees it (mount(8) probes the same way).
 
     A partition table without a filesystem is refused by name: partitions of an image are not mounted.

@@ -15,8 +15,10 @@ import errno
 import hashlib
 import os
 import stat
+from typing import Iterator, List, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import VOLATILE_MARKER, volatile_marker
 
 SYS_BLOCK = '/sys/block'
@@ -27,13 +29,13 @@ RUN_DIR = '/run/containerhost-overlayfs'  # the collection's runtime files: root
 EXPORT_DIR = RUN_DIR + '/exports'
 
 
-def read_text(path):
+def read_text(path: str) -> str:
     """A kernel text file, without its trailing newline; undecodable bytes kept as surrogates, a \\r as it is."""
     with open(path, 'r', encoding='utf-8', errors='surrogateescape', newline='') as handle:
         return handle.read().rstrip('\n')
 
 
-def loop_backing_file(device, sys_block=SYS_BLOCK):
+def loop_backing_file(device: str, sys_block: str = SYS_BLOCK) -> Optional[str]:
     """The file a loop device is attached to (as it was named, even once deleted); None when it is not attached."""
     try:
         backing_file = read_text(os.path.join(sys_block, os.path.basename(device), 'loop', 'backing_file'))
@@ -42,7 +44,7 @@ def loop_backing_file(device, sys_block=SYS_BLOCK):
     return backing_file[:-len(' (deleted)')] if backing_file.endswith(' (deleted)') else backing_file
 
 
-def open_private_dir(path):
+def open_private_dir(path: str) -> int:
     """An fd on one of the collection's own dirs (made 0700 if missing), opened without following a symlink, in a
     parent only root can change (/run). One that another user owns is refused; one of root's that others could
     write to is made 0700."""
@@ -60,23 +62,24 @@ def open_private_dir(path):
     return fd
 
 
-def device_number(device):
+def device_number(device: str) -> Tuple[int, int]:
     """(major, minor) of a device node."""
     rdev = os.stat(device).st_rdev
     return os.major(rdev), os.minor(rdev)
 
 
-def same_file(path, other):
+def same_file(path: str, other: str) -> bool:
     return os.path.samefile(path, other)
 
 
-def owner(path):
+def owner(path: str) -> Tuple[int, int]:
     """(uid, gid) of a path as the mount it is on shows them."""
     info = os.stat(path)
     return info.st_uid, info.st_gid
 
 
-def mount_idmapped_layer(source, target, idmap, source_beneath=None):
+def mount_idmapped_layer(source: str, target: str, idmap: IdMap,
+                         source_beneath: Optional[Tuple[str, str]] = None) -> None:
     """An idmapped layer's mount on its own mount point, which is made for it (and removed again if the mount
     fails): the collection's dir under idmap.IDMAP_DIR lives as long as the mount. ``source_beneath``: a source
     below an open dir, (that dir, the rest), cloned from the dir reached as syscalls.open_beneath does."""
@@ -92,7 +95,7 @@ def mount_idmapped_layer(source, target, idmap, source_beneath=None):
         raise
 
 
-def process_alive(pid):
+def process_alive(pid: int) -> bool:
     """A process that exists and is not a zombie (a killed daemon whose parent does not reap it)."""
     try:
         stat_line = read_text('/proc/%d/stat' % pid)
@@ -101,7 +104,7 @@ def process_alive(pid):
     return stat_line.rsplit(')', 1)[-1].split()[0] != 'Z'
 
 
-def export_files(image, image_format):
+def export_files(image: str, image_format: str) -> Tuple[str, str, str]:
     """The export file, pid file and metadata file of the FUSE export of an image in a format.
 
     Named after the image path as the tree gives it (not resolved): the boot-time service the role renders on
@@ -112,7 +115,7 @@ def export_files(image, image_format):
     return base + '.img', base + '.pid', base + '.json'
 
 
-def has_volatile_marker(work, beneath=None):
+def has_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> bool:
     """Whether the work dir ``work`` holds the marker a volatile overlay leaves, each of its dirs a dir and no
     symlink (one a container planted is not the kernel's); ``beneath`` as for discard_volatile_marker."""
     try:
@@ -122,7 +125,7 @@ def has_volatile_marker(work, beneath=None):
     return True
 
 
-def discard_volatile_marker(work, beneath=None):
+def discard_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> None:
     """Remove the marker a volatile overlay leaves: the kernel makes it as the dir volatile with an empty file dirty.
     Every dir is opened from the one above it without following a symlink, and the removals act on those fds only
     (``beneath``: the work dir lies below that open dir, reached as syscalls.open_beneath does)."""
@@ -146,7 +149,7 @@ def discard_volatile_marker(work, beneath=None):
         os.close(parent)
 
 
-def restore_volatile_marker(work, beneath=None):
+def restore_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> None:
     """Put a discarded marker back (a run that is undone leaves the work dir as it found it)."""
     parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1, create=True)  # a mount since cleared work/
     try:
@@ -162,7 +165,7 @@ def restore_volatile_marker(work, beneath=None):
         os.close(parent)
 
 
-def _open_marker(work, beneath, depth, create=False):
+def _open_marker(work: str, beneath: Optional[Tuple[str, str]], depth: int, create: bool = False) -> int:
     """An fd on the work dir's first ``depth`` marker dirs (work/incompat/volatile), none reached through a
     symlink; ``create``: each made if missing."""
     fd = syscalls.open_beneath(*beneath) if beneath else os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -179,14 +182,14 @@ def _open_marker(work, beneath, depth, create=False):
     return fd
 
 
-def _lstat_at(directory, name):
+def _lstat_at(directory: int, name: str) -> Optional[os.stat_result]:
     try:
         return os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
 
-def processes_using(path, proc='/proc'):
+def processes_using(path: str, proc: str = '/proc') -> List[Tuple[int, str]]:
     """(pid, command) of the processes whose cwd, root, an open file or a mapped file lies at or under path,
     as far as /proc shows them (other users' processes need root). Sorted by pid."""
     prefix = path.rstrip('/') + '/'
@@ -200,7 +203,7 @@ def processes_using(path, proc='/proc'):
     return sorted(found)
 
 
-def _paths_held(base):
+def _paths_held(base: str) -> Iterator[str]:
     for link in ('cwd', 'root'):
         yield _readlink(os.path.join(base, link))
     try:
@@ -219,14 +222,14 @@ def _paths_held(base):
         pass
 
 
-def _readlink(path):
+def _readlink(path: str) -> str:
     try:
         return os.readlink(path)
     except OSError:
         return ''
 
 
-def _command(base):
+def _command(base: str) -> str:
     try:
         return read_text(os.path.join(base, 'comm'))
     except OSError:

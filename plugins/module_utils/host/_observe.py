@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import stat
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, mounted_views, normalized, views_of, with_views
@@ -29,24 +29,32 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._host
     process_alive,
     read_text,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import read_mountinfo
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
+    MountEntry,
+    read_mountinfo,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
+
+_K = TypeVar('_K')
+_V = TypeVar('_V')
 
 
 class ImageServer(object):
     """What a live qemu-nbd (or qemu-storage-daemon) process serves."""
 
-    def __init__(self, image, image_format, readonly):
+    def __init__(self, image: str, image_format: Optional[str], readonly: bool) -> None:
         self.image = image
         self.image_format = image_format
         self.readonly = readonly
 
-    def serves(self, image, image_format, readonly):
+    def serves(self, image: str, image_format: Optional[str], readonly: bool) -> bool:
         return (self.image, self.image_format, self.readonly) == (image, image_format, readonly)
 
 
 class NbdDevice(object):
-    def __init__(self, device, major, minor, connected, server, foreign=False):
+    def __init__(self, device: str, major: int, minor: int, connected: bool, server: Optional[ImageServer],
+                 foreign: bool = False) -> None:
         self.device = device
         self.major = major
         self.minor = minor
@@ -56,7 +64,7 @@ class NbdDevice(object):
 
 
 class FuseExport(object):
-    def __init__(self, path, pidfile, metafile, server):
+    def __init__(self, path: str, pidfile: str, metafile: str, server: Optional[ImageServer]) -> None:
         self.path = path
         self.pidfile = pidfile
         self.metafile = metafile
@@ -64,7 +72,8 @@ class FuseExport(object):
 
 
 class LoopDevice(object):
-    def __init__(self, device, major, minor, backing_file, readonly, holders):
+    def __init__(self, device: str, major: int, minor: int, backing_file: str, readonly: bool,
+                 holders: List[str]) -> None:
         self.device = device
         self.major = major
         self.minor = minor
@@ -100,14 +109,14 @@ class PathFacts(NamedTuple):
     symlink_inside: Optional[Tuple[str, str]] = None
 
 
-def observe_path(path, work_dir=False, resolve=None):
+def observe_path(path: str, work_dir: bool = False, resolve: Optional[ConfinedResolver] = None) -> PathFacts:
     """The facts of one path, as the confined walk reaches it (``resolve``: a ConfinedResolver); of a work dir
     (``work_dir``) also its entries and volatile marker. A path through a symlink inside an open dir is not looked
     at further: it is refused."""
     resolve = resolve or ConfinedResolver({})
     resolution = resolve(path)
     confined = dict(beneath=resolution.beneath, opened_by=resolution.opened_by,
-                    symlink_inside=resolution.symlink_inside)
+                    symlink_inside=resolution.symlink_inside)  # type: Dict[str, Any]
     if resolution.symlink_inside:
         return PathFacts(path, resolution.realpath, exists=True, **confined)
     parent, name = path.rsplit('/', 1)
@@ -141,8 +150,10 @@ class Observed(object):
     """What observe() saw, indexed once so every lookup costs the same however many mounts, devices and trees
     the host has."""
 
-    def __init__(self, mounts, loops, paths, nbds=(), exports=(), nbd_loaded=False, kernel='', views=None,
-                 idmaps=None):
+    def __init__(self, mounts: Sequence[MountEntry], loops: Sequence[LoopDevice], paths: Dict[str, PathFacts],
+                 nbds: Iterable[NbdDevice] = (), exports: Iterable[FuseExport] = (), nbd_loaded: bool = False,
+                 kernel: str = '', views: Optional[Dict[str, str]] = None,
+                 idmaps: Optional[Dict[str, Optional[IdMap]]] = None) -> None:
         self.mounts = mounts
         self.idmaps = idmaps or {}  # target of an idmapped layer -> the mapping of its mount (syscalls.mount_idmap)
         self.views = views or {}  # container_views
@@ -161,15 +172,16 @@ class Observed(object):
         self._export_at = dict((export.path, export) for export in self.exports)
         self._resolve = ConfinedResolver(self.views)
         self._standing_on, self._hidden_lowers = self._layers_in_use()
-        self._users_under = None  # built on first use: _lower_users_under
+        # built on first use: overlays_with_lower_under
+        self._users_under: Optional[Dict[str, List[MountEntry]]] = None
 
-    def _layers_in_use(self):
+    def _layers_in_use(self) -> Tuple[Dict[int, List[MountEntry]], Dict[int, List[str]]]:
         """Which mount each overlay's lower lies on, and the lowers it stands on that are no longer in the mount
         table. An overlay resolved its lowers when it was mounted, and the mount table lists mounts in the order
         they were attached: a lower on a mount attached after the overlay is not the one the overlay holds (the
         kernel keeps that one alive, hidden)."""
         order = dict((entry.mount_id, index) for index, entry in enumerate(self.mounts))
-        standing_on, hidden = {}, {}
+        standing_on, hidden = {}, {}  # type: Dict[int, List[MountEntry]], Dict[int, List[str]]
         for entry in self.mounts:
             for lower in self._lowers_of(entry):
                 below = self.mount_containing(lower)
@@ -179,25 +191,25 @@ class Observed(object):
                     hidden.setdefault(entry.mount_id, []).append(lower)
         return standing_on, hidden
 
-    def after(self, mounts):
+    def after(self, mounts: Sequence[MountEntry]) -> Observed:
         """What a run that changed only the mount table leaves: the same paths and devices, with ``mounts``. For
         the result's mount table and diff, which look at nothing else."""
         return Observed(mounts, self.loops, self.paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views,
                         self.idmaps)
 
-    def with_paths(self, paths):
+    def with_paths(self, paths: Dict[str, PathFacts]) -> Observed:
         """The same observation with the facts of ``paths``."""
         return Observed(self.mounts, self.loops, paths, self.nbds, self.exports, self.nbd_loaded, self.kernel, self.views,
                         self.idmaps)
 
-    def facts(self, path):
+    def facts(self, path: str) -> PathFacts:
         return self.paths[path]
 
-    def resolved(self, path):
+    def resolved(self, path: str) -> str:
         """A path as the kernel shows it in mountinfo (symlinks resolved) when it was observed, else as given."""
         return self.paths[path].realpath if path in self.paths else path
 
-    def mounts_at(self, path):
+    def mounts_at(self, path: str) -> List[MountEntry]:
         """Mounts stacked on a path, bottom first: each covering mount's parent is the one it covers."""
         here = self._at_mountpoint.get(self.resolved(path), [])
         ids = set(entry.mount_id for entry in here)
@@ -209,92 +221,95 @@ class Observed(object):
             stack.append(above[0])
         return stack
 
-    def top_mount_at(self, path):
+    def top_mount_at(self, path: str) -> Optional[MountEntry]:
         stacked = self.mounts_at(path)
         return stacked[-1] if stacked else None
 
-    def mount_containing(self, path):
+    def mount_containing(self, path: str) -> Optional[MountEntry]:
         """The mount a path lives on: the nearest mountpoint above its resolved form (the last one listed there)."""
         for ancestor in path_and_ancestors(self.resolved(path)):
             if ancestor in self._at_mountpoint:
                 return self._at_mountpoint[ancestor][-1]
         return None
 
-    def loop_by_number(self, major, minor):
+    def loop_by_number(self, major: int, minor: int) -> Optional[LoopDevice]:
         return self._loop_numbered.get((major, minor))
 
-    def nbd_by_number(self, major, minor):
+    def nbd_by_number(self, major: int, minor: int) -> Optional[NbdDevice]:
         return self._nbd_numbered.get((major, minor))
 
-    def export_at(self, path):
+    def export_at(self, path: str) -> Optional[FuseExport]:
         return self._export_at.get(path)
 
-    def loops_backed_by(self, image):
+    def loops_backed_by(self, image: str) -> List[LoopDevice]:
         return self._loops_backed_by.get(self.resolved(image), [])
 
-    def mounts_of_device(self, major, minor):
+    def mounts_of_device(self, major: int, minor: int) -> List[MountEntry]:
         return self._of_device.get((major, minor), [])
 
-    def is_mounted_device(self, major, minor):
+    def is_mounted_device(self, major: int, minor: int) -> bool:
         return bool(self.mounts_of_device(major, minor))
 
-    def _lowers_of(self, entry):
+    def _lowers_of(self, entry: MountEntry) -> List[str]:
         """An overlay's lowers where they lead: mountinfo echoes them as given ('//a/', through the host's symlinks,
         or relative to the cwd of whoever mounted them, which nobody can tell now and which are left out)."""
         layers = entry.overlay_layers()
         return [self._resolve(path).realpath for path in map(normalized, layers[0] if layers else ()) if path]
 
-    def overlays_on(self, entry):
+    def overlays_on(self, entry: MountEntry) -> List[MountEntry]:
         """Mounted overlays with a lower on the mount ``entry`` (which they hold: unmounting it only hides it)."""
         return self._standing_on.get(entry.mount_id, [])
 
-    def hidden_lowers(self, entry):
+    def hidden_lowers(self, entry: MountEntry) -> List[str]:
         """Lowers of the overlay ``entry`` whose mount was replaced after it was mounted: it stands on the old one."""
         return self._hidden_lowers.get(entry.mount_id, [])
 
-    def overlays_with_lower_under(self, path):
+    def overlays_with_lower_under(self, path: str) -> List[MountEntry]:
         """Mounted overlays with a lower at ``path`` or below it."""
         if self._users_under is None:
             self._users_under = _grouped((ancestor, entry) for entry in self.mounts
                                          for lower in self._lowers_of(entry) for ancestor in path_and_ancestors(lower))
         return self._users_under.get(self.resolved(path), [])
 
-    def overlays_using(self, path):
+    def overlays_using(self, path: str) -> List[MountEntry]:
         """Mounted overlays whose upper or work dir is this path."""
         return self._using_dir.get(self.resolved(path), [])
 
 
-def _grouped(pairs):
+def _grouped(pairs: Iterable[Tuple[_K, _V]]) -> Dict[_K, List[_V]]:
     """key -> the values with that key, in the order given."""
-    groups = {}
+    groups = {}  # type: Dict[_K, List[_V]]
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
 
 
-def _upper_and_work(entry):
+def _upper_and_work(entry: MountEntry) -> List[str]:
     layers = entry.overlay_layers()
     return [path for path in layers[1:] if path] if layers else []
 
 
-def read_loop_devices(sys_block=SYS_BLOCK):
+def read_loop_devices(sys_block: str = SYS_BLOCK) -> List[LoopDevice]:
     loops = []
     for backing in sorted(glob.glob(os.path.join(sys_block, 'loop*', 'loop', 'backing_file'))):
         base = os.path.dirname(os.path.dirname(backing))
         name = os.path.basename(base)
+        backing_file = loop_backing_file(name, sys_block)
+        if backing_file is None:
+            continue  # detached since the glob
         major, minor = read_text(os.path.join(base, 'dev')).split(':')
         loops.append(LoopDevice(
             device='/dev/' + name,
             major=int(major),
             minor=int(minor),
-            backing_file=loop_backing_file(name, sys_block),
+            backing_file=backing_file,
             readonly=read_text(os.path.join(base, 'ro')) == '1',
             holders=os.listdir(os.path.join(base, 'holders')),
         ))
     return loops
 
 
-def read_nbd_devices(sys_block=SYS_BLOCK):
+def read_nbd_devices(sys_block: str = SYS_BLOCK) -> List[NbdDevice]:
     devices = []
     for base in sorted(glob.glob(os.path.join(sys_block, 'nbd*')), key=_device_number_order):
         major, minor = read_text(os.path.join(base, 'dev')).split(':')
@@ -308,12 +323,12 @@ def read_nbd_devices(sys_block=SYS_BLOCK):
     return devices
 
 
-def _device_number_order(path):
+def _device_number_order(path: str) -> int:
     digits = ''.join(char for char in os.path.basename(path) if char.isdigit())
     return int(digits or 0)
 
 
-def qemu_nbd_server(pid):
+def qemu_nbd_server(pid: Optional[int]) -> Optional[ImageServer]:
     """What the qemu-nbd process (or thread) ``pid`` serves, from its command line; None if it is gone."""
     if pid is None:
         return None
@@ -325,7 +340,7 @@ def qemu_nbd_server(pid):
         return None
     if not argv or 'qemu-nbd' not in os.path.basename(argv[0]):
         return None
-    image_format, readonly, described = None, False, None
+    image_format, readonly, described = None, False, None  # type: Optional[str], bool, Optional[str]
     for index, arg in enumerate(argv[1:-1], 1):
         if arg in ('-f', '--format'):
             image_format = argv[index + 1]
@@ -345,7 +360,7 @@ def qemu_nbd_server(pid):
     return ImageServer(os.path.realpath(image), image_format, readonly)
 
 
-def _open_file_ending_in(pid, relative):
+def _open_file_ending_in(pid: int, relative: str) -> Optional[str]:
     """The file process ``pid`` holds open whose path ends in ``relative``: where a relative image argument points
     once qemu-nbd has daemonized (``--connect`` does, and its working dir is / from then on)."""
     tail = '/' + os.path.normpath(relative)
@@ -363,12 +378,12 @@ def _open_file_ending_in(pid, relative):
     return None
 
 
-def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
+def read_fuse_exports(mounts: Sequence[MountEntry], export_dir: str = EXPORT_DIR) -> List[FuseExport]:
     exports = []
     for metafile in sorted(glob.glob(os.path.join(export_dir, '*.json'))):
         base = metafile[:-len('.json')]
         path, pidfile = base + '.img', base + '.pid'
-        server = None
+        server = None  # type: Optional[ImageServer]
         try:
             with open(metafile) as handle:
                 meta = json.load(handle)
@@ -381,20 +396,20 @@ def read_fuse_exports(mounts, export_dir=EXPORT_DIR):
     return exports
 
 
-def _entries(path):
+def _entries(path: str) -> Tuple[str, ...]:
     try:
         return tuple(sorted(os.listdir(path)))
     except OSError:
         return ()
 
 
-def observe(roots):
+def observe(roots: Sequence[Any]) -> Observed:
     """Observe everything the trees mention."""
     settle_starting_exports()
     mounts = read_mountinfo()
     views = container_views(roots, mounts)
     resolve = ConfinedResolver(views)
-    paths, idmapped = {}, []
+    paths, idmapped = {}, []  # type: Dict[str, PathFacts], List[str]
     for root in roots:
         for node in root.walk():
             if node.idmapped_target:
@@ -412,7 +427,7 @@ def observe(roots):
     return observed
 
 
-def container_views(roots, mounts):
+def container_views(roots: Iterable[Any], mounts: Iterable[MountEntry]) -> Dict[str, str]:
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
     the batch. Canonical path -> what it is, for messages. A batch's paths are taken through the host's own
     symlinks (those in dirs only root can change), as the kernel will show them once mounted."""

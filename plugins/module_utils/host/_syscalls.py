@@ -21,8 +21,10 @@ import os
 import socket
 import stat
 import struct
+from typing import Any, Callable, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap, kernel_map, parse_kernel_map
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OverlayPayload
 
 MS_RDONLY = 0x1
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
@@ -99,12 +101,12 @@ _libc.syscall.restype = ctypes.c_long
 class MountError(OSError):
     """A failed mount syscall, with what the kernel logged about it."""
 
-    def __init__(self, err, call, kernel_messages):
+    def __init__(self, err: int, call: str, kernel_messages: List[str]) -> None:
         super(MountError, self).__init__(err, os.strerror(err))
         self.call = call
         self.kernel_messages = kernel_messages
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = '%s: %s' % (self.call, self.strerror)
         if self.kernel_messages:
             text += ' (kernel: %s)' % '; '.join(self.kernel_messages)
@@ -114,11 +116,11 @@ class MountError(OSError):
 class KernelLog(object):
     """Collect the kernel log records written while a block runs (best effort: needs /dev/kmsg)."""
 
-    def __init__(self, keywords):
+    def __init__(self, keywords: Sequence[str]) -> None:
         self.keywords = keywords
-        self.fd = None
+        self.fd = None  # type: Optional[int]
 
-    def __enter__(self):
+    def __enter__(self) -> KernelLog:
         try:
             self.fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK)
             os.lseek(self.fd, 0, os.SEEK_END)
@@ -126,12 +128,12 @@ class KernelLog(object):
             self.fd = None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> Literal[False]:
         if self.fd is not None:
             os.close(self.fd)
         return False
 
-    def messages(self):
+    def messages(self) -> List[str]:
         found = []
         while self.fd is not None:
             try:
@@ -148,7 +150,8 @@ class KernelLog(object):
         return found
 
 
-def _call_mount(call, keywords, source, target, fstype, flags, data):
+def _call_mount(call: str, keywords: Sequence[str], source: Optional[str], target: str, fstype: Optional[str],
+                flags: int, data: Optional[str]) -> List[str]:
     """Return what the kernel logged about a mount that succeeded (it may have given less than asked)."""
     with KernelLog(keywords) as log:
         result = _libc.mount(os.fsencode(source) if source else None, os.fsencode(target),
@@ -160,17 +163,18 @@ def _call_mount(call, keywords, source, target, fstype, flags, data):
         return log.messages()
 
 
-def _mount_bits(readonly, mount_flags):
+def _mount_bits(readonly: bool, mount_flags: Iterable[str]) -> int:
     """mount(2)'s flags for a mount made read-only (or not) with ``mount_flags`` (options.MOUNT_FLAGS)."""
     return (MS_RDONLY if readonly else 0) | sum(FLAG_BITS[flag][0] for flag in mount_flags)
 
 
-def _attr_bits(readonly, mount_flags):
+def _attr_bits(readonly: bool, mount_flags: Iterable[str]) -> int:
     """The same as MOUNT_ATTR_* bits, for fsmount(2) and mount_setattr(2)."""
     return (MOUNT_ATTR_RDONLY if readonly else 0) | sum(FLAG_BITS[flag][1] for flag in mount_flags)
 
 
-def mount_overlay(target, payload, readonly, at=None, mount_flags=()):
+def mount_overlay(target: str, payload: OverlayPayload, readonly: bool, at: Optional[str] = None,
+                  mount_flags: Sequence[str] = ()) -> List[str]:
     """Mount an overlay exactly as its payload (options.overlay_payload) says; return what the kernel logged.
     ``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     if payload.api == 'mount':
@@ -185,7 +189,9 @@ def mount_overlay(target, payload, readonly, at=None, mount_flags=()):
         return log.messages()
 
 
-def mount_overlay_reached(target, payload, readonly, reach, at=None, mount_flags=()):
+def mount_overlay_reached(target: str, payload: OverlayPayload, readonly: bool,
+                          reach: Sequence[Tuple[str, Optional[Tuple[str, str]]]], at: Optional[str] = None,
+                          mount_flags: Sequence[str] = ()) -> List[str]:
     """Mount an overlay as mount_overlay does, with each path its payload names reached as ``reach`` says: (path,
     (root, below)) for one below an open dir, opened as open_beneath does (no symlink followed below root), and
     (path, None) for one only root can change. The kernel takes layers by name and shows them as named; here each
@@ -208,12 +214,12 @@ def mount_overlay_reached(target, payload, readonly, reach, at=None, mount_flags
         return log.messages()
 
 
-def _move_flags(pinned):
+def _move_flags(pinned: Union[bool, Optional[str]]) -> int:
     """move_mount(2) follows no link at its target unless told: a pinned target is one (a /proc/self/fd link)."""
     return MOVE_MOUNT_F_EMPTY_PATH | (MOVE_MOUNT_T_SYMLINKS if pinned else 0)
 
 
-def _in_child(call, function, *args):
+def _in_child(call: str, function: Callable[..., int], *args: Any) -> int:
     """Run ``function(*args)``, which returns an fd, in a child process; return the fd (passed back over a socket
     pair), or raise what it raised there: a MountError as it was, another OSError as a ConfinedPathError with its
     message (a path refused by open_beneath), anything else (a bug) as an OSError naming its type."""
@@ -246,11 +252,13 @@ def _in_child(call, function, *args):
     raise ConfinedPathError(told.get('errno', errno.ECHILD), told.get('text', call + ': the child that staged it died'))
 
 
-def _tell(end, **what):
+def _tell(end: socket.socket, **what: Any) -> None:
     end.sendall(json.dumps(what).encode())
 
 
-def _mount_in_stage(target, payload, readonly, reach, mount_flags):
+def _mount_in_stage(target: str, payload: OverlayPayload, readonly: bool,
+                    reach: Sequence[Tuple[str, Optional[Tuple[str, str]]]],
+                    mount_flags: Sequence[str]) -> int:
     """In the child: a mount namespace of its own, the pinned dirs, the stage (a tmpfs on /proc, which exists
     everywhere and is not needed once the fds are open, with a procfs of its own inside for the /proc/self/fd links),
     then the overlay mounted inside the stage (chroot) and cloned detached (the clone keeps its mount flags). Return
@@ -275,12 +283,13 @@ def _mount_in_stage(target, payload, readonly, reach, mount_flags):
                     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
 
 
-def _check(result, call):
+def _check(result: int, call: str) -> None:
     if result != 0:
         raise MountError(ctypes.get_errno(), call, [])
 
 
-def _mount_overlay_fsconfig(target, parameters, attributes, at):
+def _mount_overlay_fsconfig(target: str, parameters: Iterable[Tuple[str, Optional[str]]], attributes: int,
+                            at: str) -> None:
     """fsopen/fsconfig/fsmount/move_mount (Linux 5.2). Errors come from the context log."""
     call = 'mount overlay on %s with fsconfig(2)' % target
     context = _syscall(call, SYS_FSOPEN, b'overlay', FSOPEN_CLOEXEC)
@@ -300,12 +309,12 @@ def _mount_overlay_fsconfig(target, parameters, attributes, at):
         os.close(context)
 
 
-def _fsconfig(call, context, command, key, value):
+def _fsconfig(call: str, context: int, command: int, key: Optional[str], value: Optional[str]) -> None:
     _syscall('%s (%s)' % (call, key) if key else call, SYS_FSCONFIG, context, command,
              key.encode() if key else None, os.fsencode(value) if value is not None else None, 0, log_fd=context)
 
 
-def _syscall(call, number, *args, **kwargs):
+def _syscall(call: str, number: int, *args: Any, **kwargs: Optional[int]) -> int:
     result = _libc.syscall(number, *args)
     if result < 0:
         err = ctypes.get_errno()
@@ -313,7 +322,7 @@ def _syscall(call, number, *args, **kwargs):
     return result
 
 
-def _context_log(context):
+def _context_log(context: Optional[int]) -> List[str]:
     """The messages a filesystem context logged (read(2) on the fsopen fd: one message per read)."""
     messages = []
     while context is not None:
@@ -325,20 +334,21 @@ def _context_log(context):
     return messages
 
 
-def mount_device(device, target, fstype, readonly, at=None, mount_flags=()):
+def mount_device(device: str, target: str, fstype: str, readonly: bool, at: Optional[str] = None,
+                 mount_flags: Sequence[str] = ()) -> None:
     """``at``: the path the call uses (a pinned_dir path), when it is not ``target`` itself; messages name target."""
     _call_mount('mount %s (%s) on %s' % (device, fstype, target), (os.path.basename(device),),
                 device, at or target, fstype, _mount_bits(readonly, mount_flags), None)
 
 
-def bind_mount(source, target, at=None, source_at=None):
+def bind_mount(source: str, target: str, at: Optional[str] = None, source_at: Optional[str] = None) -> None:
     """A bind mount takes the flags of the mount it binds and ignores MS_RDONLY on creation: remount_bind gives it
     its own. ``at`` and ``source_at``: the paths the call uses (pinned_dir paths), when they are not ``target`` and
     ``source``."""
     _call_mount('bind %s on %s' % (source, target), (), source_at or source, at or target, None, MS_BIND, None)
 
 
-def remount_bind(target, readonly, mount_flags, at=None):
+def remount_bind(target: str, readonly: bool, mount_flags: Sequence[str], at: Optional[str] = None) -> None:
     """Make the bind mount at ``target`` read-only and give it ``mount_flags``, keeping the flags it has (the ones
     it took from the mount it binds: nosuid on a bind of /home stays). A remount sets every per-mount flag, so the
     ones it has are asked for again (statvfs(3)); any kernel does it. ``at`` must reach the bind mount's own root
@@ -349,7 +359,7 @@ def remount_bind(target, readonly, mount_flags, at=None):
                 MS_BIND | MS_REMOUNT | kept | _mount_bits(readonly or bool(shown & os.ST_RDONLY), mount_flags), None)
 
 
-def set_mount_flags(target, add=(), remove=(), at=None):
+def set_mount_flags(target: str, add: Iterable[str] = (), remove: Iterable[str] = (), at: Optional[str] = None) -> None:
     """Add the mount flags ``add`` (options.MOUNT_FLAGS) to the mount at ``target`` and take ``remove`` off, in place
     (mount_setattr(2), Linux 5.12: nothing else of the mount changes, and no symlink is followed at its last
     component). ``at`` must reach the mount's own root (in_parent_of), as for a remount."""
@@ -358,7 +368,7 @@ def set_mount_flags(target, add=(), remove=(), at=None):
              AT_SYMLINK_NOFOLLOW, ctypes.byref(attr), ctypes.sizeof(attr))
 
 
-def unmount(target, lazy=False, at=None):
+def unmount(target: str, lazy: bool = False, at: Optional[str] = None) -> None:
     """lazy: MNT_DETACH, the mount goes now and the filesystem once nothing uses it. A last component that is a
     symlink is not followed."""
     if _libc.umount2(os.fsencode(at or target), (MNT_DETACH if lazy else 0) | UMOUNT_NOFOLLOW) != 0:
@@ -375,7 +385,7 @@ IDMAP_REFUSALS = {  # what mount_setattr(2)'s errors mean for an idmapped mount
 }
 
 
-def mount_idmapped(source, target, idmap, source_at=None):
+def mount_idmapped(source: str, target: str, idmap: IdMap, source_at: Optional[str] = None) -> None:
     """Mount a clone of ``source`` (the dir and the mount it is on, without the mounts below it) on ``target``, its
     files' owners shown through ``idmap`` (an _idmap.IdMap). The clone is made detached (open_tree(2)), idmapped
     while nothing can see it (mount_setattr(2) takes MOUNT_ATTR_IDMAP only there) and then attached (move_mount).
@@ -400,7 +410,7 @@ def mount_idmapped(source, target, idmap, source_at=None):
 
 
 @contextlib.contextmanager
-def user_namespace(idmap):
+def user_namespace(idmap: IdMap) -> Iterator[int]:
     """An fd on a new user namespace that maps ids as ``idmap`` does: what mount_setattr(2) takes the mapping from.
     A child process makes the namespace and exits once the fd is open, so no process is left in it; the
     namespace lives on only while a mount uses it."""
@@ -436,7 +446,7 @@ def user_namespace(idmap):
         os.close(userns)
 
 
-def _write_proc(pid, name, text):
+def _write_proc(pid: int, name: str, text: str) -> None:
     """One write(2), as /proc/PID/uid_map requires."""
     try:
         fd = os.open('/proc/%d/%s' % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
@@ -445,10 +455,10 @@ def _write_proc(pid, name, text):
         finally:
             os.close(fd)
     except OSError as error:
-        raise MountError(error.errno, 'write %s of the user namespace for an idmapped mount' % name, [])
+        raise MountError(error.errno or errno.EIO, 'write %s of the user namespace for an idmapped mount' % name, [])
 
 
-def mount_idmap(path):
+def mount_idmap(path: str) -> Optional[IdMap]:
     """The mapping (an IdMap) of the idmapped mount at ``path`` as statmount(2) reads it back; None where the kernel
     cannot tell (statmount before 6.8, its UIDMAP and GIDMAP before 6.15)."""
     info = ctypes.create_string_buffer(256)
@@ -478,7 +488,7 @@ def mount_idmap(path):
                    for key in ('mnt_uidmap', 'mnt_gidmap')))
 
 
-def _strings(table, offset, count):
+def _strings(table: bytes, offset: int, count: int) -> Tuple[str, ...]:
     """``count`` NUL-terminated strings from ``offset`` of a statmount string table."""
     return tuple(item.decode() for item in table[offset:].split(b'\0')[:count]) if count else ()
 
@@ -488,11 +498,11 @@ def _strings(table, offset, count):
 class ConfinedPathError(OSError):
     """Its message names the path and why it was not reached (OSError's own would prefix [Errno N])."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.strerror)
 
 
-def open_beneath(root, below, directory=True):
+def open_beneath(root: str, below: str, directory: bool = True) -> int:
     """An O_PATH fd on ``root/below`` (a directory, unless ``directory`` is false) reached without following any
     symlink below root (openat2(2) with RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH). Symlinks above root are the
     host's and are followed."""
@@ -514,7 +524,7 @@ def open_beneath(root, below, directory=True):
 
 
 @contextlib.contextmanager
-def pinned_dir(root, below):
+def pinned_dir(root: str, below: str) -> Iterator[str]:
     """The directory ``root/below`` as open_beneath reaches it, as the /proc/self/fd path that mount(2) and
     move_mount(2) resolve to exactly that directory, whatever its path becomes meanwhile."""
     fd = open_beneath(root, below)
@@ -525,7 +535,7 @@ def pinned_dir(root, below):
 
 
 @contextlib.contextmanager
-def pinned_file(root, below):
+def pinned_file(root: str, below: str) -> Iterator[str]:
     """The regular file ``root/below`` as open_beneath reaches it, as the path by which another process (losetup,
     qemu) opens exactly that file: the /proc/PID/fd link of this process's fd, held while the block runs."""
     fd = open_beneath(root, below, directory=False)
@@ -537,7 +547,7 @@ def pinned_file(root, below):
         os.close(fd)
 
 
-def loop_backing_identity(device):
+def loop_backing_identity(device: str) -> Tuple[int, int]:
     """(st_dev, st_ino) of the file a loop device reads (LOOP_GET_STATUS64's lo_device and lo_inode)."""
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -548,7 +558,7 @@ def loop_backing_identity(device):
     return struct.unpack_from('=QQ', bytes(info), 0)
 
 
-def block_device_beneath(root, below):
+def block_device_beneath(root: str, below: str) -> str:
     """The /dev name of the block device ``root/below`` leads to, reached as open_beneath does: mount(2) takes a
     device by name and shows the name given, so the name is that of the device node pinned, in /dev (root's)."""
     fd = open_beneath(root, below, directory=False)
@@ -567,7 +577,7 @@ def block_device_beneath(root, below):
 
 
 @contextlib.contextmanager
-def in_parent_of(root, below):
+def in_parent_of(root: str, below: str) -> Iterator[str]:
     """The working directory set to the parent of ``root/below`` (reached as open_beneath does); yields the last
     component. For the calls that must reach what is mounted there without holding it: umount2 (a held fd keeps
     the mount busy) and a remount (a pinned fd reaches the directory under the mount)."""
@@ -587,7 +597,7 @@ def in_parent_of(root, below):
         os.close(fd)
 
 
-def make_dirs_beneath(root, below, mode=0o755):
+def make_dirs_beneath(root: str, below: str, mode: int = 0o755) -> List[str]:
     """mkdir -p of ``root/below``, each directory made by mkdirat(2) in its parent as open_beneath reaches it.
     Return the paths below root that were made, parents first."""
     parts = below.split('/')
@@ -614,7 +624,7 @@ def make_dirs_beneath(root, below, mode=0o755):
     return made
 
 
-def remove_empty_dir_beneath(root, below):
+def remove_empty_dir_beneath(root: str, below: str) -> None:
     """rmdir(2) of ``root/below`` in its parent as open_beneath reaches it (unlinkat does not follow the last
     component)."""
     parent_path, _slash, name = below.rpartition('/')

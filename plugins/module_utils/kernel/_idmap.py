@@ -12,7 +12,10 @@ Pure. The ranges follow user_namespaces(7): each maps ``count`` ids from ``start
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # the mount table entry an idmapped mount is compared in
+    from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 
 IDMAP_DIR = '/run/containerhost-overlayfs/idmap'  # where each idmapped layer is mounted for its overlay
 ID_LIMIT = 1 << 32  # ids are 32-bit; (uid_t) -1 is no id
@@ -28,34 +31,34 @@ class IdMapError(ValueError):
 class IdRange(NamedTuple):
     start: int
     target: int
-    count: int
+    count: int  # type: ignore[assignment]  # user_namespaces(7)'s name; it shadows tuple.count, unused here
 
 
 class IdMap(NamedTuple):
     uid: Tuple[IdRange, ...]
     gid: Tuple[IdRange, ...]
 
-    def map_owner(self, uid, gid):
+    def map_owner(self, uid: int, gid: int) -> Tuple[int, int]:
         """The owner a file owned ``uid``:``gid`` on disk shows through a mount with this mapping."""
         return _map_id(self.uid, uid), _map_id(self.gid, gid)
 
-    def to_yaml(self):
+    def to_yaml(self) -> Dict[str, List[Dict[str, int]]]:
         return dict((kind, [dict(one._asdict()) for one in ranges]) for kind, ranges in self._asdict().items())
 
-    def summary(self):
+    def summary(self) -> str:
         """'uid 0->100000 (65536), gid 0->100000 (65536)'."""
         return ', '.join('%s %s' % (kind, ' '.join('%d->%d (%d)' % one for one in ranges))
                          for kind, ranges in self._asdict().items())
 
 
-def _map_id(ranges, on_disk):
+def _map_id(ranges: Sequence[IdRange], on_disk: int) -> int:
     for one in ranges:
         if one.start <= on_disk < one.start + one.count:
             return one.target + on_disk - one.start
     return OVERFLOW_ID
 
 
-def parse_idmap(raw, label):
+def parse_idmap(raw: Any, label: str) -> IdMap:
     """The YAML form, {uid: [{start, target, count}, ...], gid: [...]}, checked as the kernel would check it."""
     if not isinstance(raw, dict):
         raise IdMapError('%s must be a mapping with uid and gid lists' % label)
@@ -69,7 +72,7 @@ def parse_idmap(raw, label):
     return IdMap(_ranges(raw['uid'], '%s.uid' % label), _ranges(raw['gid'], '%s.gid' % label))
 
 
-def _ranges(raw, label):
+def _ranges(raw: Any, label: str) -> Tuple[IdRange, ...]:
     if not isinstance(raw, list):
         raise IdMapError('%s must be a list of ranges (start, target, count)' % label)
     if len(raw) > MAX_RANGES:
@@ -80,10 +83,10 @@ def _ranges(raw, label):
     return ranges
 
 
-def _range(raw, label):
+def _range(raw: Any, label: str) -> IdRange:
     if not isinstance(raw, dict) or set(raw) != set(RANGE_KEYS):
         raise IdMapError('%s must be a mapping of exactly start, target and count' % label)
-    values = {}
+    values: Dict[str, int] = {}
     for key in RANGE_KEYS:
         value = raw[key]
         if isinstance(value, str) and value.isdigit():
@@ -100,7 +103,7 @@ def _range(raw, label):
     return IdRange(**values)
 
 
-def _check_disjoint(ranges, side, label):
+def _check_disjoint(ranges: Sequence[IdRange], side: str, label: str) -> None:
     """Sorted by ``side``, each range must end before the next begins: one sort, not every pair."""
     ordered = sorted(enumerate(ranges), key=lambda pair: getattr(pair[1], side))
     for (first_index, first), (second_index, second) in zip(ordered, ordered[1:]):
@@ -111,17 +114,19 @@ def _check_disjoint(ranges, side, label):
                                                      getattr(second, side), getattr(second, side) + second.count - 1))
 
 
-def kernel_map(ranges):
+def kernel_map(ranges: Sequence[IdRange]) -> str:
     """/proc/PID/uid_map text: 'start target count' per line."""
     return ''.join('%d %d %d\n' % one for one in ranges)
 
 
-def parse_kernel_map(lines):
+def parse_kernel_map(lines: Sequence[str]) -> Tuple[IdRange, ...]:
     """statmount(2)'s mapping strings ('start target count' each) -> ranges."""
     return tuple(IdRange(*(int(field) for field in line.split())) for line in lines)
 
 
-def idmap_shortfalls(entry, idmap, shown_idmap, owners, clones_layer):
+def idmap_shortfalls(entry: Optional[MountEntry], idmap: IdMap, shown_idmap: Optional[IdMap],
+                     owners: Tuple[Optional[Tuple[int, int]], Optional[Tuple[int, int]]],
+                     clones_layer: bool) -> List[str]:
     """What an idmapped mount ``entry`` (a mountinfo.MountEntry) gives other than the mapping ``idmap`` of its layer:
     one rule for the planner, the executor's read-back and the boot helper. ``shown_idmap``: its mapping as
     statmount(2) reads it back, None where the kernel cannot tell (before 6.15); then ``owners``, the owner of the
@@ -136,13 +141,15 @@ def idmap_shortfalls(entry, idmap, shown_idmap, owners, clones_layer):
     if shown_idmap is not None:
         return [] if shown_idmap == idmap else ['it maps %s' % shown_idmap.summary()]
     on_disk, shown = owners
+    if on_disk is None or shown is None:  # not for a clone of the layer's dir: both are there
+        return ['it is the idmapped mount of another dir']
     expected = idmap.map_owner(*on_disk)
     if shown != expected:
         return ['its root, owned by %d:%d on disk, shows as %d:%d, not %d:%d' % (on_disk + shown + expected)]
     return []
 
 
-def idmap_mount_path(root_target, layer_path):
+def idmap_mount_path(root_target: str, layer_path: str) -> str:
     """Where the idmapped mount of the layer at ``layer_path`` in the tree on ``root_target`` lives. One per layer
     and tree (two trees never share one: unmounting one must not take the other's layer), named by a digest so
     that any path fits in the 255 bytes an fsconfig(2) layer value allows; the mapping is not in the name, so a

@@ -13,19 +13,23 @@ escapes they were mounted with, so layer lists split on unescaped ':' only.
 from __future__ import annotations
 
 import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import MOUNT_FLAGS, split_lowerdir, unescape_path
 
 MOUNTINFO = '/proc/self/mountinfo'
 _OCTAL = re.compile(r'\\([0-7]{3})')
+# A mount's super options: name -> value, None for a flag, a list for the repeated lowerdir+ and datadir+
+SuperOptions = Dict[str, Any]
 
 
 class MountEntry(object):
     """One line of mountinfo. The super options are split when first asked for: a host may have tens of
     thousands of mounts, and a run looks at the options of a few."""
 
-    def __init__(self, mount_id, parent_id, major, minor, root, mountpoint, mount_options,
-                 fstype, source, super_options=None, raw_super_options=''):
+    def __init__(self, mount_id: int, parent_id: int, major: int, minor: int, root: str, mountpoint: str,
+                 mount_options: List[str], fstype: str, source: str, super_options: Optional[SuperOptions] = None,
+                 raw_super_options: str = '') -> None:
         self.mount_id = mount_id
         self.parent_id = parent_id
         self.major = major
@@ -37,30 +41,30 @@ class MountEntry(object):
         self.source = source
         self._super_options = super_options
         self._raw_super_options = raw_super_options
-        self._layers = None
+        self._layers: Optional[Tuple[List[str], Optional[str], Optional[str]]] = None
 
     @property
-    def super_options(self):
+    def super_options(self) -> SuperOptions:
         if self._super_options is None:
             self._super_options = split_options(self._raw_super_options)
         return self._super_options
 
     @property
-    def readonly(self):
+    def readonly(self) -> bool:
         return 'ro' in self.mount_options
 
     @property
-    def mount_flags(self):
+    def mount_flags(self) -> Tuple[str, ...]:
         """The per-mount flags of MOUNT_FLAGS it has, in that order."""
         return tuple(flag for flag in MOUNT_FLAGS if flag in self.mount_options)
 
     @property
-    def superblock_readonly(self):
+    def superblock_readonly(self) -> bool:
         """The filesystem itself is read-only (an overlay that could not set up its work dir falls back to it,
         while its mount options still say rw)."""
         return 'ro' in self.super_options
 
-    def overlay_layers(self):
+    def overlay_layers(self) -> Optional[Tuple[List[str], Optional[str], Optional[str]]]:
         """(lowers, upper, work) as paths, or None when this is not an overlay."""
         if self.fstype != 'overlay':
             return None
@@ -73,7 +77,7 @@ class MountEntry(object):
             self._layers = (lowers, upper, work)
         return self._layers
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return {
             'mount_id': self.mount_id,
             'target': self.mountpoint,
@@ -85,26 +89,26 @@ class MountEntry(object):
         }
 
 
-def decode(field):
+def decode(field: str) -> str:
     """Undo the kernel's octal escapes (mangle() in fs/proc_namespace.c)."""
     if '\\' not in field:
         return field
     return _OCTAL.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
-def split_options(text):
+def split_options(text: str) -> SuperOptions:
     """Split a raw (still octal-escaped) option field on ',' and decode each option.
 
     Commas inside values are escaped as \\054 by the kernel, so a plain split is exact.
     Repeated keys (lowerdir+) collect into lists.
     """
-    options = {}
+    options: SuperOptions = {}
     for item in text.split(','):
         if not item:
             continue
-        key, sep, value = item.partition('=')
+        key, sep, text_value = item.partition('=')
         key = decode(key)
-        value = decode(value) if sep else None
+        value = decode(text_value) if sep else None
         if key in ('lowerdir+', 'datadir+'):
             options.setdefault(key, []).append(value)
         else:
@@ -112,7 +116,7 @@ def split_options(text):
     return options
 
 
-def describe_mount(entry):
+def describe_mount(entry: MountEntry) -> str:
     """'read-only nodev overlay from overlay (SUPER OPTIONS)': the mount's own mode and flags, then its filesystem."""
     mode = (['read-only'] if entry.readonly else []) + list(entry.mount_flags) + (
         ['idmapped'] if 'idmapped' in entry.mount_options else [])
@@ -120,15 +124,15 @@ def describe_mount(entry):
                                   render_super_options(entry.super_options))
 
 
-def render_super_options(options):
-    parts = []
+def render_super_options(options: SuperOptions) -> str:
+    parts: List[str] = []
     for key, value in options.items():
         for item in (value if isinstance(value, list) else [value]):
             parts.append(key if item is None else '%s=%s' % (key, item))
     return ','.join(parts)
 
 
-def parse_line(line):
+def parse_line(line: str) -> MountEntry:
     fields = line.rstrip('\n').split(' ')
     separator = fields.index('-', 6)
     major, minor = fields[2].split(':')
@@ -146,13 +150,13 @@ def parse_line(line):
     )
 
 
-def parse(text):
+def parse(text: str) -> List[MountEntry]:
     """One entry per line. Only newline ends a line: the kernel escapes it (\\012) in a path, but not \\r or the
     other characters str.splitlines() also splits on (\\x1c, \\x85, \\u2028, ...), which a mount point may hold
     (read_mountinfo reads without newline translation for the same reason)."""
     return [parse_line(line) for line in text.split('\n') if line.strip()]
 
 
-def read_mountinfo(path=MOUNTINFO):
+def read_mountinfo(path: str = MOUNTINFO) -> List[MountEntry]:
     with open(path, 'r', encoding='utf-8', errors='surrogateescape', newline='') as handle:
         return parse(handle.read())

@@ -13,12 +13,14 @@ so nothing is mounted with options that cannot work.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+Options = Dict[str, str]  # an overlay's options as normalize_options returns them: name -> the kernel's value
 
 ON_OFF = ('on', 'off')
 
 # name -> allowed values; None marks a flag (present or absent, no value).
-OVERLAY_OPTIONS = {
+OVERLAY_OPTIONS: Dict[str, Optional[Tuple[str, ...]]] = {
     'redirect_dir': ('on', 'follow', 'nofollow', 'off'),
     'index': ON_OFF,
     'uuid': ('off', 'null', 'auto', 'on'),
@@ -33,12 +35,12 @@ OVERLAY_OPTIONS = {
 
 # Values the kernel may show for a value asked for: it rewrites redirect_dir=off to follow or nofollow
 # (module parameter dependent), userxattr forces nofollow, and uuid=auto becomes on or null.
-EQUIVALENT_SHOWN_VALUES = {
+EQUIVALENT_SHOWN_VALUES: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ('redirect_dir', 'off'): ('off', 'follow', 'nofollow'),
     ('uuid', 'auto'): ('auto', 'on', 'null'),
 }
 # Without an upper dir the kernel turns redirect_dir=follow into on (and so off, when it became follow).
-EQUIVALENT_WITHOUT_UPPER = {
+EQUIVALENT_WITHOUT_UPPER: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ('redirect_dir', 'off'): ('on',),
     ('redirect_dir', 'follow'): ('on',),
 }
@@ -64,7 +66,7 @@ class OptionError(ValueError):
     pass
 
 
-def normalize_options(raw, where):
+def normalize_options(raw: Any, where: str) -> Options:
     """Return {name: value} with every value a string ('on'/'off' for flags), or raise OptionError.
 
     YAML users write booleans (``index: false``, ``volatile: true``); XML users write strings.
@@ -74,7 +76,7 @@ def normalize_options(raw, where):
         return {}
     if not isinstance(raw, dict):
         raise OptionError('%s.options must be a mapping of overlay option names to values' % where)
-    result = {}
+    result: Options = {}
     for name, value in raw.items():
         if name not in OVERLAY_OPTIONS:
             raise OptionError('%s.options.%s: unknown overlay option (known: %s)'
@@ -83,19 +85,19 @@ def normalize_options(raw, where):
     return result
 
 
-def _normalize_value(name, value, where):
+def _normalize_value(name: str, value: Any, where: str) -> str:
     if isinstance(value, bool):
         value = 'on' if value else 'off'
     if value is None:
         raise OptionError("%s.options.%s has no value (in YAML, quote 'null' and 'off')" % (where, name))
-    value = str(value)
+    text = str(value)
     allowed = OVERLAY_OPTIONS[name] or ON_OFF
-    if value not in allowed:
-        raise OptionError('%s.options.%s: %r is not one of %s' % (where, name, value, ', '.join(allowed)))
-    return value
+    if text not in allowed:
+        raise OptionError('%s.options.%s: %r is not one of %s' % (where, name, text, ', '.join(allowed)))
+    return text
 
 
-def normalize_mount_flags(raw, where):
+def normalize_mount_flags(raw: Any, where: str) -> Tuple[str, ...]:
     """The mount flags of a top-level filesystem, in MOUNT_FLAGS order; DEFAULT_MOUNT_FLAGS when not given."""
     if raw is None:
         return DEFAULT_MOUNT_FLAGS
@@ -108,9 +110,9 @@ def normalize_mount_flags(raw, where):
     return tuple(flag for flag in MOUNT_FLAGS if flag in raw)
 
 
-def check_conflicts(options, has_upper, where):
+def check_conflicts(options: Options, has_upper: bool, where: str) -> None:
     """Refuse the explicit combinations the kernel refuses, and options that need an upper dir."""
-    def is_set(name, *values):
+    def is_set(name: str, *values: str) -> bool:
         return options.get(name) in values
 
     if not has_upper:
@@ -123,7 +125,7 @@ def check_conflicts(options, has_upper, where):
     verity = is_set('verity', 'on', 'require')
     if verity and is_set('metacopy', 'off'):
         raise OptionError('%s.options: conflicting options metacopy=off and verity=%s' % (where, options['verity']))
-    redirect = options.get('redirect_dir')
+    redirect: Optional[str] = options.get('redirect_dir')
     if redirect == 'follow' and not has_upper:
         redirect = 'on'
     metacopy = is_set('metacopy', 'on') or verity
@@ -143,12 +145,12 @@ def check_conflicts(options, has_upper, where):
             raise OptionError('%s.options: conflicting options userxattr and verity=%s' % (where, options['verity']))
 
 
-def volatile_marker(work):
+def volatile_marker(work: str) -> str:
     """The marker a volatile overlay leaves under its work dir."""
     return '/'.join((work.rstrip('/'),) + VOLATILE_MARKER)
 
 
-def volatile_marker_refusal(work):
+def volatile_marker_refusal(work: str) -> str:
     """Why an overlay is not mounted on a work dir with the volatile marker, and the choice the user has."""
     return ('work dir %s holds %s, the mark a volatile overlay leaves (it was mounted with volatile there): the '
             'kernel refuses to mount on it again, even after a clean reboot, because after a crash the upper dir '
@@ -157,13 +159,13 @@ def volatile_marker_refusal(work):
             % (work, '/'.join(VOLATILE_MARKER)))
 
 
-def escape_path(path):
+def escape_path(path: str) -> str:
     """Escape a path for the overlay data string: the kernel splits on unescaped ',' and ':'
     and then drops one backslash before any character, so this round-trips every byte."""
     return path.replace('\\', '\\\\').replace(',', '\\,').replace(':', '\\:')
 
 
-def unescape_path(text):
+def unescape_path(text: str) -> str:
     """Inverse of escape_path, as the kernel's ovl_unescape does it."""
     if '\\' not in text:
         return text
@@ -174,11 +176,13 @@ def unescape_path(text):
     return ''.join(out)
 
 
-def split_lowerdir(text):
+def split_lowerdir(text: str) -> List[str]:
     """Split a lowerdir value on unescaped ':' and unescape each layer."""
     if '\\' not in text:
         return [layer for layer in text.split(':') if layer]
-    layers, current, escaped = [], [], False
+    layers: List[str] = []
+    current: List[str] = []
+    escaped = False
     for char in text:
         if escaped:
             current.append('\\' + char)
@@ -194,17 +198,17 @@ def split_lowerdir(text):
     return [layer for layer in layers if layer]
 
 
-def overlay_mount_data(lowers, upper, work, options):
+def overlay_mount_data(lowers: Sequence[str], upper: Optional[str], work: Optional[str], options: Options) -> str:
     """The mount(2) data string for an overlay: every path escaped, options in a fixed order."""
     parts = ['lowerdir=' + ':'.join(escape_path(p) for p in lowers)]
     if upper:
         parts.append('upperdir=' + escape_path(upper))
-        parts.append('workdir=' + escape_path(work))
+        parts.append('workdir=' + escape_path(work or ''))
     parts += [name if value is None else '%s=%s' % (name, value) for name, value in option_items(options)]
     return ','.join(parts)
 
 
-def option_items(options):
+def option_items(options: Options) -> Iterator[Tuple[str, Optional[str]]]:
     """(name, value) pairs to hand the kernel, sorted; value None for a flag that is set."""
     for name in sorted(options):
         value = options[name]
@@ -223,25 +227,27 @@ class OverlayPayload(object):
     data: Optional[str] = None
     parameters: Tuple[Tuple[str, Optional[str]], ...] = ()
 
-    def summary(self):
+    def summary(self) -> str:
         """The data string, or for fsconfig what it gets, in short (500 layers make a long sentence)."""
         if self.api == 'mount':
-            return self.data
+            return self.data or ''
         lowers = [value for key, value in self.parameters if key == 'lowerdir+']
         upper = [value for key, value in self.parameters if key == 'upperdir']
         return 'fsconfig(2): lowerdir+ %s ... %s (%d layers)%s' % (
-            lowers[0], lowers[-1], len(lowers), ',upperdir=' + upper[0] if upper else '')
+            lowers[0], lowers[-1], len(lowers), ',upperdir=%s' % upper[0] if upper else '')
 
 
-def overlay_payload(lowers, upper, work, options):
+def overlay_payload(lowers: Sequence[str], upper: Optional[str], work: Optional[str],
+                    options: Options) -> OverlayPayload:
     """mount(2) while the data fits in a page; beyond that fsconfig(2), one ``lowerdir+`` per layer (Linux 6.8),
     which takes each path verbatim but at most 255 bytes of it. Raise OptionError when neither can carry it."""
     data = overlay_mount_data(lowers, upper, work, options)
     if len(data.encode('utf-8', 'surrogateescape')) <= MOUNT_DATA_LIMIT:
         return OverlayPayload('mount', data=data)
-    parameters = [('source', 'overlay')] + [('lowerdir+', path) for path in lowers]
+    parameters: List[Tuple[str, Optional[str]]] = [('source', 'overlay')]
+    parameters += [('lowerdir+', path) for path in lowers]
     if upper:
-        parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work))]
+        parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work or ''))]
     parameters += list(option_items(options))
     if any(len(value.encode('utf-8', 'surrogateescape')) >= FSCONFIG_STRING_LIMIT
            for _key, value in parameters if value is not None):
@@ -251,24 +257,24 @@ def overlay_payload(lowers, upper, work, options):
     return OverlayPayload('fsconfig', parameters=tuple(parameters))
 
 
-def _flag_shown(name, shown):
+def _flag_shown(name: str, shown: Dict[str, Any]) -> bool:
     # Linux 6.11+ shows the volatile flag as fsync=volatile.
     return name in shown or (name == 'volatile' and shown.get('fsync') == 'volatile')
 
 
-def option_shortfalls(desired, shown, has_upper):
+def option_shortfalls(desired: Options, shown: Dict[str, Any], has_upper: bool) -> List[str]:
     """The options asked for that the kernel shows otherwise, each as 'name=asked (shown: ...)'."""
     return ['%s=%s (shown: %s)' % (name, value, _shown_value(name, shown)) for name, value in sorted(desired.items())
             if not options_match({name: value}, shown, has_upper)]
 
 
-def _shown_value(name, shown):
+def _shown_value(name: str, shown: Dict[str, Any]) -> Any:
     if OVERLAY_OPTIONS[name] is None:
         return 'set' if _flag_shown(name, shown) else 'not set'
     return shown.get(name)
 
 
-def options_match(desired, shown, has_upper):
+def options_match(desired: Options, shown: Dict[str, Any], has_upper: bool) -> bool:
     """True when every option the user asked for agrees with what the kernel shows.
 
     The kernel drops options equal to its defaults from mountinfo, so an option it does
@@ -281,7 +287,7 @@ def options_match(desired, shown, has_upper):
             continue
         if name not in shown:
             continue
-        accepted = EQUIVALENT_SHOWN_VALUES.get((name, value), (value,))
+        accepted: Tuple[str, ...] = EQUIVALENT_SHOWN_VALUES.get((name, value), (value,))
         if not has_upper:
             accepted += EQUIVALENT_WITHOUT_UPPER.get((name, value), ())
         if shown[name] not in accepted:

@@ -17,6 +17,7 @@ import fnmatch
 import glob
 import os
 import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.boot import _boot as boot
 
@@ -38,6 +39,11 @@ MARKER_WITHIN = 1024  # bytes: the marker is on the first line (the second, afte
 FILE_MODE, EXECUTABLE_MODE, DIR_MODE = 0o644, 0o755, 0o755
 
 
+Systemctl = Callable[..., Tuple[int, str, str]]  # runs systemctl: argv list in, (rc, out, err) out
+BackupFile = Callable[[str], str]  # path -> backup path (AnsibleModule.backup_local)
+Desired = Dict[str, Tuple[bytes, int]]  # path under root -> (content, mode) of each rendered file
+
+
 class PersistenceFilesError(RuntimeError):
     pass
 
@@ -45,25 +51,27 @@ class PersistenceFilesError(RuntimeError):
 class Change(object):
     """What a run changes: files written and removed, the fstab block, units enabled and disabled."""
 
-    def __init__(self):
-        self.written = []
-        self.removed = []
+    def __init__(self) -> None:
+        self.written: List[str] = []
+        self.removed: List[str] = []
         self.fstab_changed = False
-        self.enabled = []
-        self.disabled = []
+        self.enabled: List[str] = []
+        self.disabled: List[str] = []
         self.reloaded = False
-        self.diff = []
+        self.diff: List[Dict[str, str]] = []
 
     @property
-    def changed(self):
+    def changed(self) -> bool:
         return bool(self.written or self.removed or self.fstab_changed or self.enabled or self.disabled)
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(changed=self.changed, written=self.written, removed=self.removed, fstab_changed=self.fstab_changed,
                     enabled=self.enabled, disabled=self.disabled, reloaded=self.reloaded)
 
 
-def apply(rendered, root='', fstab='/etc/fstab', backup=False, systemctl=None, check_mode=False, backup_file=None):
+def apply(rendered: Any, root: str = '', fstab: str = '/etc/fstab', backup: bool = False,
+          systemctl: Optional[Systemctl] = None, check_mode: bool = False,
+          backup_file: Optional[BackupFile] = None) -> Change:
     """Bring the target's persistence to ``rendered`` (``{'files', 'executables', 'fstab', 'units'}``).
 
     ``root``: every path is under it (tests). ``systemctl``: ``run(argv) -> (rc, out, err)`` for systemctl, or
@@ -72,10 +80,10 @@ def apply(rendered, root='', fstab='/etc/fstab', backup=False, systemctl=None, c
     root = root.rstrip('/')
     files, executables, lines, units = _rendered(rendered)
     change = Change()
-    desired = {}
+    desired: Desired = {}
     for path, text in files.items():
         desired[_under(root, path)] = (text.encode('utf-8'), EXECUTABLE_MODE if path in executables else FILE_MODE)
-    rewritten = set()  # files that were there with other content or mode
+    rewritten: Set[str] = set()  # files that were there with other content or mode
     for real, (content, mode) in sorted(desired.items()):
         before = _read(real)
         if before != content or _mode(real) != mode:
@@ -115,7 +123,7 @@ def apply(rendered, root='', fstab='/etc/fstab', backup=False, systemctl=None, c
     return change
 
 
-def _rendered(rendered):
+def _rendered(rendered: Any) -> Tuple[Dict[str, str], Set[str], List[str], List[str]]:
     if not isinstance(rendered, dict) or sorted(rendered) != ['executables', 'files', 'fstab', 'units']:
         raise PersistenceFilesError('rendered must be what the overlay_persistence filter returns: a mapping with '
                                     'files, executables, fstab and units')
@@ -129,13 +137,13 @@ def _rendered(rendered):
     return files, set(rendered['executables']), list(rendered['fstab']), list(rendered['units'])
 
 
-def _under(root, path):
+def _under(root: str, path: str) -> str:
     return root + path
 
 
-def owned_files(root):
+def owned_files(root: str) -> List[str]:
     """Regular files under the OWNED patterns that carry MARKER (not following symlinks out of them)."""
-    found = set()
+    found: Set[str] = set()
     for pattern in OWNED:
         for path in glob.glob(glob.escape(root) + pattern, recursive=True):
             if os.path.isfile(path) and not os.path.islink(path) and _has_marker(path):
@@ -143,7 +151,7 @@ def owned_files(root):
     return sorted(found)
 
 
-def _has_marker(path):
+def _has_marker(path: str) -> bool:
     try:
         with open(path, 'rb') as handle:
             head = handle.read(MARKER_WITHIN)
@@ -152,7 +160,7 @@ def _has_marker(path):
     return MARKER.encode() in head.split(b'\n', 2)[:2]
 
 
-def _read(path):
+def _read(path: str) -> Optional[bytes]:
     try:
         with open(path, 'rb') as handle:
             return handle.read()
@@ -162,14 +170,14 @@ def _read(path):
         raise PersistenceFilesError('%s is a directory; a file of the persistence goes there' % path)
 
 
-def _mode(path):
+def _mode(path: str) -> Optional[int]:
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         return None
 
 
-def write_atomically(path, content, mode):
+def write_atomically(path: str, content: bytes, mode: int) -> None:
     """Write a file so that a reader (or a crash) sees the old content or the new one, never a part."""
     _make_dirs(os.path.dirname(path))
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.%s.' % os.path.basename(path))
@@ -185,8 +193,8 @@ def write_atomically(path, content, mode):
         raise
 
 
-def _make_dirs(path):
-    missing = []
+def _make_dirs(path: str) -> None:
+    missing: List[str] = []
     while not os.path.isdir(path):
         missing.append(path)
         path = os.path.dirname(path)
@@ -194,14 +202,14 @@ def _make_dirs(path):
         os.mkdir(directory, DIR_MODE)
 
 
-def _unlink(path):
+def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def _prune(root, directory):
+def _prune(root: str, directory: str) -> None:
     """Remove directories that are now empty, up the tree, while they match PRUNED."""
     while directory.startswith(root + '/') and any(fnmatch.fnmatch(directory[len(root):], pattern) for pattern in PRUNED):
         try:
@@ -213,7 +221,7 @@ def _prune(root, directory):
         directory = os.path.dirname(directory)
 
 
-def fstab_with_block(text, lines):
+def fstab_with_block(text: str, lines: Sequence[str]) -> str:
     """fstab text with the role's marked block set to lines (removed when there are none); the rest as it was."""
     kept, inside = [], False
     for line in text.splitlines(True):
@@ -233,7 +241,8 @@ def fstab_with_block(text, lines):
     return ''.join(kept)
 
 
-def _fstab(root, fstab, lines, backup, change, check_mode, backup_file):
+def _fstab(root: str, fstab: str, lines: Sequence[str], backup: bool, change: Change, check_mode: bool,
+           backup_file: Optional[BackupFile]) -> None:
     path = _under(root, fstab)
     before = _read(path)
     if before is None and not lines:
@@ -251,7 +260,7 @@ def _fstab(root, fstab, lines, backup, change, check_mode, backup_file):
     write_atomically(path, after, _mode(path) or FILE_MODE)
 
 
-def _linked(unit_dir, unit, desired, root):
+def _linked(unit_dir: str, unit: str, desired: Desired, root: str) -> bool:
     """Whether the links that enabling a unit of ours makes are there: one in TARGET.wants/ or TARGET.requires/
     for each WantedBy=/RequiredBy= of its [Install], pointing at it. systemctl is-enabled would tell the same
     at 4 ms a unit (measured: 2000 units, 7.3 s); a unit that is not linked is enabled by systemctl."""
@@ -270,7 +279,7 @@ def _linked(unit_dir, unit, desired, root):
     return True
 
 
-def _install_targets(text):
+def _install_targets(text: str) -> List[Tuple[str, str]]:
     """(wants or requires, target) of each WantedBy=/RequiredBy= in a unit's [Install] section."""
     section, found = None, []
     for line in text.splitlines():
@@ -284,7 +293,7 @@ def _install_targets(text):
     return found
 
 
-def _enabled(systemctl, root, units):
+def _enabled(systemctl: Systemctl, root: str, units: Sequence[str]) -> List[str]:
     """Which of the units systemctl is-enabled calls enabled (one call; a unit with no file yet is not)."""
     unit_dir = _under(root, SYSTEMD_UNIT_DIR)
     present = [unit for unit in units if os.path.isfile(os.path.join(unit_dir, unit))]
@@ -297,21 +306,21 @@ def _enabled(systemctl, root, units):
     return [unit for unit, state in zip(present, states) if state.strip() in ('enabled', 'enabled-runtime')]
 
 
-def _systemctl(systemctl, root, command, units):
+def _systemctl(systemctl: Systemctl, root: str, command: List[str], units: List[str]) -> None:
     argv = _systemctl_argv(root, command, units)
     rc, out, err = systemctl(argv)
     if rc != 0:
         raise PersistenceFilesError('%s exited %d: %s' % (' '.join(argv), rc, (err or out).strip() or 'no message'))
 
 
-def _systemctl_argv(root, command, units):
+def _systemctl_argv(root: str, command: List[str], units: List[str]) -> List[str]:
     argv = ['systemctl'] + (['--root=' + root] if root else [])
     if command[0] in ('enable', 'reenable', 'disable') and not root:
         argv.append('--no-reload')  # one daemon-reload for the whole run, at the end
     return argv + command + (['--'] + units if units else [])
 
 
-def _diff(path, before, after):
+def _diff(path: str, before: Optional[bytes], after: Optional[bytes]) -> Dict[str, str]:
     return {
         'before_header': path if before is not None else '%s (absent)' % path,
         'after_header': path if after is not None else '%s (absent)' % path,

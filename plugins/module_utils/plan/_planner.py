@@ -13,10 +13,14 @@ can be checked before a change is checked here, so a plan that is returned can b
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import describe_refusal
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry, describe_mount
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
+    MountEntry,
+    describe_mount,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import missing_flags
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
@@ -32,7 +36,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
 REASONS = {Status.ABSENT: 'new', Status.BROKEN: 'repair', Status.REPAIR: 'repair'}
 
 
-def plan(roots: List[Node], observed: Any, state: str, on_drift: str = 'fail', create_dirs: bool = True,
+def plan(roots: List[Node], observed: Observed, state: str, on_drift: str = 'fail', create_dirs: bool = True,
          on_volatile_marker: str = 'fail', lazy_unmount: bool = False) -> List[Step]:
     planner = _Planner(roots, observed, on_drift, create_dirs, on_volatile_marker, lazy_unmount)
     if state == 'mounted':
@@ -43,7 +47,7 @@ def plan(roots: List[Node], observed: Any, state: str, on_drift: str = 'fail', c
 class _Planner(object):
     """One plan; it is the Planning each node kind plans its own steps with (tree._node.Planning)."""
 
-    def __init__(self, roots: List[Node], observed: Any, on_drift: str, create_dirs: bool, on_volatile_marker: str,
+    def __init__(self, roots: List[Node], observed: Observed, on_drift: str, create_dirs: bool, on_volatile_marker: str,
                  lazy_unmount: bool) -> None:
         self.roots = roots
         self.observed = observed
@@ -76,20 +80,20 @@ class _Planner(object):
             return None
         stacked = self.observed.mounts_at(node.target)
         current = stacked[-1] if stacked else None
-        status = self._match(node, current)
+        status = self._match(node, current) if current is not None else Status.ABSENT
         start = len(teardown)
         changed = [reason for reason in (self._mounted_node(lower, teardown, buildup) for lower in node.lowers)
                    if reason]
         if status == Status.MATCH and changed:
             # it stands on a lower that is being remounted: remount it too (asked for unless all are repairs)
             status = Status.REPAIR if set(changed) == {'repair'} else Status.STALE
-        if status in (Status.DRIFT, Status.STALE):
-            self._refuse_unless_replacing(node, current, status)
-        if status in (Status.DRIFT, Status.STALE, Status.BROKEN, Status.REPAIR):
+        if current is not None:
+            if status == Status.MATCH:
+                buildup.extend(self._flag_steps(node, current))
+                return None
+            if status in (Status.DRIFT, Status.STALE):
+                self._refuse_unless_replacing(node, current, status)
             teardown[start:start] = [self._unmount_step(node, current)] + node.release_steps(self, current)
-        if status == Status.MATCH:
-            buildup.extend(self._flag_steps(node, current))
-            return None
         buildup.extend(self._mount_steps(node))
         return REASONS.get(status, 'replace')
 
@@ -114,9 +118,7 @@ class _Planner(object):
 
     # --- matching the live mount table ------------------------------------------------------
 
-    def _match(self, node: Node, current: Optional[MountEntry]) -> Status:
-        if current is None:
-            return Status.ABSENT
+    def _match(self, node: Node, current: MountEntry) -> Status:
         if not node.readonly_matches(current):
             return Status.DRIFT
         return node.match(self, current)
@@ -143,10 +145,10 @@ class _Planner(object):
         if isinstance(one, step.Mkdir):
             return dataclasses.replace(one, beneath=self.observed.facts(one.path).beneath)
         if isinstance(one, step.CONFINABLE_STEPS):
-            return dataclasses.replace(one, beneath=self.observed.facts(one.target).beneath)  # type: ignore[attr-defined]
+            return dataclasses.replace(one, beneath=self.observed.facts(one.target).beneath)
         return one
 
-    def dir_steps(self, node: Node, role: str, path: str, owner: Optional[Any] = None) -> List[Step]:
+    def dir_steps(self, node: Node, role: str, path: str, owner: Optional[Tuple[int, int]] = None) -> List[Step]:
         facts = self.observed.facts(path)
         if facts.exists:
             if facts.unreadable and not self.observed.mounts_at(path):
@@ -160,7 +162,8 @@ class _Planner(object):
             raise PlanError('%s: %s %s does not exist (create_dirs is false)' % (node.describe(), role, path))
         return self._planned_mkdir(node, path, owner, role == 'work')
 
-    def _planned_mkdir(self, node: Node, path: str, owner: Optional[Any] = None, work_dir: bool = False) -> List[Step]:
+    def _planned_mkdir(self, node: Node, path: str, owner: Optional[Tuple[int, int]] = None,
+                       work_dir: bool = False) -> List[Step]:
         if path in self.planned_dirs:
             return []
         self.planned_dirs.add(path)

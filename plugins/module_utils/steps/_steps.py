@@ -20,10 +20,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from typing import ClassVar, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OverlayPayload, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
+    Options,
+    OverlayPayload,
+    volatile_marker,
+)
+
+Beneath = Tuple[str, str]  # (an open dir, the path below it): how the executor reaches a path below an open dir
 
 
 class PlanError(ValueError):
@@ -46,7 +52,7 @@ class Step(object):
     node: str
     description: str
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(dataclasses.asdict(self), action=self.action)
 
 
@@ -56,7 +62,7 @@ class Mkdir(Step):
     dir belongs to the ids its root maps to); None leaves it root's. ``work_dir``: it is an overlay's work dir."""
     action: ClassVar[str] = 'mkdir'
     path: str
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
     owner: Optional[Tuple[int, int]] = None
     work_dir: bool = False
 
@@ -78,7 +84,7 @@ class DiscardVolatileMarker(Step):
     action: ClassVar[str] = 'discard_volatile_marker'
     path: str
     work: str
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +92,7 @@ class RestoreVolatileMarker(Step):
     action: ClassVar[str] = 'restore_volatile_marker'
     path: str
     work: str
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +110,7 @@ class AttachLoop(Step):
     ref: str
     image: str
     readonly: bool
-    image_beneath: Optional[Tuple[str, str]] = None
+    image_beneath: Optional[Beneath] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +129,7 @@ class AttachNbd(Step):
     image: str
     format: str
     readonly: bool
-    image_beneath: Optional[Tuple[str, str]] = None  # as AttachLoop's
+    image_beneath: Optional[Beneath] = None  # as AttachLoop's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +151,7 @@ class StartExport(Step):
     export: str
     pidfile: str
     metafile: str
-    image_beneath: Optional[Tuple[str, str]] = None  # as AttachLoop's
+    image_beneath: Optional[Beneath] = None  # as AttachLoop's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,17 +174,17 @@ class MountOverlay(Step):
     lowers: Tuple[str, ...]
     upper: Optional[str]
     work: Optional[str]
-    options: dict
+    options: Options
     readonly: bool
     payload: OverlayPayload
     mount_flags: Tuple[str, ...] = ()  # options.MOUNT_FLAGS, set with the mount
     flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (tree.stacked_layers)
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
     # When a layer (lower, upper or work) lies below an open dir: how the kernel reaches each one
     # (syscalls.mount_overlay_reached), (path, None) or (path, (root, below)); empty when none does.
-    reach: Tuple[Tuple[str, Optional[Tuple[str, str]]], ...] = ()
+    reach: Tuple[Tuple[str, Optional[Beneath]], ...] = ()
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(Step.to_dict(self), kind=self.kind)
 
 
@@ -192,10 +198,10 @@ class MountDevice(Step):
     ref: Optional[str]
     readonly: bool
     mount_flags: Tuple[str, ...] = ()
-    beneath: Optional[Tuple[str, str]] = None
-    device_beneath: Optional[Tuple[str, str]] = None  # a device path below an open dir: reached as ``beneath`` is
+    beneath: Optional[Beneath] = None
+    device_beneath: Optional[Beneath] = None  # a device path below an open dir: reached as ``beneath`` is
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(Step.to_dict(self), kind=self.kind)
 
 
@@ -207,10 +213,10 @@ class MountBind(Step):
     source: str
     readonly: bool
     mount_flags: Tuple[str, ...] = ()
-    beneath: Optional[Tuple[str, str]] = None
-    source_beneath: Optional[Tuple[str, str]] = None  # a source below an open dir: reached as ``beneath`` is
+    beneath: Optional[Beneath] = None
+    source_beneath: Optional[Beneath] = None  # a source below an open dir: reached as ``beneath`` is
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(Step.to_dict(self), kind=self.kind)
 
 
@@ -222,7 +228,7 @@ class SetMountFlags(Step):
     target: str
     add: Tuple[str, ...] = ()
     remove: Tuple[str, ...] = ()
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,9 +240,9 @@ class MountIdmapped(Step):
     target: str
     source: str
     idmap: IdMap
-    source_beneath: Optional[Tuple[str, str]] = None  # a source below an open dir: reached as Mkdir's beneath is
+    source_beneath: Optional[Beneath] = None  # a source below an open dir: reached as Mkdir's beneath is
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(Step.to_dict(self), kind=self.kind, idmap=self.idmap.to_yaml())
 
 
@@ -250,10 +256,10 @@ class Unmount(Step):
     target: str
     lazy: bool
     restore: Step
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
     remove_mount_point: bool = False
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return dict(Step.to_dict(self), restore=self.restore.to_dict())
 
 
@@ -269,7 +275,7 @@ MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
 CONFINABLE_STEPS = (MountOverlay, MountDevice, MountBind, SetMountFlags, Unmount)
 
 
-def mode_suffix(readonly, mount_flags=()):
+def mode_suffix(readonly: bool, mount_flags: Sequence[str] = ()) -> str:
     """' read-only, nodev, nosuid': how a mount is made, for its description."""
     shown = (['read-only'] if readonly else []) + list(mount_flags)
     return ' ' + ', '.join(shown) if shown else ''
@@ -277,70 +283,76 @@ def mode_suffix(readonly, mount_flags=()):
 
 # --- constructors ------------------------------------------------------------------------------------------
 
-def mkdir(node, path, owner=None, work_dir=False):
+def mkdir(node: str, path: str, owner: Optional[Tuple[int, int]] = None, work_dir: bool = False) -> Mkdir:
     owned = ' owned by %d:%d' % owner if owner else ''
     return Mkdir(node=node, path=path, owner=owner, work_dir=work_dir,
                  description='create directory %s%s' % (path, owned))
 
 
-def remove_empty_dirs(node, paths, beneath=None, work_dir=False):
+def remove_empty_dirs(node: str, paths: Sequence[str], beneath: Optional[str] = None,
+                      work_dir: bool = False) -> RemoveEmptyDirs:
     shown = [os.path.join(beneath, path) for path in paths] if beneath else paths
     return RemoveEmptyDirs(node=node, paths=tuple(paths), beneath=beneath, work_dir=work_dir,
                            description='remove the empty directories %s' % ', '.join(shown))
 
 
-def discard_volatile_marker(node, work, beneath=None):
+def discard_volatile_marker(node: str, work: str, beneath: Optional[Beneath] = None) -> DiscardVolatileMarker:
     path = volatile_marker(work)
     return DiscardVolatileMarker(node=node, path=path, work=work, beneath=beneath, description=(
         'discard the volatile marker %s (on_volatile_marker=discard: the upper dir is mounted as it is)' % path))
 
 
-def restore_volatile_marker(node, work, beneath=None):
+def restore_volatile_marker(node: str, work: str, beneath: Optional[Beneath] = None) -> RestoreVolatileMarker:
     path = volatile_marker(work)
     return RestoreVolatileMarker(node=node, path=path, work=work, beneath=beneath,
                                  description='put the volatile marker %s back' % path)
 
 
-def load_module(node, module, kernel):
+def load_module(node: str, module: str, kernel: str) -> LoadModule:
     return LoadModule(node=node, module=module, kernel=kernel, description='load the %s kernel module' % module)
 
 
-def attach_loop(node, image, readonly, image_beneath=None):
+def attach_loop(node: str, image: str, readonly: bool, image_beneath: Optional[Beneath] = None) -> AttachLoop:
     return AttachLoop(node=node, ref=node, image=image, readonly=readonly, image_beneath=image_beneath,
                       description='attach %s to a free loop device%s' % (image, mode_suffix(readonly)))
 
 
-def detach_loop(node, device, image, readonly):
+def detach_loop(node: str, device: str, image: str, readonly: bool) -> DetachLoop:
     return DetachLoop(node=node, ref=node, device=device, image=image, readonly=readonly,
                       description='detach %s (backing %s)' % (device, image))
 
 
-def attach_nbd(node, image, image_format, readonly, image_beneath=None):
+def attach_nbd(node: str, image: str, image_format: str, readonly: bool,
+               image_beneath: Optional[Beneath] = None) -> AttachNbd:
     return AttachNbd(node=node, ref=node, image=image, format=image_format, readonly=readonly,
                      image_beneath=image_beneath,
                      description='serve %s (%s) with qemu-nbd on a free nbd device%s'
                                  % (image, image_format, mode_suffix(readonly)))
 
 
-def detach_nbd(node, device, image=None, image_format=None, readonly=True):
+def detach_nbd(node: str, device: str, image: Optional[str] = None, image_format: Optional[str] = None,
+               readonly: bool = True) -> DetachNbd:
     return DetachNbd(node=node, ref=node, device=device, image=image, format=image_format, readonly=readonly,
                      description='disconnect %s (%s)' % (device, 'serving %s' % image if image
                                                          else 'its qemu-nbd is gone'))
 
 
-def start_export(node, image, image_format, export, pidfile, metafile, image_beneath=None):
+def start_export(node: str, image: str, image_format: str, export: str, pidfile: str, metafile: str,
+                 image_beneath: Optional[Beneath] = None) -> StartExport:
     description = 'export %s (%s) read-only as a raw file %s with qemu-storage-daemon' % (image, image_format, export)
     return StartExport(node=node, image=image, format=image_format, export=export, pidfile=pidfile,
                        metafile=metafile, image_beneath=image_beneath, description=description)
 
 
-def stop_export(node, export, pidfile, metafile, image=None, image_format=None):
+def stop_export(node: str, export: str, pidfile: str, metafile: str, image: Optional[str] = None,
+                image_format: Optional[str] = None) -> StopExport:
     return StopExport(node=node, export=export, pidfile=pidfile, metafile=metafile, image=image,
                       format=image_format, description='stop the FUSE export %s' % export)
 
 
-def mount_overlay(node, target, lowers, upper, work, options, readonly, payload, flattened=(), reach=(),
-                  mount_flags=()):
+def mount_overlay(node: str, target: str, lowers: Sequence[str], upper: Optional[str], work: Optional[str],
+                  options: Options, readonly: bool, payload: OverlayPayload, flattened: Sequence[str] = (),
+                  reach: Sequence[Tuple[str, Optional[Beneath]]] = (), mount_flags: Sequence[str] = ()) -> MountOverlay:
     flat = ', with the layers of %s in their place (flattened)' % ', '.join(flattened) if flattened else ''
     description = 'mount overlay on %s (%s)%s%s' % (target, payload.summary(), mode_suffix(readonly, mount_flags), flat)
     return MountOverlay(node=node, target=target, lowers=tuple(lowers), upper=upper, work=work,
@@ -348,7 +360,9 @@ def mount_overlay(node, target, lowers, upper, work, options, readonly, payload,
                         flattened=tuple(flattened), reach=tuple(reach), description=description)
 
 
-def mount_device(node, target, device, readonly, ref=None, device_text=None, device_beneath=None, mount_flags=()):
+def mount_device(node: str, target: str, device: Optional[str], readonly: bool, ref: Optional[str] = None,
+                 device_text: Optional[str] = None, device_beneath: Optional[Beneath] = None,
+                 mount_flags: Sequence[str] = ()) -> MountDevice:
     """``device_text`` names the device in the description while it is not known yet."""
     return MountDevice(node=node, target=target, device=device, ref=ref, readonly=readonly,
                        mount_flags=tuple(mount_flags), device_beneath=device_beneath,
@@ -356,29 +370,33 @@ def mount_device(node, target, device, readonly, ref=None, device_text=None, dev
                                                          mode_suffix(readonly, mount_flags)))
 
 
-def mount_bind(node, target, source, readonly, source_beneath=None, mount_flags=()):
+def mount_bind(node: str, target: str, source: str, readonly: bool, source_beneath: Optional[Beneath] = None,
+               mount_flags: Sequence[str] = ()) -> MountBind:
     return MountBind(node=node, target=target, source=source, readonly=readonly, mount_flags=tuple(mount_flags),
                      source_beneath=source_beneath,
                      description='bind %s on %s%s' % (source, target, mode_suffix(readonly, mount_flags)))
 
 
-def set_mount_flags(node, target, add=(), remove=(), beneath=None):
+def set_mount_flags(node: str, target: str, add: Sequence[str] = (), remove: Sequence[str] = (),
+                    beneath: Optional[Beneath] = None) -> SetMountFlags:
     changes = (['add %s to' % ', '.join(add)] if add else []) + (['take %s off' % ', '.join(remove)] if remove else [])
     return SetMountFlags(node=node, target=target, add=tuple(add), remove=tuple(remove), beneath=beneath,
                          description='%s the mount %s, in place' % (' and '.join(changes), target))
 
 
-def mount_idmapped(node, target, source, idmap, source_beneath=None):
+def mount_idmapped(node: str, target: str, source: str, idmap: IdMap,
+                   source_beneath: Optional[Beneath] = None) -> MountIdmapped:
     return MountIdmapped(node=node, target=target, source=source, idmap=idmap, source_beneath=source_beneath,
                          description='mount %s on %s idmapped (%s)' % (source, target, idmap.summary()))
 
 
-def unmount(node, target, restore, lazy=False, shown='', beneath=None, remove_mount_point=False):
+def unmount(node: str, target: str, restore: Step, lazy: bool = False, shown: str = '',
+            beneath: Optional[Beneath] = None, remove_mount_point: bool = False) -> Unmount:
     """``shown`` describes what is mounted there now."""
     return Unmount(node=node, target=target, lazy=lazy, restore=restore, beneath=beneath,
                    remove_mount_point=remove_mount_point,
                    description='%sunmount %s%s' % ('lazily ' if lazy else '', target, ' (%s)' % shown if shown else ''))
 
 
-def cannot_restore(node, target):
+def cannot_restore(node: str, target: str) -> CannotRestore:
     return CannotRestore(node=node, target=target, description='mount %s again' % target)

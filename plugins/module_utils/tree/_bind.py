@@ -27,6 +27,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
 
 class Mount(MountedFrom):
     kind: ClassVar[str] = 'mount'
+    READ_BACK_RANK = 4  # whatever is mounted that no other kind claims
     KEYS = ('type', 'source', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap')
     TOP_LEVEL = True
     LOWER = True

@@ -25,6 +25,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
 
 class Block(MountedFrom):
     kind: ClassVar[str] = 'block'
+    READ_BACK_RANK = 3
     KEYS = ('type', 'source', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap')
     TOP_LEVEL = True
     LOWER = True

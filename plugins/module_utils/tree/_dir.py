@@ -22,6 +22,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
 
 class Dir(Node):
     kind: ClassVar[str] = 'dir'
+    READ_BACK_RANK = 5
     KEYS = ('type', 'target', 'readonly', 'idmap')
     LOWER = True
     is_mounted_node = False

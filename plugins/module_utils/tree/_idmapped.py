@@ -35,9 +35,14 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
 
 
 class IdmappedLayer(MountedFrom):
-    """``source`` is the lower's target, ``idmap`` the mapping it mounts with."""
+    """``source`` is the lower's target, ``mapping`` (its ``idmap`` too) the mapping it mounts with."""
     kind: ClassVar[str] = 'idmapped'
+    READ_BACK_RANK = 1
     KEYS = ()
+
+    def __init__(self, mapping: IdMap, **common: Any) -> None:
+        super(IdmappedLayer, self).__init__(idmap=mapping, **common)
+        self.mapping = mapping
 
     @classmethod
     def over(cls, lower: Node, root_target: Optional[str], idmap: Optional[IdMap]) -> Node:
@@ -47,7 +52,7 @@ class IdmappedLayer(MountedFrom):
         if idmap is None or root_target is None or lower.HAS_LAYERS:
             return lower
         return cls(label='%s.idmap' % lower.label, target=idmap_mount_path(root_target, lower.target),
-                   source=lower.target, lowers=[lower], readonly=lower.mounted_readonly, is_layer=True, idmap=idmap)
+                   source=lower.target, lowers=[lower], readonly=lower.mounted_readonly, is_layer=True, mapping=idmap)
 
     @property
     def as_given(self) -> Node:
@@ -71,22 +76,18 @@ class IdmappedLayer(MountedFrom):
 
     def shortfalls(self, plan: Planning, current: MountEntry) -> List[str]:
         source, target = plan.observed.facts(self.source), plan.observed.facts(self.target)
-        return idmap_shortfalls(current, self._idmap(), plan.observed.idmaps.get(self.target),
+        return idmap_shortfalls(current, self.mapping, plan.observed.idmaps.get(self.target),
                                 (source.owner, target.owner), source.identity == target.identity)
 
-    def _idmap(self) -> IdMap:
-        assert self.idmap is not None  # over() gives every idmapped layer its mapping
-        return self.idmap
-
     def describe_wanted(self) -> str:
-        return '%s idmapped (%s)' % (self.source, self._idmap().summary())
+        return '%s idmapped (%s)' % (self.source, self.mapping.summary())
 
     def target_dir_steps(self, plan: Planning) -> List[Step]:
         return []  # its mount point is the collection's own: its mount step makes it
 
     def mount_steps(self, plan: Planning) -> List[Step]:
         plan.refuse_symlink_inside(self, 'source', self.source)
-        return [step.mount_idmapped(self.label, self.target, self.source, self._idmap(),
+        return [step.mount_idmapped(self.label, self.target, self.source, self.mapping,
                                     plan.observed.facts(self.source).beneath)]
 
     def restore_step(self, current: MountEntry, shown_idmap: Optional[IdMap]) -> Step:
@@ -106,7 +107,7 @@ class IdmappedLayer(MountedFrom):
     def picture_row(self, at_target: bool) -> Tuple[str, str, Tuple[Tuple[str, str], ...]]:
         """Its lower's row, with the mapping its files' owners show through."""
         text, path, data = self.as_given.picture_row(at_target)
-        summary = self._idmap().summary()
+        summary = self.mapping.summary()
         return '%s; owners shown %s' % (text, summary), path, data + (('idmap', summary), ('idmapped-at', self.target))
 
     @classmethod

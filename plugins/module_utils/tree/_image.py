@@ -13,9 +13,15 @@ device it got under that name, and the mount step that follows uses it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import export_files
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import (
+    FuseExport,
+    LoopDevice,
+    NbdDevice,
+    Observed,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
@@ -41,6 +47,7 @@ DRIVER_NAMES = {'loop': 'a loop device', 'nbd': 'qemu-nbd', 'fuse': "qemu-storag
 
 class Image(MountedFrom):
     kind: ClassVar[str] = 'file'
+    READ_BACK_RANK = 2
     KEYS = ('type', 'source', 'driver', 'format', 'target', 'readonly', 'mount_flags', 'accessmode', 'idmap')
     TOP_LEVEL = True
     LOWER = True
@@ -141,23 +148,28 @@ class Image(MountedFrom):
             return None
         loop = reader.observed.loop_by_number(entry.major, entry.minor)
         nbd = reader.observed.nbd_by_number(entry.major, entry.minor)
-        if loop is None and nbd is None:
-            return None
-        if not entry.readonly:
+        if (loop is not None or nbd is not None) and not entry.readonly:
             raise Unexpressed('its image layer at %s is mounted read-write; an image under an overlay is '
                               'mounted read-only' % path)
-        return dict(_served_image(reader.observed, loop, nbd, path), type=cls.kind, target=path)
+        if nbd is not None:
+            served = _nbd_image(nbd, path)
+        elif loop is not None:
+            served = _loop_image(reader.observed, loop, path)
+        else:
+            return None
+        return dict(served, type=cls.kind, target=path)
 
 
-def _served_image(observed: Any, loop: Any, nbd: Any, path: str) -> Dict[str, str]:
-    if nbd is not None:
-        if nbd.server is None:
-            raise Unexpressed('its image layer at %s is on %s, which no qemu-nbd serves any more'
-                              % (path, nbd.device))
-        if not nbd.server.image_format:
-            raise Unexpressed('its image layer at %s is served by qemu-nbd without --format (a tree names the '
-                              'format: image formats are never probed)' % path)
-        return {'driver': 'nbd', 'format': nbd.server.image_format, 'source': nbd.server.image}
+def _nbd_image(nbd: NbdDevice, path: str) -> Dict[str, Optional[str]]:
+    if nbd.server is None:
+        raise Unexpressed('its image layer at %s is on %s, which no qemu-nbd serves any more' % (path, nbd.device))
+    if not nbd.server.image_format:
+        raise Unexpressed('its image layer at %s is served by qemu-nbd without --format (a tree names the '
+                          'format: image formats are never probed)' % path)
+    return {'driver': 'nbd', 'format': nbd.server.image_format, 'source': nbd.server.image}
+
+
+def _loop_image(observed: Observed, loop: LoopDevice, path: str) -> Dict[str, Optional[str]]:
     export = observed.export_at(loop.backing_file)
     if export is not None:
         if export.server is None:
@@ -170,7 +182,7 @@ def _served_image(observed: Any, loop: Any, nbd: Any, path: str) -> Dict[str, st
     return {'driver': 'loop', 'format': 'raw', 'source': loop.backing_file}
 
 
-DEVICE_OF = {
+DEVICE_OF: Dict[str, str] = {
     'loop': 'the loop device of %s',
     'nbd': 'the nbd device serving %s',
     'fuse': 'the loop device on the FUSE export of %s',
@@ -181,19 +193,21 @@ class ImagePlanner(object):
     """One per plan: it remembers what the plan already starts, stops and detaches, since several layers
     may share one FUSE export (the same image in the same format)."""
 
-    def __init__(self, observed):
+    def __init__(self, observed: Observed) -> None:
         self.observed = observed
-        self.exports_started = set()
-        self.exports_stopped = set()
-        self.loops_detached = set()
-        self.attach_by_driver = {'loop': self._attach_loop, 'nbd': self._attach_nbd, 'fuse': self._attach_fuse}
+        self.exports_started: Set[str] = set()
+        self.exports_stopped: Set[str] = set()
+        self.loops_detached: Set[str] = set()
+        # by driver: the device that serves the image (None: the attach steps get one) and those steps
+        self.attach_by_driver: Dict[str, Callable[[Image, bool], Tuple[Optional[str], List[Step]]]] = {
+            'loop': self._attach_loop, 'nbd': self._attach_nbd, 'fuse': self._attach_fuse}
 
-    def image(self, node):
+    def image(self, node: Image) -> str:
         return self.observed.facts(node.source).realpath
 
     # --- what is mounted now ----------------------------------------------------------------------
 
-    def status(self, node, current, readonly):
+    def status(self, node: Image, current: MountEntry, readonly: bool) -> Status:
         """MATCH, DRIFT (something else is mounted), or BROKEN (ours, but its server is gone)."""
         loop = self.observed.loop_by_number(current.major, current.minor)
         nbd = self.observed.nbd_by_number(current.major, current.minor)
@@ -213,39 +227,39 @@ class ImagePlanner(object):
 
     # --- mounting -----------------------------------------------------------------------------------
 
-    def attach(self, node, readonly):
+    def attach(self, node: Image, readonly: bool) -> List[Step]:
         """Steps that give the image a device (unless a free one already serves it), then mount it."""
         device, steps = self.attach_by_driver[node.driver](node, readonly)
         steps.append(step.mount_device(node.label, node.target, device, readonly, ref=node.label,
                                        device_text=DEVICE_OF[node.driver] % node.source, mount_flags=node.mount_flags))
         return steps
 
-    def _attach_loop(self, node, readonly):
+    def _attach_loop(self, node: Image, readonly: bool) -> Tuple[Optional[str], List[Step]]:
         free = self._free_loops(self.image(node), readonly)
         if free:
             return free[0].device, []
         return None, [step.attach_loop(node.label, node.source, readonly,
                                        image_beneath=self.observed.facts(node.source).beneath)]
 
-    def _attach_nbd(self, node, readonly):
+    def _attach_nbd(self, node: Image, readonly: bool) -> Tuple[Optional[str], List[Step]]:
         image = self.image(node)
         free = [nbd for nbd in self.observed.nbds
                 if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
                 and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
         if free:
             return free[0].device, []
-        steps = []
+        steps: List[Step] = []
         if not self.observed.nbd_loaded:
             steps.append(step.load_module(node.label, 'nbd', self.observed.kernel))
         steps.append(step.attach_nbd(node.label, image, node.image_format, readonly,
                                      image_beneath=self.observed.facts(node.source).beneath))
         return None, steps
 
-    def _attach_fuse(self, node, readonly):
+    def _attach_fuse(self, node: Image, readonly: bool) -> Tuple[Optional[str], List[Step]]:
         image = self.image(node)
         export_path, pidfile, metafile = export_files(node.source, node.image_format)
         export = self.observed.export_at(export_path)
-        steps = []
+        steps: List[Step] = []
         if export_path in self.exports_started:
             pass  # another layer of this plan starts the same export
         elif export is None or export.server is None or export_path in self.exports_stopped:
@@ -261,14 +275,14 @@ class ImagePlanner(object):
         steps.append(step.attach_loop(node.label, export_path, True))
         return None, steps
 
-    def _free_loops(self, backing, readonly):
+    def _free_loops(self, backing: str, readonly: bool) -> List[LoopDevice]:
         return [loop for loop in self.observed.loops_backed_by(backing)
                 if loop.readonly == readonly and not loop.holders
                 and not self.observed.is_mounted_device(loop.major, loop.minor)]
 
     # --- releasing ----------------------------------------------------------------------------------
 
-    def release(self, node, current):
+    def release(self, node: Image, current: MountEntry) -> List[Step]:
         """After ``current`` (this node's mount) is unmounted: let go of the device behind it."""
         loop = self.observed.loop_by_number(current.major, current.minor)
         nbd = self.observed.nbd_by_number(current.major, current.minor)
@@ -278,17 +292,17 @@ class ImagePlanner(object):
             return [self._detach_nbd_step(node, nbd)]
         if loop is None:
             return []
-        steps = [self._detach_loop_step(node, loop)]
+        steps: List[Step] = [self._detach_loop_step(node, loop)]
         export = self.observed.export_at(loop.backing_file)
         if export is not None and not self._export_still_used(export):
             steps.append(self._stop_export_step(node, export))
         return steps
 
-    def _export_still_used(self, export):
+    def _export_still_used(self, export: FuseExport) -> bool:
         """A loop device on the export that this plan does not detach (another layer's) keeps it."""
         return any(loop.device not in self.loops_detached for loop in self.observed.loops_backed_by(export.path))
 
-    def leftovers(self, node):
+    def leftovers(self, node: Image) -> List[Step]:
         """Devices and exports serving this node's image that nothing mounts (an interrupted run's)."""
         image = self.image(node)
         readonly = node.mounted_readonly
@@ -297,28 +311,28 @@ class ImagePlanner(object):
                     if nbd.server is not None and nbd.server.serves(image, node.image_format, readonly)
                     and not self.observed.is_mounted_device(nbd.major, nbd.minor)]
         backing = image if node.driver == 'loop' else export_files(node.source, node.image_format)[0]
-        steps = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)
-                 if loop.device not in self.loops_detached]
+        steps: List[Step] = [self._detach_loop_step(node, loop) for loop in self._free_loops(backing, readonly)
+                             if loop.device not in self.loops_detached]
         export = self.observed.export_at(backing)
         if export is not None and export.path not in self.exports_stopped and not self._export_still_used(export):
             steps.append(self._stop_export_step(node, export))
         return steps
 
-    def _mounted_elsewhere(self, current):
+    def _mounted_elsewhere(self, current: MountEntry) -> bool:
         return any(entry.mount_id != current.mount_id
                    for entry in self.observed.mounts_of_device(current.major, current.minor))
 
-    def _detach_loop_step(self, node, loop):
+    def _detach_loop_step(self, node: Image, loop: LoopDevice) -> Step:
         self.loops_detached.add(loop.device)
         return step.detach_loop(node.label, loop.device, loop.backing_file, loop.readonly)
 
-    def _detach_nbd_step(self, node, nbd):
+    def _detach_nbd_step(self, node: Image, nbd: NbdDevice) -> Step:
         server = nbd.server
         if server is None:
             return step.detach_nbd(node.label, nbd.device)
         return step.detach_nbd(node.label, nbd.device, server.image, server.image_format, server.readonly)
 
-    def _stop_export_step(self, node, export):
+    def _stop_export_step(self, node: Image, export: FuseExport) -> Step:
         self.exports_stopped.add(export.path)
         server = export.server
         if server is None:

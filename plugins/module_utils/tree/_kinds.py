@@ -17,10 +17,12 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._imag
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import Node
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._overlay import Overlay
 
-# In the order discovery asks them whether a mount is theirs (Node.read_back): the most particular first, the
-# bind mount (anything else mounted) and the dir (nothing mounted) last.
-KINDS: Tuple[Type[Node], ...] = (Overlay, IdmappedLayer, Image, Block, Mount, ContainerBind, Dir)
+# In the order messages and the docs list their types.
+KINDS: Tuple[Type[Node], ...] = (Dir, Overlay, Mount, ContainerBind, Block, Image, IdmappedLayer)
 # The kinds a tree's YAML and XML name by their type, and where each may stand.
 BY_TYPE: Dict[str, Type[Node]] = dict((kind.kind, kind) for kind in KINDS if kind.TOP_LEVEL or kind.LOWER)
 TOP_LEVEL_TYPES = tuple(name for name, kind in BY_TYPE.items() if kind.TOP_LEVEL)
 LOWER_TYPES = tuple(name for name, kind in BY_TYPE.items() if kind.LOWER)
+# The order discovery asks them whether a mount is theirs (Node.read_back): by READ_BACK_RANK, the most particular
+# first; the bind mount takes whatever else is mounted, the dir a layer where nothing is.
+READ_BACK_ORDER = tuple(sorted(KINDS, key=lambda kind: kind.READ_BACK_RANK))

@@ -18,7 +18,12 @@ from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Pr
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap, IdMapError, parse_idmap
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import (
+    IdMap,
+    IdMapError,
+    parse_idmap,
+)
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     DEFAULT_MOUNT_FLAGS,
@@ -77,6 +82,7 @@ class Node(object):
     XML_SOURCE: ClassVar[Tuple[str, ...]] = ()  # the attributes its <source> may name it by, canonical first
     PICTURE_NAME: ClassVar[str] = ''  # what the picture calls it
     PICTURE_COLOURS: ClassVar[Tuple[str, str]] = ('#eceff1', '#263238')  # fill, text
+    READ_BACK_RANK: ClassVar[int] = 0  # when discovery asks it (_kinds.READ_BACK_ORDER): lower first
 
     def __init__(self, label: str, target: str, readonly: bool = False, accessmode: Optional[str] = None,
                  is_layer: bool = False, idmap: Optional[IdMap] = None, mount_flags: Tuple[str, ...] = (),
@@ -237,7 +243,7 @@ class Node(object):
     @classmethod
     def read_back(cls, reader: 'Reading', entry: Optional[MountEntry], path: str) -> Any:
         """The YAML of the lower at ``path`` if the mount ``entry`` there (None: nothing) is of this kind, else
-        None. Discovery asks each kind in _kinds.KINDS order; it raises Unexpressed for what no tree can say."""
+        None. Discovery asks each kind in _kinds.READ_BACK_ORDER; it raises Unexpressed for what no tree can say."""
         del reader, entry, path
         return None
 
@@ -297,26 +303,20 @@ class Layer(NamedTuple):
     label: str
 
     @property
-    def idmapped_mount(self) -> Optional[Node]:
-        """The idmapped layer node the overlay reads this layer through, or None."""
-        return self.node if self.node is not None and self.node.idmapped_target else None
-
-    @property
     def host_path(self) -> str:
-        """The host dir the layer shows: of an idmapped layer, the dir its mount is a clone of."""
-        mount = self.idmapped_mount
-        return mount.source if isinstance(mount, MountedFrom) else self.path
+        """The host dir the layer shows: the target of the node the tree names (an idmapped layer's mount is a
+        clone of it)."""
+        return self.node.as_given.target if self.node is not None else self.path
 
 
 class Planning(Protocol):
     """What the planner offers a kind (plan._planner._Planner implements it): the observed host, its options, and
     the steps and checks every kind shares."""
-    observed: Any  # host._observe.Observed
+    observed: Observed
     on_volatile_marker: str
 
     def in_batch(self, path: str) -> bool:
         """A target of this run's trees is at or above ``path``: it exists once that tree is mounted."""
-        ...
 
     def dir_steps(self, node: Node, role: str, path: str, owner: Optional[Tuple[int, int]] = None) -> List[Step]:
         ...
@@ -329,7 +329,6 @@ class Planning(Protocol):
 
     def shared(self, factory: Callable[[Any], Any]) -> Any:
         """One ``factory(observed)`` per plan, for a kind's own bookkeeping across its nodes."""
-        ...
 
 
 class Persisting(Protocol):
@@ -339,25 +338,21 @@ class Persisting(Protocol):
               requires_mounts_for: Sequence[str] = (), requires_units: Sequence[str] = (),
               unit_only_requires_mounts_for: bool = False) -> None:
         """A mount unit or fstab line: mount(8) mounts ``what`` on the node's target."""
-        ...
 
     def helper_mount(self, node: Node, item: Dict[str, Any], spec: Dict[str, Any], layers: List[str],
                      named: List[str], description: str) -> None:
         """A mount that the boot helper makes from ``spec`` (boot.SPEC_KEYS but the renderer's own)."""
-        ...
 
     def nbd_attach(self, node: Node, image: str, image_format: str, readonly: bool) -> Tuple[str, str]:
         """The pinned nbd device of an image and the service that serves it there."""
-        ...
 
     def fuse_export(self, node: Node, image: str, image_format: str) -> Tuple[str, str]:
         """The read-only FUSE export file of an image and the service that starts it."""
-        ...
 
 
 class Reading(Protocol):
     """What discovery offers a kind (discover._discover._Reader implements it)."""
-    observed: Any  # host._observe.Observed
+    observed: Observed
     root: str  # the target of the tree being read (it names the tree's idmapped mounts)
 
     def overlay(self, entry: MountEntry) -> Dict[str, Any]:
@@ -372,11 +367,17 @@ class Reading(Protocol):
 
 # --- the fields every kind parses alike ---------------------------------------------------------------------------
 
-def path_field(raw: Dict[str, Any], key: str, label: str, required: bool = True) -> Optional[str]:
+def path_field(raw: Dict[str, Any], key: str, label: str) -> str:
+    """A path the node must have."""
+    path = optional_path_field(raw, key, label)
+    if path is None:
+        raise TreeError('%s.%s is required' % (label, key))
+    return path
+
+
+def optional_path_field(raw: Dict[str, Any], key: str, label: str) -> Optional[str]:
     value = raw.get(key)
     if value is None or value == '':
-        if required:
-            raise TreeError('%s.%s is required' % (label, key))
         return None
     if not isinstance(value, str):
         raise TreeError('%s.%s must be a path string, not %s' % (label, key, type(value).__name__))

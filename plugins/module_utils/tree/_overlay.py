@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
@@ -36,7 +37,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
     Reading,
     TreeError,
     fits_kernel_stack,
-    path_field,
+    optional_path_field,
     restore_as_mounted,
 )
 
@@ -72,8 +73,8 @@ class Overlay(Node):
         if context.overlays_above >= MAX_FLATTENED_NESTING:
             raise TreeError('%s: overlays nest at most %d deep, flattened (each level adds a layer to the ones above)'
                             % (label, MAX_FLATTENED_NESTING))
-        upper = path_field(raw, 'upper', label, required=False)
-        work = path_field(raw, 'work', label, required=False)
+        upper = optional_path_field(raw, 'upper', label)
+        work = optional_path_field(raw, 'work', label)
         if bool(upper) != bool(work):
             raise TreeError('%s: upper and work go together (the kernel needs a work dir for an upper dir)' % label)
         lowers_raw = raw.get('lower')
@@ -102,7 +103,8 @@ class Overlay(Node):
         check_layers_disjoint(label, node.layers, upper, work)
         if len(node.layers) > MAX_LOWER_LAYERS:
             raise TreeError('%s.lower: with the nested overlays %s flattened into it, it has %d layers; the kernel '
-                            'allows at most %d' % (label, ', '.join(node.flattened), len(node.layers), MAX_LOWER_LAYERS))
+                            'allows at most %d'
+                            % (label, ', '.join(node.flattened), len(node.layers), MAX_LOWER_LAYERS))
         return node
 
     def yaml_fields(self) -> Dict[str, Any]:
@@ -166,7 +168,7 @@ class Overlay(Node):
                                         reach if any(how for _path, how in reach) else (), self.mount_flags))
         return steps
 
-    def _check_upper_and_work(self, observed: Any, upper: str, work: str) -> None:
+    def _check_upper_and_work(self, observed: Observed, upper: str, work: str) -> None:
         upper_mount = observed.mount_containing(upper)
         work_mount = observed.mount_containing(work)
         if upper_mount and work_mount and upper_mount.mount_id != work_mount.mount_id:
@@ -202,12 +204,12 @@ class Overlay(Node):
     # --- persist, read back -------------------------------------------------------------------------------
 
     def persist(self, out: Persisting, item: Dict[str, Any]) -> None:
-        layers = [layer.host_path for layer in self.layers] + ([self.upper, self.work] if self.upper else [])
-        idmapped = [layer.idmapped_mount for layer in self.layers if layer.idmapped_mount]
+        layers = [layer.host_path for layer in self.layers] + [path for _role, path in self.private_dirs()]
+        idmapped = [layer.node for layer in self.layers if isinstance(layer.node, IdmappedLayer)]
         out.helper_mount(self, item, {
             'target': self.target, 'lowers': self.layer_paths(), 'upper': self.upper, 'work': self.work,
             'options': dict(self.options), 'readonly': self.mounted_readonly, 'mount_flags': list(self.mount_flags),
-            'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.idmap.to_yaml()}
+            'idmapped': [{'target': mount.target, 'source': mount.source, 'idmap': mount.mapping.to_yaml()}
                          for mount in idmapped],
         }, layers=layers, named=[self.target] + layers + [mount.source for mount in idmapped],
             description='Overlay filesystem %s' % self.target)
