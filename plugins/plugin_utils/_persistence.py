@@ -310,6 +310,21 @@ def collection_imports(source: str) -> List[str]:
     return found
 
 
+def _missing_from_closure(sources: Dict[str, str]) -> List[str]:
+    """The modules of boot._boot's import closure, as far as ``sources`` (name -> source) show it, that they lack."""
+    missing, seen, pending = [], set(), ['boot._boot']
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in sources:
+            pending += collection_imports(sources[name])
+        else:
+            missing.append(name)
+    return sorted(missing)
+
+
 def _module_file(name: str) -> str:
     module_utils = os.path.dirname(os.path.dirname(os.path.abspath(boot.__file__)))
     return os.path.join(module_utils, *name.split('.')) + '.py'
@@ -466,9 +481,10 @@ class _Renderer(object):
     def _helpers(self) -> None:
         """The boot helper (boot.py and what it imports, in their package layout) and its launchers."""
         sources = self.settings['helper_sources']
-        if 'boot._boot' not in sources:
+        missing = _missing_from_closure(sources)
+        if missing:
             raise PersistenceError('the boot helper needs the sources of boot._boot and the modules it imports '
-                                   '(helper_sources())')
+                                   '(helper_sources()); missing: %s' % ', '.join(missing))
         for name, source in sorted(sources.items()):
             parts = (boot.PACKAGE + '.' + name).split('.')
             for depth in range(1, len(parts)):

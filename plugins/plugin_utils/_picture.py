@@ -5,7 +5,7 @@
 
 """A tree's layer stack as an SVG picture: what is mounted where, from which image or device, in which order.
 
-Pure: a parsed tree (module_utils.tree._tree.Node) in, SVG text out. Each row of the picture is a ``<g>`` whose
+Pure: a parsed tree (module_utils.tree._node.Node) in, SVG text out. Each row of the picture is a ``<g>`` whose
 ``data-*`` attributes say what it shows (role, path, depth; for an image its format, driver and mount point; for
 a nested overlay the kernel reads through its layers, flattened; for an idmapped layer its mapping and the path of
 its idmapped mount), so a test can read the picture back and compare
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import List, NamedTuple, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import KINDS
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._kinds import BY_TYPE
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import Node
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._overlay import Overlay
 
@@ -30,7 +30,7 @@ CHAR_WIDTH = 7.3  # 12px monospace
 COLOURS = dict({
     'upper': ('#e8f5e9', '#1b5e20'),
     'readonly': ('#f5f5f5', '#424242'),
-}, **dict((kind.kind, kind.PICTURE_COLOURS) for kind in KINDS if kind.TOP_LEVEL or kind.LOWER))
+}, **dict((name, kind.PICTURE_COLOURS) for name, kind in BY_TYPE.items()))
 
 
 class Row(NamedTuple):

@@ -7,7 +7,8 @@
 
 Accepts the seed's spellings (``<driver name='nbd' type='qcow2'/>``, a block ``<source file=...>``) and
 libvirt's own (``<driver type='loop' format='raw'/>``, ``<source dev=...>``). Renders the canonical
-libvirt spelling. Structure only: the tree's rules are checked by module_utils/tree.py on the target.
+libvirt spelling. Structure only (the elements each kind takes come from its class in module_utils/tree): the
+tree's rules are checked by module_utils/tree on the target.
 """
 
 from __future__ import annotations
@@ -297,7 +298,8 @@ def _element(tag: str, tree: Union[str, Dict[str, Any]]) -> Any:
         etree.SubElement(element, 'source', dir=tree['upper'])
         etree.SubElement(element, 'source', dir=tree['work'])
     if tree.get('source'):
-        attribute = BY_TYPE[tree['type']].XML_SOURCE[0]
+        sourced = BY_TYPE.get(tree['type'])
+        attribute = sourced.XML_SOURCE[0] if sourced is not None and sourced.XML_SOURCE else 'dir'
         etree.SubElement(element, 'source', **{attribute: tree['source']})
     for lower in tree.get('lower', []):
         element.append(_element('backingStore', lower))

@@ -12,11 +12,8 @@ import os
 import stat
 from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Set, Tuple
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import (
-    ApplyError,
-    Executor,
-    RunCommand,
-)
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.apply._executor import ApplyError, Executor
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import RunCommand
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._hostfs import RUN_DIR, open_private_dir
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed, observe
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import describe_mount

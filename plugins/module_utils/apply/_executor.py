@@ -33,6 +33,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.host impor
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _hostfs as hostfs
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import RunCommand
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import idmap_shortfalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
     MountEntry,
@@ -48,7 +49,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._ve
 )
 
 
-RunCommand = Callable[..., Tuple[int, str, str]]  # AnsibleModule.run_command: argv list in, (rc, out, err) out
 # the steps that make a mount, which a run reads back (Executor._made)
 MadeStep = Union[step.MountOverlay, step.MountDevice, step.MountBind, step.MountIdmapped, step.SetMountFlags]
 
@@ -96,6 +96,7 @@ class Executor(object):
             step.SetMountFlags: self._set_mount_flags,
             step.Unmount: self._unmount,
             step.CannotRestore: self._cannot_restore,
+            step.CannotServeAgain: self._cannot_restore,
         }
 
     def run(self, one: step.Step) -> Optional[step.Step]:
@@ -221,8 +222,10 @@ class Executor(object):
     def _detach_nbd(self, one: step.DetachNbd) -> Optional[step.Step]:
         devices.detach_nbd(self.run_command, one.device)
         self.attached.pop(one.ref, None)
-        if one.image is None or one.format is None:
-            return None  # its server was gone, or served no format a run names: nothing to serve again as it was
+        if one.image is None:
+            return None  # its server was gone: there is nothing to serve again
+        if one.format is None:
+            return step.cannot_serve_again(one.ref, one.image)
         return step.attach_nbd(one.ref, one.image, one.format, one.readonly)
 
     def _start_export(self, one: step.StartExport) -> step.Step:
@@ -233,8 +236,10 @@ class Executor(object):
 
     def _stop_export(self, one: step.StopExport) -> Optional[step.Step]:
         devices.stop_export(one.export, one.pidfile, one.metafile)
-        if one.image is None or one.format is None:
-            return None  # as a detach_nbd's undo
+        if one.image is None:
+            return None
+        if one.format is None:
+            return step.cannot_serve_again(one.node, one.image)
         return step.start_export(one.node, one.image, one.format, one.export, one.pidfile, one.metafile)
 
     # --- mounts -------------------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ class Executor(object):
         return one.restore
 
     def _cannot_restore(self, one: step.CannotRestore) -> NoReturn:
-        raise ApplyError('%s cannot be mounted again automatically' % one.target)
+        raise ApplyError('%s cannot be %s again automatically' % (one.target, one.done))
 
 
 def _reason(error: BaseException) -> str:

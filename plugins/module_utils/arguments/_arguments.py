@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import ON_VOLATILE_MARKER
+
 OVERLAY_FILESYSTEM: Dict[str, Dict[str, Any]] = dict(
     xml=dict(type='str'),  # parsed by the action plugin on the controller
     filesystem=dict(type='dict'),
@@ -17,7 +19,7 @@ OVERLAY_FILESYSTEM: Dict[str, Dict[str, Any]] = dict(
     state=dict(type='str', default='mounted', choices=['mounted', 'unmounted']),
     on_drift=dict(type='str', default='fail', choices=['fail', 'replace']),
     create_dirs=dict(type='bool', default=True),
-    on_volatile_marker=dict(type='str', default='fail', choices=['fail', 'discard']),
+    on_volatile_marker=dict(type='str', default='fail', choices=list(ON_VOLATILE_MARKER)),
     lazy_unmount=dict(type='bool', default=False),
     report=dict(type='str', default='full', choices=['full', 'changed', 'summary']),
     flatten=dict(type='bool', default=True),

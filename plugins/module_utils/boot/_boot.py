@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _devices as devices, _hostfs as hostfs, _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, describe_refusal, mounted_views, with_views
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._devices import RunCommand
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMapError, idmap_shortfalls, parse_idmap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import (
     MountEntry,
@@ -48,6 +49,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._op
     volatile_marker,
     volatile_marker_refusal,
 )
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._verify import (
     overlay_mount_shortfalls,
     same_lowers,
@@ -66,9 +68,6 @@ SPEC_KEYS = ('target', 'lowers', 'upper', 'work', 'options', 'readonly', 'mount_
 
 EX_USAGE = 1  # mount(8)'s helper exit codes: incorrect invocation
 EX_FAIL = 32  # mount failure
-
-RunCommand = Callable[..., Tuple[int, str, str]]  # the launcher's run: argv list in, (rc, stdout, stderr) out
-Beneath = Optional[Tuple[str, str]]  # (the open dir a path lies below, the rest of it), None if it lies below none
 
 
 class HelperError(Exception):
@@ -179,7 +178,8 @@ def mount(spec_path: str, target: str) -> None:
 
 
 def reached(spec: Dict[str, Any],
-            mounts: Sequence[MountEntry]) -> Tuple[Beneath, List[Tuple[str, Beneath]], Dict[str, Beneath]]:
+            mounts: Sequence[MountEntry]) -> Tuple[Optional[Beneath], List[Tuple[str, Optional[Beneath]]],
+                                                   Dict[str, Optional[Beneath]]]:
     """The module's refusal, at boot: no path of the spec may pass through a symlink inside another overlay's
     merged view or upper dir, or inside a dir a local user can change (confine.ConfinedResolver). Return how the
     mount reaches its paths, as the module's steps say it: where the target lies below such a dir ((that dir, the
@@ -213,7 +213,7 @@ def _unmount_all(targets: List[str]) -> str:
 
 
 def mount_idmapped_layer(layer: Dict[str, Any], mounts: Sequence[MountEntry],
-                         source_beneath: Beneath = None) -> List[str]:
+                         source_beneath: Optional[Beneath] = None) -> List[str]:
     """Mount one idmapped layer of a spec, unless it is mounted with its mapping already; return the targets
     mounted. ``source_beneath``: where its source lies below an open dir (reached())."""
     idmap = parse_idmap(layer['idmap'], 'the idmap of the layer %s' % layer['source'])

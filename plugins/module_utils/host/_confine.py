@@ -23,7 +23,7 @@ import stat
 from typing import Any, Callable, Dict, Iterable, NamedTuple, Optional, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import fold_path
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath, fold_path
 
 MAX_SYMLINKS = 40  # the kernel's own limit on links followed in one walk (ELOOP)
 
@@ -34,9 +34,9 @@ class Resolution(NamedTuple):
     ``opened_by``: what makes that dir open, for messages ("the merged view of the overlay at /c/1", ...).
     ``symlink_inside``: (the first symlink below the open dir, where it points): the path is refused."""
     realpath: str
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
     opened_by: Optional[str] = None
-    symlink_inside: Optional[Tuple[str, str]] = None
+    symlink_inside: Optional[Beneath] = None
 
 
 class ConfinedResolver(object):
@@ -49,8 +49,8 @@ class ConfinedResolver(object):
         self.views = views
         self.lstat = lstat
         self.resolved: Dict[str, Resolution] = {'/': Resolution('/')}
-        self._stats = {}  # type: Dict[str, Optional[os.stat_result]]
-        self._unreadable = {}  # type: Dict[str, str]
+        self._stats: Dict[str, Optional[os.stat_result]] = {}
+        self._unreadable: Dict[str, str] = {}
 
     def __call__(self, path: str, links: int = 0) -> Resolution:
         if path not in self.resolved:
@@ -117,7 +117,7 @@ class ConfinedResolver(object):
 def views_of(overlays: Iterable[Tuple[str, Optional[str]]]) -> Dict[str, str]:
     """The merged view and the upper dir of each overlay, given as (target, upper or None) -> what it is. The first
     overlay to name a path names it."""
-    views = {}  # type: Dict[str, str]
+    views: Dict[str, str] = {}
     for target, upper in overlays:
         views.setdefault(target, 'the merged view of the overlay at %s' % target)
         if upper:

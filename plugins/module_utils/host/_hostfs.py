@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional, Tuple
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import VOLATILE_MARKER, volatile_marker
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath
 
 SYS_BLOCK = '/sys/block'
 SYS_MODULE = '/sys/module'
@@ -79,7 +80,7 @@ def owner(path: str) -> Tuple[int, int]:
 
 
 def mount_idmapped_layer(source: str, target: str, idmap: IdMap,
-                         source_beneath: Optional[Tuple[str, str]] = None) -> None:
+                         source_beneath: Optional[Beneath] = None) -> None:
     """An idmapped layer's mount on its own mount point, which is made for it (and removed again if the mount
     fails): the collection's dir under idmap.IDMAP_DIR lives as long as the mount. ``source_beneath``: a source
     below an open dir, (that dir, the rest), cloned from the dir reached as syscalls.open_beneath does."""
@@ -115,7 +116,7 @@ def export_files(image: str, image_format: str) -> Tuple[str, str, str]:
     return base + '.img', base + '.pid', base + '.json'
 
 
-def has_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> bool:
+def has_volatile_marker(work: str, beneath: Optional[Beneath] = None) -> bool:
     """Whether the work dir ``work`` holds the marker a volatile overlay leaves, each of its dirs a dir and no
     symlink (one a container planted is not the kernel's); ``beneath`` as for discard_volatile_marker."""
     try:
@@ -125,7 +126,7 @@ def has_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) ->
     return True
 
 
-def discard_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> None:
+def discard_volatile_marker(work: str, beneath: Optional[Beneath] = None) -> None:
     """Remove the marker a volatile overlay leaves: the kernel makes it as the dir volatile with an empty file dirty.
     Every dir is opened from the one above it without following a symlink, and the removals act on those fds only
     (``beneath``: the work dir lies below that open dir, reached as syscalls.open_beneath does)."""
@@ -149,7 +150,7 @@ def discard_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None
         os.close(parent)
 
 
-def restore_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None) -> None:
+def restore_volatile_marker(work: str, beneath: Optional[Beneath] = None) -> None:
     """Put a discarded marker back (a run that is undone leaves the work dir as it found it)."""
     parent = _open_marker(work, beneath, len(VOLATILE_MARKER) - 1, create=True)  # a mount since cleared work/
     try:
@@ -165,7 +166,7 @@ def restore_volatile_marker(work: str, beneath: Optional[Tuple[str, str]] = None
         os.close(parent)
 
 
-def _open_marker(work: str, beneath: Optional[Tuple[str, str]], depth: int, create: bool = False) -> int:
+def _open_marker(work: str, beneath: Optional[Beneath], depth: int, create: bool = False) -> int:
     """An fd on the work dir's first ``depth`` marker dirs (work/incompat/volatile), none reached through a
     symlink; ``create``: each made if missing."""
     fd = syscalls.open_beneath(*beneath) if beneath else os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import stat
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host import _syscalls as syscalls
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._confine import ConfinedResolver, mounted_views, normalized, views_of, with_views
@@ -34,7 +34,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mo
     MountEntry,
     read_mountinfo,
 )
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import path_and_ancestors
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath, path_and_ancestors
 
 _K = TypeVar('_K')
 _V = TypeVar('_V')
@@ -104,9 +104,9 @@ class PathFacts(NamedTuple):
     is_symlink: bool = False  # the path's last component is a symlink (a parent's symlinks do not count)
     # Below an open dir (another overlay's merged view or upper dir, a dir a local user can change: see
     # _confine): (that dir, the rest of the path), what makes it open, the first symlink below it and where it points
-    beneath: Optional[Tuple[str, str]] = None
+    beneath: Optional[Beneath] = None
     opened_by: Optional[str] = None
-    symlink_inside: Optional[Tuple[str, str]] = None
+    symlink_inside: Optional[Beneath] = None
 
 
 def observe_path(path: str, work_dir: bool = False, resolve: Optional[ConfinedResolver] = None) -> PathFacts:
@@ -115,8 +115,8 @@ def observe_path(path: str, work_dir: bool = False, resolve: Optional[ConfinedRe
     at further: it is refused."""
     resolve = resolve or ConfinedResolver({})
     resolution = resolve(path)
-    confined = dict(beneath=resolution.beneath, opened_by=resolution.opened_by,
-                    symlink_inside=resolution.symlink_inside)  # type: Dict[str, Any]
+    confined: Dict[str, Any] = dict(beneath=resolution.beneath, opened_by=resolution.opened_by,
+                                    symlink_inside=resolution.symlink_inside)
     if resolution.symlink_inside:
         return PathFacts(path, resolution.realpath, exists=True, **confined)
     parent, name = path.rsplit('/', 1)
@@ -181,7 +181,8 @@ class Observed(object):
         they were attached: a lower on a mount attached after the overlay is not the one the overlay holds (the
         kernel keeps that one alive, hidden)."""
         order = dict((entry.mount_id, index) for index, entry in enumerate(self.mounts))
-        standing_on, hidden = {}, {}  # type: Dict[int, List[MountEntry]], Dict[int, List[str]]
+        standing_on: Dict[int, List[MountEntry]] = {}
+        hidden: Dict[int, List[str]] = {}
         for entry in self.mounts:
             for lower in self._lowers_of(entry):
                 below = self.mount_containing(lower)
@@ -278,7 +279,7 @@ class Observed(object):
 
 def _grouped(pairs: Iterable[Tuple[_K, _V]]) -> Dict[_K, List[_V]]:
     """key -> the values with that key, in the order given."""
-    groups = {}  # type: Dict[_K, List[_V]]
+    groups: Dict[_K, List[_V]] = {}
     for key, value in pairs:
         groups.setdefault(key, []).append(value)
     return groups
@@ -340,7 +341,9 @@ def qemu_nbd_server(pid: Optional[int]) -> Optional[ImageServer]:
         return None
     if not argv or 'qemu-nbd' not in os.path.basename(argv[0]):
         return None
-    image_format, readonly, described = None, False, None  # type: Optional[str], bool, Optional[str]
+    image_format: Optional[str] = None
+    readonly = False
+    described: Optional[str] = None
     for index, arg in enumerate(argv[1:-1], 1):
         if arg in ('-f', '--format'):
             image_format = argv[index + 1]
@@ -383,7 +386,7 @@ def read_fuse_exports(mounts: Sequence[MountEntry], export_dir: str = EXPORT_DIR
     for metafile in sorted(glob.glob(os.path.join(export_dir, '*.json'))):
         base = metafile[:-len('.json')]
         path, pidfile = base + '.img', base + '.pid'
-        server = None  # type: Optional[ImageServer]
+        server: Optional[ImageServer] = None
         try:
             with open(metafile) as handle:
                 meta = json.load(handle)
@@ -403,13 +406,28 @@ def _entries(path: str) -> Tuple[str, ...]:
         return ()
 
 
-def observe(roots: Sequence[Any]) -> Observed:
+class TreeNode(Protocol):
+    """What observing asks of a node of a tree (tree._node.Node, a layer above this one)."""
+
+    @property
+    def idmapped_target(self) -> Optional[str]: ...
+
+    @property
+    def view(self) -> Optional[Tuple[str, Optional[str]]]: ...
+
+    def walk(self) -> Sequence[TreeNode]: ...
+
+    def paths_used(self) -> List[Tuple[str, str]]: ...
+
+
+def observe(roots: Sequence[TreeNode]) -> Observed:
     """Observe everything the trees mention."""
     settle_starting_exports()
     mounts = read_mountinfo()
     views = container_views(roots, mounts)
     resolve = ConfinedResolver(views)
-    paths, idmapped = {}, []  # type: Dict[str, PathFacts], List[str]
+    paths: Dict[str, PathFacts] = {}
+    idmapped: List[str] = []
     for root in roots:
         for node in root.walk():
             if node.idmapped_target:
@@ -427,8 +445,9 @@ def observe(roots: Sequence[Any]) -> Observed:
     return observed
 
 
-def container_views(roots: Iterable[Any], mounts: Iterable[MountEntry]) -> Dict[str, str]:
+def container_views(roots: Iterable[TreeNode], mounts: Iterable[MountEntry]) -> Dict[str, str]:
     """Where a container shapes the contents: the merged view and the upper dir of every overlay, mounted or in
     the batch. Canonical path -> what it is, for messages. A batch's paths are taken through the host's own
     symlinks (those in dirs only root can change), as the kernel will show them once mounted."""
-    return with_views(mounted_views(mounts), views_of(node.view for root in roots for node in root.walk() if node.view))
+    return with_views(mounted_views(mounts), views_of(view for root in roots for node in root.walk()
+                                                      for view in [node.view] if view))

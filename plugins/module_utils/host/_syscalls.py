@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Literal, Optional, S
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap, kernel_map, parse_kernel_map
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import OverlayPayload
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath
 
 MS_RDONLY = 0x1
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
@@ -118,7 +119,7 @@ class KernelLog(object):
 
     def __init__(self, keywords: Sequence[str]) -> None:
         self.keywords = keywords
-        self.fd = None  # type: Optional[int]
+        self.fd: Optional[int] = None
 
     def __enter__(self) -> KernelLog:
         try:
@@ -190,7 +191,7 @@ def mount_overlay(target: str, payload: OverlayPayload, readonly: bool, at: Opti
 
 
 def mount_overlay_reached(target: str, payload: OverlayPayload, readonly: bool,
-                          reach: Sequence[Tuple[str, Optional[Tuple[str, str]]]], at: Optional[str] = None,
+                          reach: Sequence[Tuple[str, Optional[Beneath]]], at: Optional[str] = None,
                           mount_flags: Sequence[str] = ()) -> List[str]:
     """Mount an overlay as mount_overlay does, with each path its payload names reached as ``reach`` says: (path,
     (root, below)) for one below an open dir, opened as open_beneath does (no symlink followed below root), and
@@ -257,7 +258,7 @@ def _tell(end: socket.socket, **what: Any) -> None:
 
 
 def _mount_in_stage(target: str, payload: OverlayPayload, readonly: bool,
-                    reach: Sequence[Tuple[str, Optional[Tuple[str, str]]]],
+                    reach: Sequence[Tuple[str, Optional[Beneath]]],
                     mount_flags: Sequence[str]) -> int:
     """In the child: a mount namespace of its own, the pinned dirs, the stage (a tmpfs on /proc, which exists
     everywhere and is not needed once the fds are open, with a procfs of its own inside for the /proc/self/fd links),

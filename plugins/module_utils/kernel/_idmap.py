@@ -141,8 +141,8 @@ def idmap_shortfalls(entry: Optional[MountEntry], idmap: IdMap, shown_idmap: Opt
     if shown_idmap is not None:
         return [] if shown_idmap == idmap else ['it maps %s' % shown_idmap.summary()]
     on_disk, shown = owners
-    if on_disk is None or shown is None:  # not for a clone of the layer's dir: both are there
-        return ['it is the idmapped mount of another dir']
+    if on_disk is None or shown is None:  # not for a clone of the layer's dir (clones_layer): both are there
+        return ['its root cannot be read']
     expected = idmap.map_owner(*on_disk)
     if shown != expected:
         return ['its root, owned by %d:%d on disk, shows as %d:%d, not %d:%d' % (on_disk + shown + expected)]

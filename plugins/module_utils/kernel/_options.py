@@ -201,9 +201,9 @@ def split_lowerdir(text: str) -> List[str]:
 def overlay_mount_data(lowers: Sequence[str], upper: Optional[str], work: Optional[str], options: Options) -> str:
     """The mount(2) data string for an overlay: every path escaped, options in a fixed order."""
     parts = ['lowerdir=' + ':'.join(escape_path(p) for p in lowers)]
-    if upper:
+    if upper and work:  # they go together
         parts.append('upperdir=' + escape_path(upper))
-        parts.append('workdir=' + escape_path(work or ''))
+        parts.append('workdir=' + escape_path(work))
     parts += [name if value is None else '%s=%s' % (name, value) for name, value in option_items(options)]
     return ','.join(parts)
 
@@ -246,8 +246,8 @@ def overlay_payload(lowers: Sequence[str], upper: Optional[str], work: Optional[
         return OverlayPayload('mount', data=data)
     parameters: List[Tuple[str, Optional[str]]] = [('source', 'overlay')]
     parameters += [('lowerdir+', path) for path in lowers]
-    if upper:
-        parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work or ''))]
+    if upper and work:
+        parameters += [('upperdir', escape_path(upper)), ('workdir', escape_path(work))]
     parameters += list(option_items(options))
     if any(len(value.encode('utf-8', 'surrogateescape')) >= FSCONFIG_STRING_LIMIT
            for _key, value in parameters if value is not None):

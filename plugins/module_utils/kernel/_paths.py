@@ -12,6 +12,10 @@ import functools
 import posixpath
 from typing import Tuple
 
+# A path below an open dir (confine): that dir, and the rest of the path below it, reached from it without following
+# a symlink.
+Beneath = Tuple[str, str]
+
 
 def fold_path(path: str) -> str:
     """'//a/./b/' -> '/a/b': how the tree and mountinfo compare paths (posixpath keeps a leading '//')."""

@@ -28,6 +28,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._ste
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node import (
     MAX_OVERLAY_NESTING,
     Node,
+    Shared,
     fits_kernel_stack,
 )
 
@@ -57,9 +58,9 @@ class _Planner(object):
         self.lazy_unmount = lazy_unmount
         self.batch_nodes = dict((node.target, node) for root in roots for node in root.walk() if node.is_mounted_node)
         self.planned_dirs: Set[str] = set()
-        self._shared: Dict[Callable[[Any], Any], Any] = {}
+        self._shared: Dict[Callable[[Observed], Any], Any] = {}
 
-    def shared(self, factory: Callable[[Any], Any]) -> Any:
+    def shared(self, factory: Callable[[Observed], Shared]) -> Shared:
         if factory not in self._shared:
             self._shared[factory] = factory(self.observed)
         return self._shared[factory]

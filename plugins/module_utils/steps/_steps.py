@@ -5,7 +5,7 @@
 
 """The plan's vocabulary: one typed record per step kind, and the constructors that make them.
 
-The planner (and images.py for the devices behind image layers) builds a plan only from the constructors
+The planner and the node kinds (module_utils/tree) build a plan only from the constructors
 here; the executor runs each record by its type (``executor.Executor.handlers``), and an undo is a step of
 the same vocabulary. ``to_dict()`` is what the module returns as ``steps``: ``action``, ``node`` (the label of
 the tree node it serves), ``description`` (one sentence, what ``plan`` shows), and the record's own fields.
@@ -28,8 +28,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._op
     OverlayPayload,
     volatile_marker,
 )
-
-Beneath = Tuple[str, str]  # (an open dir, the path below it): how the executor reaches a path below an open dir
+from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import Beneath
 
 
 class PlanError(ValueError):
@@ -178,7 +177,7 @@ class MountOverlay(Step):
     readonly: bool
     payload: OverlayPayload
     mount_flags: Tuple[str, ...] = ()  # options.MOUNT_FLAGS, set with the mount
-    flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (tree.stacked_layers)
+    flattened: Tuple[str, ...] = ()  # nested overlays whose own layers stand in their place (overlay.stacked_layers)
     beneath: Optional[Beneath] = None
     # When a layer (lower, upper or work) lies below an open dir: how the kernel reaches each one
     # (syscalls.mount_overlay_reached), (path, None) or (path, (root, below)); empty when none does.
@@ -267,7 +266,16 @@ class Unmount(Step):
 class CannotRestore(Step):
     """The restore of an Unmount whose mount cannot be made again (not an overlay, bind or device): it fails."""
     action: ClassVar[str] = 'cannot_restore'
+    done: ClassVar[str] = 'mounted'  # what the failure says cannot be done to ``target`` again
     target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CannotServeAgain(CannotRestore):
+    """The undo of stopping the server of an image that was served in no format a run names (a run always names
+    it): ``target`` is the image."""
+    action: ClassVar[str] = 'cannot_serve_again'
+    done: ClassVar[str] = 'served'
 
 
 MOUNT_STEPS = (MountOverlay, MountDevice, MountBind, MountIdmapped)
@@ -400,3 +408,7 @@ def unmount(node: str, target: str, restore: Step, lazy: bool = False, shown: st
 
 def cannot_restore(node: str, target: str) -> CannotRestore:
     return CannotRestore(node=node, target=target, description='mount %s again' % target)
+
+
+def cannot_serve_again(node: str, image: str) -> CannotServeAgain:
+    return CannotServeAgain(node=node, target=image, description='serve %s again' % image)

@@ -32,7 +32,6 @@ class Mount(MountedFrom):
     TOP_LEVEL = True
     LOWER = True
     XML_ELEMENTS = ('source', 'target', 'readonly', 'mountFlags', 'idmap')
-    XML_SOURCE = ('dir',)
     PICTURE_NAME = 'bind mount'
     PICTURE_COLOURS = ('#f3e5f5', '#4a148c')
 
@@ -43,9 +42,6 @@ class Mount(MountedFrom):
         source = plan.observed.facts(self.source).identity
         return Status.MATCH if source is not None and source == plan.observed.facts(self.target).identity \
             else Status.DRIFT
-
-    def describe_wanted(self) -> str:
-        return '%s%s %s' % ('read-only ' if self.mounted_readonly else '', self.kind, self.source)
 
     def mount_steps(self, plan: Planning) -> List[Step]:
         plan.refuse_symlink_inside(self, 'bind source', self.source)

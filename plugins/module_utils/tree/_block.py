@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, List, Optional
 
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps import _steps as step
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._steps import PlanError, Status, Step
@@ -19,7 +18,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
     Planning,
     Reading,
     Unexpressed,
-    restore_as_mounted,
 )
 
 
@@ -33,17 +31,11 @@ class Block(MountedFrom):
     XML_SOURCE = ('dev', 'file')
     PICTURE_NAME = 'block device'
     PICTURE_COLOURS = ('#e3f2fd', '#0d47a1')
-
-    @property
-    def mounted_readonly(self) -> bool:
-        return self.readonly or self.is_layer
+    READ_ONLY_AS_LAYER = True
 
     def match(self, plan: Planning, current: MountEntry) -> Status:
         return Status.MATCH if plan.observed.facts(self.source).rdev == (current.major, current.minor) \
             else Status.DRIFT
-
-    def describe_wanted(self) -> str:
-        return '%s%s %s' % ('read-only ' if self.mounted_readonly else '', self.kind, self.source)
 
     def mount_steps(self, plan: Planning) -> List[Step]:
         plan.refuse_symlink_inside(self, 'source', self.source)
@@ -52,9 +44,6 @@ class Block(MountedFrom):
         return [step.mount_device(self.label, self.target, self.source, self.mounted_readonly,
                                   device_beneath=plan.observed.facts(self.source).beneath,
                                   mount_flags=self.mount_flags)]
-
-    def restore_step(self, current: MountEntry, shown_idmap: Optional[IdMap]) -> Step:
-        return restore_as_mounted(self.label, self.target, current)
 
     def persist(self, out: Persisting, item: Dict[str, Any]) -> None:
         out.mount(self, item, what=self.source, fstype='auto', options=['ro' if self.mounted_readonly else 'rw'],

@@ -27,7 +27,6 @@ class Dir(Node):
     LOWER = True
     is_mounted_node = False
     XML_ELEMENTS = ('target', 'readonly', 'idmap')
-    PICTURE_COLOURS = ('#eceff1', '#263238')
 
     def to_yaml(self) -> Any:
         """A plain dir is its path."""

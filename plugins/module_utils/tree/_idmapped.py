@@ -77,7 +77,8 @@ class IdmappedLayer(MountedFrom):
     def shortfalls(self, plan: Planning, current: MountEntry) -> List[str]:
         source, target = plan.observed.facts(self.source), plan.observed.facts(self.target)
         return idmap_shortfalls(current, self.mapping, plan.observed.idmaps.get(self.target),
-                                (source.owner, target.owner), source.identity == target.identity)
+                                (source.owner, target.owner),
+                                source.identity is not None and source.identity == target.identity)
 
     def describe_wanted(self) -> str:
         return '%s idmapped (%s)' % (self.source, self.mapping.summary())

@@ -55,6 +55,7 @@ class Image(MountedFrom):
     XML_SOURCE = ('file',)
     PICTURE_NAME = 'image'
     PICTURE_COLOURS = ('#fff3e0', '#e65100')
+    READ_ONLY_AS_LAYER = True
 
     def __init__(self, driver: str, image_format: str, **common: Any) -> None:
         super(Image, self).__init__(**common)
@@ -81,17 +82,10 @@ class Image(MountedFrom):
     def yaml_fields(self) -> Dict[str, Any]:
         return {'source': self.source, 'driver': self.driver, 'format': self.image_format}
 
-    @property
-    def mounted_readonly(self) -> bool:
-        return self.readonly or self.is_layer
-
     # --- plan -----------------------------------------------------------------------------------------------------
 
     def match(self, plan: Planning, current: MountEntry) -> Status:
-        return plan.shared(ImagePlanner).status(self, current, self.mounted_readonly)
-
-    def describe_wanted(self) -> str:
-        return '%s%s %s' % ('read-only ' if self.mounted_readonly else '', self.kind, self.source)
+        return plan.shared(ImagePlanner).status(self, current)
 
     def mount_steps(self, plan: Planning) -> List[Step]:
         plan.refuse_symlink_inside(self, 'image', self.source)
@@ -104,7 +98,7 @@ class Image(MountedFrom):
         if self.driver == 'fuse' and not self.mounted_readonly:
             raise PlanError('%s: driver fuse serves images read-only; add readonly (an image used as a lower '
                             'layer is read-only anyway)' % self.describe())
-        return plan.shared(ImagePlanner).attach(self, self.mounted_readonly)
+        return plan.shared(ImagePlanner).attach(self)
 
     def restore_step(self, current: MountEntry, shown_idmap: Optional[IdMap]) -> Step:
         return restore_as_mounted(self.label, self.target, current, ref=self.label)
@@ -207,14 +201,15 @@ class ImagePlanner(object):
 
     # --- what is mounted now ----------------------------------------------------------------------
 
-    def status(self, node: Image, current: MountEntry, readonly: bool) -> Status:
+    def status(self, node: Image, current: MountEntry) -> Status:
         """MATCH, DRIFT (something else is mounted), or BROKEN (ours, but its server is gone)."""
         loop = self.observed.loop_by_number(current.major, current.minor)
         nbd = self.observed.nbd_by_number(current.major, current.minor)
         if node.driver == 'nbd' and nbd is not None:
             if nbd.server is None:
                 return Status.DRIFT if nbd.foreign else Status.BROKEN
-            return Status.MATCH if nbd.server.serves(self.image(node), node.image_format, readonly) else Status.DRIFT
+            return Status.MATCH if nbd.server.serves(self.image(node), node.image_format, node.mounted_readonly) \
+                else Status.DRIFT
         if node.driver == 'loop' and loop is not None:
             return Status.MATCH if loop.backing_file == self.image(node) else Status.DRIFT
         if node.driver == 'fuse' and loop is not None:
@@ -227,8 +222,9 @@ class ImagePlanner(object):
 
     # --- mounting -----------------------------------------------------------------------------------
 
-    def attach(self, node: Image, readonly: bool) -> List[Step]:
+    def attach(self, node: Image) -> List[Step]:
         """Steps that give the image a device (unless a free one already serves it), then mount it."""
+        readonly = node.mounted_readonly
         device, steps = self.attach_by_driver[node.driver](node, readonly)
         steps.append(step.mount_device(node.label, node.target, device, readonly, ref=node.label,
                                        device_text=DEVICE_OF[node.driver] % node.source, mount_flags=node.mount_flags))

@@ -9,12 +9,13 @@ Each kind is a subclass of Node in a module of its own (_overlay, _dir, _bind, _
 _kinds.KINDS. A kind owns its fields and YAML keys, its XML elements, how it is parsed and written back, how it is
 matched against the live mount table, mounted and undone (calling the planner through Planning), how it comes back
 at boot (calling the renderer through Persisting), how it is drawn, and how it is read back from a mount (discovery).
-The planner, the executor, the renderer, the picture and discovery hold no table keyed by kind.
+The planner, the executor and the renderer hold no table keyed by kind; the picture draws an overlay's stack of
+rows itself, each row the kind's, and discovery reads an overlay's options itself, each layer the kind's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
@@ -38,6 +39,7 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.steps._ste
 MAX_OVERLAY_NESTING = 2  # FILESYSTEM_MAX_STACK_DEPTH: fs -> overlay -> overlay
 ACCESS_MODES = ('passthrough',)
 HostDepth = Callable[[str], int]  # the stack depth of the filesystem a host path lives on
+Shared = TypeVar('Shared')  # a kind's bookkeeping across the nodes of one plan (Planning.shared)
 
 
 class TreeError(ValueError):
@@ -82,7 +84,7 @@ class Node(object):
     XML_SOURCE: ClassVar[Tuple[str, ...]] = ()  # the attributes its <source> may name it by, canonical first
     PICTURE_NAME: ClassVar[str] = ''  # what the picture calls it
     PICTURE_COLOURS: ClassVar[Tuple[str, str]] = ('#eceff1', '#263238')  # fill, text
-    READ_BACK_RANK: ClassVar[int] = 0  # when discovery asks it (_kinds.READ_BACK_ORDER): lower first
+    READ_BACK_RANK: ClassVar[int]  # when discovery asks it (_kinds.READ_BACK_ORDER): lower first; every kind says
 
     def __init__(self, label: str, target: str, readonly: bool = False, accessmode: Optional[str] = None,
                  is_layer: bool = False, idmap: Optional[IdMap] = None, mount_flags: Tuple[str, ...] = (),
@@ -96,10 +98,6 @@ class Node(object):
         self.mount_flags = mount_flags  # a top-level filesystem's (options.MOUNT_FLAGS); a layer's mount has none
         self.lowers = list(lowers)
         self.position = 0  # place in the input batch (roots are applied in dependency order)
-        # An overlay's layers as it is mounted (overlay.stacked_layers): Layer records, topmost first, and the
-        # labels of the nested overlays whose own layers stand in their place (flattened)
-        self.layers = [Layer(lower.target, lower, lower.as_given.label) for lower in self.lowers]
-        self.flattened: List[str] = []
         # walk()'s answer, built once: a run walks every tree many times, and a node's lowers never change
         self._subtree = (self,) + tuple(node for lower in self.lowers for node in lower.walk())
 
@@ -134,7 +132,7 @@ class Node(object):
 
     @property
     def mounted_readonly(self) -> bool:
-        """How the node is mounted: read-only when asked (image and block layers always)."""
+        """How the node is mounted: read-only when asked (image and block layers always: READ_ONLY_AS_LAYER)."""
         return self.readonly
 
     @property
@@ -155,10 +153,6 @@ class Node(object):
     def walk(self) -> Tuple['Node', ...]:
         """Pre-order: this node, then its lowers in order (top-down)."""
         return self._subtree
-
-    def layer_paths(self) -> List[str]:
-        """The lowerdir= list of an overlay, topmost first."""
-        return [layer.path for layer in self.layers]
 
     def paths_used(self) -> List[Tuple[str, str]]:
         """(role, path) pairs of the host paths the node reads or writes, its target first."""
@@ -212,7 +206,7 @@ class Node(object):
 
     def restore_step(self, current: MountEntry, shown_idmap: Optional[IdMap]) -> Step:
         """How to mount again what an unmount of ``current`` removes, should the run be undone: as it was."""
-        raise NotImplementedError(self.kind)
+        return restore_as_mounted(self.label, self.target, current)
 
     def unmount_removes_mount_point(self) -> bool:
         return False
@@ -251,6 +245,7 @@ class Node(object):
 class MountedFrom(Node):
     """A node mounted from a host path of its own (a bind's dir, a block device, an image): its ``source``."""
     XML_SOURCE: ClassVar[Tuple[str, ...]] = ('dir',)
+    READ_ONLY_AS_LAYER: ClassVar[bool] = False  # a lower layer of this kind is mounted read-only, asked or not
 
     def __init__(self, source: str, **common: Any) -> None:
         super(MountedFrom, self).__init__(**common)
@@ -262,6 +257,13 @@ class MountedFrom(Node):
 
     def yaml_fields(self) -> Dict[str, Any]:
         return {'source': self.source}
+
+    @property
+    def mounted_readonly(self) -> bool:
+        return self.readonly or (self.is_layer and self.READ_ONLY_AS_LAYER)
+
+    def describe_wanted(self) -> str:
+        return '%s%s %s' % ('read-only ' if self.mounted_readonly else '', self.kind, self.source)
 
     def paths_used(self) -> List[Tuple[str, str]]:
         return [('target', self.target), ('source', self.source)]
@@ -295,20 +297,6 @@ def restore_as_mounted(label: str, target: str, current: MountEntry, ref: Option
     return step.cannot_restore(label, target)
 
 
-class Layer(NamedTuple):
-    """One lowerdir= entry of an overlay: a lower node's target, or (``node`` None) the upper dir of a nested
-    overlay that was flattened into this one. ``label`` names it in messages."""
-    path: str
-    node: Optional[Node]
-    label: str
-
-    @property
-    def host_path(self) -> str:
-        """The host dir the layer shows: the target of the node the tree names (an idmapped layer's mount is a
-        clone of it)."""
-        return self.node.as_given.target if self.node is not None else self.path
-
-
 class Planning(Protocol):
     """What the planner offers a kind (plan._planner._Planner implements it): the observed host, its options, and
     the steps and checks every kind shares."""
@@ -327,7 +315,7 @@ class Planning(Protocol):
     def check_stacking(self, node: Node) -> None:
         ...
 
-    def shared(self, factory: Callable[[Any], Any]) -> Any:
+    def shared(self, factory: Callable[[Observed], Shared]) -> Shared:
         """One ``factory(observed)`` per plan, for a kind's own bookkeeping across its nodes."""
 
 

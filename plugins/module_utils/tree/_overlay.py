@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.host._observe import Observed
-from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._idmap import IdMap
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._mountinfo import MountEntry
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._options import (
     KERNEL_WORKDIR_ENTRIES,
@@ -30,7 +29,6 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
     MAX_OVERLAY_NESTING,
     Context,
     HostDepth,
-    Layer,
     Node,
     Persisting,
     Planning,
@@ -38,12 +36,25 @@ from ansible_collections.containerhost.overlayfs.plugins.module_utils.tree._node
     TreeError,
     fits_kernel_stack,
     optional_path_field,
-    restore_as_mounted,
 )
 
 MAX_LOWER_LAYERS = 500
 # Flattened, a tree may nest deeper; every level past the kernel's adds at least one layer to the overlays above
 MAX_FLATTENED_NESTING = 100
+
+
+class Layer(NamedTuple):
+    """One lowerdir= entry of an overlay: a lower node's target, or (``node`` None) the upper dir of a nested
+    overlay that was flattened into this one. ``label`` names it in messages."""
+    path: str
+    node: Optional[Node]
+    label: str
+
+    @property
+    def host_path(self) -> str:
+        """The host dir the layer shows: the target of the node the tree names (an idmapped layer's mount is a
+        clone of it)."""
+        return self.node.as_given.target if self.node is not None else self.path
 
 
 class Overlay(Node):
@@ -55,13 +66,22 @@ class Overlay(Node):
     XML_ELEMENTS = ('source', 'backingStore', 'target', 'driver', 'readonly', 'mountFlags', 'idmap')
     PICTURE_NAME = 'overlay'
     PICTURE_COLOURS = ('#37474f', '#ffffff')
+    READ_BACK_RANK = 0
 
     def __init__(self, upper: Optional[str] = None, work: Optional[str] = None,
-                 options: Optional[Dict[str, Any]] = None, **common: Any) -> None:
+                 options: Optional[Dict[str, str]] = None, **common: Any) -> None:
         super(Overlay, self).__init__(**common)
         self.upper = upper
         self.work = work
         self.options = options or {}
+        # its layers as it is mounted (stacked_layers): Layer records, topmost first, and the labels of the nested
+        # overlays whose own layers stand in their place (flattened)
+        self.layers = [Layer(lower.target, lower, lower.as_given.label) for lower in self.lowers]
+        self.flattened: List[str] = []
+
+    def layer_paths(self) -> List[str]:
+        """The lowerdir= list, topmost first."""
+        return [layer.path for layer in self.layers]
 
     @classmethod
     def parse(cls, raw: Dict[str, Any], common: Dict[str, Any], context: Context) -> Node:
@@ -198,9 +218,6 @@ class Overlay(Node):
             raise PlanError('%s: %s' % (self.describe(), volatile_marker_refusal(work)))
         return [step.discard_volatile_marker(self.label, work, facts.beneath)]
 
-    def restore_step(self, current: MountEntry, shown_idmap: Optional[IdMap]) -> Step:
-        return restore_as_mounted(self.label, self.target, current)
-
     # --- persist, read back -------------------------------------------------------------------------------
 
     def persist(self, out: Persisting, item: Dict[str, Any]) -> None:
@@ -234,9 +251,8 @@ def stacked_layers(lowers: Sequence[Node]) -> Tuple[List[Layer], List[str]]:
     layers: List[Layer] = []
     flattened: List[str] = []
     for lower in lowers:
-        if not fits_kernel_stack(lower.stack_depth + 1):
-            upper = lower.upper if isinstance(lower, Overlay) else None
-            layers += ([Layer(upper, None, lower.label + '.upper')] if upper else []) + lower.layers
+        if isinstance(lower, Overlay) and not fits_kernel_stack(lower.stack_depth + 1):  # only an overlay stacks
+            layers += ([Layer(lower.upper, None, lower.label + '.upper')] if lower.upper else []) + lower.layers
             flattened.append(lower.label)
         else:
             layers.append(Layer(lower.target, lower, lower.as_given.label))

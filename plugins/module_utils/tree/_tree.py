@@ -12,7 +12,7 @@ every rule here names the offending field. What a node of each kind is lives in 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel._paths import (
     is_within,
@@ -118,7 +118,7 @@ def check_paths_disjoint(root: Node) -> None:
                                     % (other.label, what, path, node.describe()))
 
 
-def _paths_stood_on(root: Node) -> Any:
+def _paths_stood_on(root: Node) -> Iterator[str]:
     """Host paths a filesystem needs before it can mount, its own mount points included: a mount point
     under another tree's target exists only once that tree is mounted."""
     for node in root.walk():

@@ -46,7 +46,9 @@ def collection_imports(path):
         tree = ast.parse(handle.read())
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith(COLLECTION):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append('relative import in %s' % path)  # layer_of() places it in no layer: a failure
+        elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith(COLLECTION):
             module = os.path.join(REPO, *node.module[len(COLLECTION):].split('.'))
             found += [module + '.py'] if os.path.exists(module + '.py') else [
                 os.path.join(module, alias.name + '.py') for alias in node.names]
@@ -89,9 +91,11 @@ def test_no_import_goes_against_the_grain():
 @pytest.mark.parametrize('source, allowed', [
     ('from ansible_collections.containerhost.overlayfs.plugins.module_utils.plan._planner import plan\n', False),
     ('from ansible_collections.containerhost.overlayfs.plugins.module_utils.kernel import _options\n', True),
+    ('from ._options import OverlayPayload\n', False),
 ])
 def test_the_check_catches_an_import_against_the_grain(tmp_path, source, allowed):
-    """A kernel module importing the planner is against the grain; importing a kernel module is not."""
+    """A kernel module importing the planner is against the grain, and a relative import goes nowhere the table
+    allows; importing a kernel module is not."""
     table = layer_table()
     probe = tmp_path / '_probe.py'
     probe.write_text(source)

@@ -252,6 +252,23 @@ def test_detach_is_undone_by_attaching_again(monkeypatch):
     assert host.events[-1] == ('run', ('losetup', '--find', '--show', '--read-only', '--', '/srv/img.raw'))
 
 
+def test_an_image_served_in_no_named_format_is_not_served_again_by_an_undo(monkeypatch):
+    """A qemu-nbd started without --format (not by a run): the undo of its detach says it cannot serve it again,
+    rather than start one with no format, which qemu would probe."""
+    host = FakeHost(monkeypatch)
+    plan = [
+        steps.detach_nbd(IMAGE_NODE, '/dev/nbd3', '/srv/img.qcow2', None, True),
+        steps.unmount('filesystems[0]', '/srv/busy', steps.cannot_restore('filesystems[0]', '/srv/busy')),
+    ]
+    host.fail['unmount'] = syscalls.MountError(errno.EBUSY, 'unmount /srv/busy', [])
+    with pytest.raises(ApplyError) as error:
+        Executor(host.run_command).apply(plan)
+    assert ('could not undo step 1 (disconnect /dev/nbd3 (serving /srv/img.qcow2)): /srv/img.qcow2 cannot be served '
+            'again automatically') in str(error.value)
+    assert not [event for event in host.events if event[0] == 'run' and event[1][0] == 'qemu-nbd'
+                and '--disconnect' not in event[1]]
+
+
 def test_mount_flags_added_in_place_are_taken_off_again_when_the_run_is_undone(tmp_path, monkeypatch):
     host = FakeHost(monkeypatch)
     plan = [steps.set_mount_flags('filesystems[0]', str(tmp_path / 'a'), add=('nodev', 'nosuid')),

@@ -503,6 +503,13 @@ def test_a_tree_with_an_overlay_needs_the_helper_sources():
         render([item(SIMPLE)])
 
 
+def test_the_helper_sources_must_hold_the_whole_import_closure():
+    sources = dict(helper_sources())
+    del sources['kernel._verify']
+    with pytest.raises(PersistenceError, match=r'missing: kernel\._verify$'):
+        render([item(SIMPLE)], settings=dict(SETTINGS, helper_sources=sources))
+
+
 def test_duplicate_targets_across_items_are_refused():
     with pytest.raises(PersistenceError, match=r'target /srv/merged is also the target of'):
         rendered(item(SIMPLE), item(SIMPLE, persistence='fstab'))
