@@ -368,6 +368,14 @@ def test_after_the_reboots_the_role_changes_nothing(host):
     assert host.converge(host.trees)['changed'] == 0
 
 
+def boot_failures(host):
+    """What failed at this boot and why: the failed units, and the journal's errors and each failed unit's lines
+    (a unit that failed on a dependency names no reason of its own)."""
+    return host.vm.run('systemctl --failed --no-pager --plain; journalctl -b -p warning --no-pager -o short-monotonic '
+                       '| tail -n 80; for unit in $(systemctl --failed --plain --no-legend | cut -d" " -f1); do '
+                       'journalctl -b -u "$unit" --no-pager -o short-monotonic | tail -n 20; done').stdout
+
+
 def test_a_volatile_tree_stays_down_after_a_clean_reboot_and_says_why(host):
     inner = path('loop', 'rootfs', 'inner')
     data = path('uctr', 'upper', 'data')
@@ -389,7 +397,8 @@ def test_a_volatile_tree_stays_down_after_a_clean_reboot_and_says_why(host):
                 if target in mounts], sorted(mounts)
     log = host.vm.run('journalctl -b -u srv-p-inside-merged.mount --no-pager -o cat', check=True).stdout
     assert ('not mounting /srv/p/inside/merged: lower dir %s: %s is a symlink (to /srv/p/hostdir) inside the merged '
-            'view of the overlay at /srv/p/loop/rootfs; symlinks there are not followed' % (inner, inner) in log), log
+            'view of the overlay at /srv/p/loop/rootfs; symlinks there are not followed' % (inner, inner) in log), \
+        log + boot_failures(host)
     log = host.vm.run('journalctl -b -u srv-p-uctr-merged.mount --no-pager -o cat', check=True).stdout
     assert ('not mounting /srv/p/uctr/merged: upper %s/u: %s/u is a symlink (to /srv/p/hostdir2) inside the dir %s, '
             'which uid 100000 owns; symlinks there are not followed' % (data, data, data) in log), log
